@@ -11,12 +11,15 @@ Pure pandas: used by the generator, the importers, the ingestion asset and the s
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 EVENTS_FILE = "browsing_events.csv"
 PRODUCTS_FILE = "products.csv"
@@ -82,13 +85,20 @@ def read_landing_csv(path: Path, expected: tuple[str, ...]) -> pd.DataFrame:
     """Read a landing CSV with every value as a string (None where empty), columns checked."""
     if not path.exists():
         raise FileNotFoundError(f"landing file not found: {path}")
-    header = pd.read_csv(path, nrows=0, dtype=str).columns.tolist()
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), None)
+    if header is None:  # an empty day may come as a zero-byte file
+        return pd.DataFrame({column: pd.Series(dtype=object) for column in expected})
     check_columns(header, expected, str(path))
-    frame = pd.read_csv(
-        path, dtype=str, keep_default_na=False, na_values=[""], engine="pyarrow"
-    ) if path.stat().st_size > 0 else pd.DataFrame(columns=list(expected))
-    frame = frame.astype(object).where(frame.notna(), None)
-    return frame[list(expected)]
+    table = pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.string()),
+            null_values=[""],
+            strings_can_be_null=True,
+        ),
+    )
+    return table.to_pandas(types_mapper=None).astype(object)[list(expected)]
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,9 @@ def validate_events(raw: pd.DataFrame, day: dt.date) -> Validated:
         "bad_product_action": (
             (is_product & ~action.isin(PRODUCT_ACTIONS).fillna(False))
             | (~is_product & action.notna())
-        ).fillna(False).astype(bool),
+        )
+        .fillna(False)
+        .astype(bool),
         "missing_product_sku": (is_product & sku.isna()).fillna(False).astype(bool),
     }
     reason = np.full(n, None, dtype=object)

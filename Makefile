@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Set-up is idempotent: the venv is rebuilt only when pyproject.toml changes.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.skiff-installed
+
+.PHONY: setup demo test test-fast lint ui bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and alone: this exact spec takes the local CPU build (see ../shared/STACK.md)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip check
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/skiff demo $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	SKIFF_HOME=$${SKIFF_HOME:-$(CURDIR)/.skiff} $(BIN)/sqlfluff lint dbt_project
+
+test: lint
+	$(BIN)/pytest
+
+# Everything but the slow and end-to-end tests, for a quick loop while editing.
+test-fast: setup
+	$(BIN)/pytest -m "not slow and not e2e"
+
+ui: setup
+	$(BIN)/skiff ui
+
+bench: setup
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	rm -rf .skiff dbt_project/target dbt_project/logs .pytest_cache

@@ -1,0 +1,197 @@
+"""Landing files -> raw warehouse tables: every row checked, bad rows quarantined, none lost.
+
+One factory builds both landing assets (events and products), so they behave the same way:
+each run reads the landing folders of its partition days, validates every row with
+`ml.contract`, and replaces those days in the raw table and in its `_rejected` twin. A missing
+day folder or a file with the wrong columns fails the run and says which; an empty file is an
+empty day.
+"""
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    AssetSpec,
+    BackfillPolicy,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    PartitionsDefinition,
+    multi_asset,
+)
+
+from ml import contract
+
+# A day whose quarantined share passes this is flagged (warning) on the asset's page.
+MAX_QUARANTINE_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class LandingTable:
+    name: str
+    file_name: str
+    columns: tuple[str, ...]
+    day_column: str
+    validate: Callable[[pd.DataFrame, dt.date], contract.Validated]
+    description: str
+
+
+EVENTS = LandingTable(
+    name="raw_browsing_events",
+    file_name=contract.EVENTS_FILE,
+    columns=contract.EVENT_COLUMNS,
+    day_column="event_day",
+    validate=contract.validate_events,
+    description="Browsing events of one landing day (Coveo SIGIR eCom 2021 schema), validated.",
+)
+PRODUCTS = LandingTable(
+    name="raw_products",
+    file_name=contract.PRODUCTS_FILE,
+    columns=contract.PRODUCT_COLUMNS,
+    day_column="snapshot_day",
+    validate=contract.validate_products,
+    description="The product catalogue as known on each landing day, validated.",
+)
+
+
+def partition_days(context: AssetExecutionContext) -> list[dt.date]:
+    """The days of this run: one partition, or a whole range in a single-run backfill."""
+    window = context.partition_time_window
+    first, end = window.start.date(), window.end.date()
+    return [first + dt.timedelta(days=i) for i in range((end - first).days)]
+
+
+def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> pd.DataFrame:
+    folder = landing / day.isoformat()
+    if not folder.is_dir():
+        raise Failure(
+            description=f"No landing folder for {day} ({folder}). Land the day's files first, "
+            "or generate data with `skiff generate`.",
+        )
+    try:
+        return contract.read_landing_csv(folder / table.file_name, table.columns)
+    except (contract.SchemaError, FileNotFoundError) as exc:
+        raise Failure(description=str(exc)) from exc
+
+
+def _reason_table(rejected: pd.DataFrame) -> str:
+    if rejected.empty:
+        return "No row was quarantined."
+    counts = rejected["reason"].value_counts()
+    lines = ["| reason | rows |", "|---|---:|"]
+    lines += [f"| `{reason}` | {count:,} |" for reason, count in counts.items()]
+    return "\n".join(lines)
+
+
+def build_landing_asset(
+    table: LandingTable, partitions_def: PartitionsDefinition, landing: Path, kind: str
+) -> AssetsDefinition:
+    rejected_name = f"{table.name}_rejected"
+    reconcile = AssetCheckSpec(
+        "rows_reconcile",
+        asset=table.name,
+        description="Rows read = rows loaded + rows quarantined, counted back from the warehouse.",
+    )
+    quarantine = AssetCheckSpec(
+        "quarantine_share",
+        asset=table.name,
+        description=f"Warns when more than {MAX_QUARANTINE_SHARE:.0%} of a run's rows are bad.",
+    )
+
+    @multi_asset(
+        name=f"ingest_{table.name}",
+        specs=[
+            AssetSpec(table.name, description=table.description, kinds={"python", kind}),
+            AssetSpec(
+                rejected_name,
+                description=f"Quarantine of {table.name}: rows as read, with `row_number` "
+                "and the `reason` they were refused.",
+                kinds={"python", kind},
+            ),
+        ],
+        check_specs=[reconcile, quarantine],
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name="ingestion",
+        pool="warehouse",
+        required_resource_keys={"warehouse"},
+    )
+    def _ingest(context: AssetExecutionContext) -> Iterator:
+        warehouse = context.resources.warehouse
+        days = partition_days(context)
+        goods, rejects = [], []
+        for day in days:
+            validated = table.validate(read_landing_day(landing, table, day), day)
+            context.log.info(
+                f"{table.name} {day}: read {validated.rows_read:,}, loaded {len(validated.good):,},"
+                f" quarantined {len(validated.rejected):,}"
+            )
+            goods.append(validated.good)
+            rejects.append(validated.rejected)
+        good = pd.concat(goods, ignore_index=True)
+        rejected = pd.concat(rejects, ignore_index=True)
+        warehouse.replace_days(table.name, table.day_column, days, good)
+        warehouse.replace_days(rejected_name, table.day_column, days, rejected)
+
+        rows_read = len(good) + len(rejected)
+        share = len(rejected) / rows_read if rows_read else 0.0
+        day_range = f"{days[0]} .. {days[-1]}" if len(days) > 1 else str(days[0])
+        yield MaterializeResult(
+            asset_key=table.name,
+            metadata={
+                "days": MetadataValue.text(day_range),
+                "rows_read": rows_read,
+                "rows_loaded": len(good),
+                "rows_quarantined": len(rejected),
+                "quarantine_share": float(share),
+                "dagster/row_count": len(good),
+                "quarantine_reasons": MetadataValue.md(_reason_table(rejected)),
+            },
+        )
+        yield MaterializeResult(
+            asset_key=rejected_name,
+            metadata={"days": MetadataValue.text(day_range), "dagster/row_count": len(rejected)},
+        )
+
+        counted = warehouse.query(
+            f"select (select count(*) from {warehouse.schema_name}.{table.name}"
+            f" where {table.day_column} between cast('{days[0]}' as date)"
+            f" and cast('{days[-1]}' as date)) as loaded,"
+            f" (select count(*) from {warehouse.schema_name}.{rejected_name}"
+            f" where {table.day_column} between cast('{days[0]}' as date)"
+            f" and cast('{days[-1]}' as date)) as quarantined"
+        ).iloc[0]
+        loaded, quarantined = int(counted["loaded"]), int(counted["quarantined"])
+        yield AssetCheckResult(
+            asset_key=table.name,
+            check_name="rows_reconcile",
+            passed=loaded + quarantined == rows_read,
+            metadata={
+                "rows_read": rows_read,
+                "rows_in_table": loaded,
+                "rows_in_quarantine": quarantined,
+            },
+        )
+        yield AssetCheckResult(
+            asset_key=table.name,
+            check_name="quarantine_share",
+            passed=share <= MAX_QUARANTINE_SHARE,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"quarantine_share": float(share), "threshold": MAX_QUARANTINE_SHARE},
+        )
+
+    return _ingest
+
+
+def build_ingestion_assets(
+    partitions_def: PartitionsDefinition, landing: Path, kind: str
+) -> list[AssetsDefinition]:
+    return [build_landing_asset(t, partitions_def, landing, kind) for t in (EVENTS, PRODUCTS)]

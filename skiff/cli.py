@@ -1,0 +1,234 @@
+"""The `skiff` command line: generate data, run days through the graph, the demo, the UI."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+from skiff.settings import REPO_ROOT, ConfigError, Settings, ensure_home, load_settings
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date") from exc
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, days: int, sessions: int) -> None:
+    parser.add_argument("--days", type=_positive, default=days, help=f"days (default {days})")
+    parser.add_argument(
+        "--sessions-per-day",
+        type=_positive,
+        default=sessions,
+        help=f"sessions per day (default {sessions})",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument(
+        "--start",
+        type=_date,
+        default=None,
+        help="first day, YYYY-MM-DD (default: so that the last day is yesterday, UTC)",
+    )
+    parser.add_argument(
+        "--drift-from",
+        type=_date,
+        default=None,
+        help="from this day on, behaviour changes (catalogue, category mix, conversion)",
+    )
+
+
+def _start(args: argparse.Namespace, settings: Settings) -> dt.date:
+    start = args.start or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=args.days)
+    if start < settings.partitions_start:
+        raise ConfigError(
+            f"--start {start} is before the first partition {settings.partitions_start} "
+            "(set SKIFF_PARTITIONS_START to an earlier day)"
+        )
+    return start
+
+
+def _generate(args: argparse.Namespace, settings: Settings, out: Path):
+    from ml.synthetic import GeneratorConfig, generate
+
+    config = GeneratorConfig(
+        days=args.days,
+        sessions_per_day=args.sessions_per_day,
+        seed=args.seed,
+        start=_start(args, settings),
+        drift_from=args.drift_from,
+        write_truth=not getattr(args, "no_truth", False),
+    )
+    result = generate(out, config, progress=lambda line: print(f"  {line}", flush=True))
+    print(
+        f"generated {result.events:,} events in {result.sessions:,} sessions over "
+        f"{len(result.days)} days into {out} ({result.events_per_second:,.0f} events/s)"
+    )
+    return result
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    settings = ensure_home(load_settings())
+    _generate(args, settings, Path(args.out) if args.out else settings.landing)
+    return 0
+
+
+def run_days(settings: Settings, first: dt.date, last: dt.date) -> bool:
+    """Materialize days [first, last] end to end in one run on the persistent instance."""
+    from dagster import DagsterInstance
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    from orchestration.definitions import DAILY_REFRESH, build_definitions
+
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(DAILY_REFRESH)
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+                ASSET_PARTITION_RANGE_END_TAG: last.isoformat(),
+            },
+            raise_on_error=False,
+        )
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data:
+                print(f"step {event.step_key} failed: {event.step_failure_data.error.message}")
+    return result.success
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = ensure_home(load_settings())
+    last = args.end or args.start
+    print(f"materializing {args.start} .. {last} (one run; see it in the UI under Runs)")
+    return 0 if run_days(settings, args.start, last) else 1
+
+
+SUMMARY_TABLES = (
+    ("raw", "raw_browsing_events"),
+    ("raw", "raw_browsing_events_rejected"),
+    ("raw", "raw_products"),
+    ("main", "stg_browsing_events"),
+    ("main", "int_events_sessionized"),
+    ("main", "sessions"),
+    ("main", "conversion_examples"),
+    ("main", "session_sequences"),
+)
+
+
+def summarize(settings: Settings) -> str:
+    """Rows per table, sessions and conversion rate, read back from the warehouse."""
+    from orchestration.resources import build_warehouse
+
+    warehouse = build_warehouse(settings)
+    lines = [f"{'table':<32}{'rows':>12}"]
+    for schema, table in SUMMARY_TABLES:
+        schema = settings.raw_schema if schema == "raw" else schema
+        count = warehouse.query(f"select count(*) as n from {schema}.{table}").iloc[0]["n"]
+        lines.append(f"{schema + '.' + table:<32}{int(count):>12,}")
+    stats = warehouse.query(
+        "select count(*) as sessions, avg(case when purchased then 1.0 else 0.0 end) as rate,"
+        " count(distinct session_day) as days from main.sessions"
+    ).iloc[0]
+    lines.append(
+        f"\n{int(stats['sessions']):,} sessions over {int(stats['days'])} days; "
+        f"conversion rate {float(stats['rate'] or 0):.2%}"
+    )
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = ensure_home(load_settings())
+    began = time.perf_counter()
+    print(f"SKIFF_HOME={settings.home}")
+    result = _generate(args, settings, settings.landing)
+    first, last = result.days[0], result.days[-1]
+    print(f"materializing {first} .. {last} through the marts (one Dagster run)...", flush=True)
+    if not run_days(settings, first, last):
+        print("the run failed; open the UI (`skiff ui`) and look at the run's logs")
+        return 1
+    print()
+    print(summarize(settings))
+    print(f"\ndemo finished in {time.perf_counter() - began:.0f} s")
+    print(
+        "\nOpen the Dagster UI on this state:\n"
+        "  .venv/bin/skiff ui        # = DAGSTER_HOME=$SKIFF_HOME/dagster dagster dev "
+        "-w workspace.yaml -h 127.0.0.1 -p 3000\n"
+        "  then browse http://127.0.0.1:3000 (Assets -> Lineage; Runs)"
+    )
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    ensure_home(load_settings())
+    dagster = Path(sys.executable).parent / "dagster"
+    argv = [
+        str(dagster),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(argv)}", flush=True)
+    os.chdir(REPO_ROOT)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skiff", description="Skiff: an ML data platform for e-commerce browsing sessions."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write synthetic landing days (raw contract)")
+    _add_data_flags(gen, days=21, sessions=2000)
+    gen.add_argument("--out", help="folder to write into (default $SKIFF_HOME/landing)")
+    gen.add_argument("--no-truth", action="store_true", help="do not write the ground truth")
+    gen.set_defaults(func=cmd_generate)
+
+    run = sub.add_parser("run", help="materialize landing days end to end in one run")
+    run.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    run.add_argument("--end", type=_date, default=None, help="last day (default: --start)")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="generate data and run it all on the local DuckDB")
+    _add_data_flags(demo, days=21, sessions=2000)
+    demo.set_defaults(func=cmd_demo)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the local state")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"skiff: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""One place for configuration: every path Skiff writes lives under SKIFF_HOME.
+
+Read by the command line, the Dagster definitions and (later) the server, so they agree on
+where things are. Only environment variables configure Skiff; `.env.example` lists them all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+
+ENVIRONMENTS = ("local", "prod")
+# Daily partitions start here; landing days before it are refused by the command line.
+DEFAULT_PARTITIONS_START = "2026-01-01"
+
+# Everything `SKIFF_ENV=prod` needs, checked at start so a run never fails half-way for it.
+SNOWFLAKE_REQUIRED = (
+    "SNOWFLAKE_ACCOUNT",
+    "SNOWFLAKE_USER",
+    "SNOWFLAKE_PASSWORD",
+    "SNOWFLAKE_ROLE",
+    "SNOWFLAKE_WAREHOUSE",
+    "SNOWFLAKE_DATABASE",
+    "SNOWFLAKE_SCHEMA",
+)
+
+_DAGSTER_YAML = """\
+# Written by Skiff (skiff/settings.py) when this DAGSTER_HOME was first used; edit freely.
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    # DuckDB allows one process at a time on the warehouse file: steps in the `warehouse`
+    # pool run one at a time across all runs, so no run ever meets a lock error.
+    default_limit: 1
+"""
+
+
+class ConfigError(RuntimeError):
+    """Configuration that cannot work, explained."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    env: str
+    partitions_start: dt.date
+    raw_schema: str
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def dbt_target(self) -> str:
+        return os.environ.get("SKIFF_DBT_TARGET") or (
+            "snowflake" if self.env == "prod" else "duckdb"
+        )
+
+
+def load_settings() -> Settings:
+    """Read the environment. Raises ConfigError naming what is wrong."""
+    env = os.environ.get("SKIFF_ENV", "local").strip().lower() or "local"
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"SKIFF_ENV={env!r} is not one of {list(ENVIRONMENTS)}")
+    if env == "prod":
+        missing = [name for name in SNOWFLAKE_REQUIRED if not os.environ.get(name)]
+        if missing:
+            raise ConfigError(
+                "SKIFF_ENV=prod needs these environment variables, which are not set: "
+                + ", ".join(missing)
+            )
+    home = Path(os.environ.get("SKIFF_HOME") or REPO_ROOT / ".skiff").expanduser().resolve()
+    start_text = os.environ.get("SKIFF_PARTITIONS_START", DEFAULT_PARTITIONS_START)
+    try:
+        start = dt.date.fromisoformat(start_text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"SKIFF_PARTITIONS_START={start_text!r} is not a YYYY-MM-DD date"
+        ) from exc
+    return Settings(
+        home=home,
+        env=env,
+        partitions_start=start,
+        raw_schema=os.environ.get("SKIFF_RAW_SCHEMA", "raw"),
+    )
+
+
+def ensure_home(settings: Settings) -> Settings:
+    """Create the folders under SKIFF_HOME and export the paths dbt and Dagster read.
+
+    Idempotent. dbt's profile reads SKIFF_HOME and SKIFF_RAW_SCHEMA from the environment, and
+    `dagster dev` persists runs only when DAGSTER_HOME is set, so both are exported here.
+    """
+    for path in (settings.landing, settings.artifacts, settings.reports, settings.dagster_home):
+        path.mkdir(parents=True, exist_ok=True)
+    dagster_yaml = settings.dagster_home / "dagster.yaml"
+    if not dagster_yaml.exists():
+        dagster_yaml.write_text(_DAGSTER_YAML)
+    os.environ["SKIFF_HOME"] = str(settings.home)
+    os.environ["SKIFF_RAW_SCHEMA"] = settings.raw_schema
+    os.environ["SKIFF_DBT_TARGET"] = settings.dbt_target
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    return settings
