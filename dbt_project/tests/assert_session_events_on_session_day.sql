@@ -1,0 +1,28 @@
+-- Every event of a visit falls on the visit's session_day (UTC), and inside its time span.
+with
+
+sessions as (
+    select * from {{ ref('sessions') }}
+),
+
+events as (
+    select * from {{ ref('int_events_sessionized') }}
+),
+
+final as (
+    select
+        events.session_key,
+        events.event_index,
+        events.event_at,
+        sessions.session_day
+    from events
+    inner join sessions
+        on events.session_key = sessions.session_key
+    where
+        cast(events.event_at as date) != sessions.session_day
+        or events.event_day != sessions.session_day
+        or events.event_at < sessions.started_at
+        or events.event_at > sessions.ended_at
+)
+
+select * from final

@@ -1,0 +1,407 @@
+"""The dbt project against a real DuckDB file: partitioned builds, reruns, invariants.
+
+One module fixture loads two hand-built landing days into `raw`, then runs real `dbt build`s in
+order (day 1, day 2, day 1 again, no vars, day 2 after it was re-ingested empty) and keeps a
+copy of the warehouse after each, so the tests below only read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DBT_PROJECT = REPO / "dbt_project"
+DBT = Path(sys.executable).parent / "dbt"
+
+DAY1, DAY2 = dt.date(2026, 1, 5), dt.date(2026, 1, 6)
+T1 = 1_767_607_200_000  # 2026-01-05 10:00:00 UTC
+T2 = 1_767_690_000_000  # 2026-01-06 09:00:00 UTC
+MIN = 60_000
+
+MODELS = (
+    "stg_browsing_events",
+    "stg_products",
+    "int_events_sessionized",
+    "sessions",
+    "conversion_examples",
+    "session_sequences",
+)
+INCREMENTAL = {
+    "staging/stg_browsing_events.sql": "event_day",
+    "intermediate/int_events_sessionized.sql": "event_day",
+    "marts/sessions.sql": "event_day",
+    "marts/conversion_examples.sql": "event_day",
+    "marts/session_sequences.sql": "event_day",
+}
+ORDER_KEYS = {
+    "stg_browsing_events": ["session_id", "event_ms", "event_type", "url"],
+    "stg_products": ["product_sku"],
+    "int_events_sessionized": ["session_key", "event_index"],
+    "sessions": ["session_key"],
+    "conversion_examples": ["session_key", "prefix_length"],
+    "session_sequences": ["session_key"],
+}
+
+
+def _pv(session: str, ms: int, url: str, day: dt.date) -> tuple:
+    return (session, "pageview", None, None, ms, url, day)
+
+
+def _product(session: str, action: str, sku: str, ms: int, url: str, day: dt.date) -> tuple:
+    return (session, "event_product", action, sku, ms, url, day)
+
+
+def _detail_with_twin(session: str, sku: str, ms: int, url: str, day: dt.date) -> list[tuple]:
+    return [_product(session, "detail", sku, ms, url, day), _pv(session, ms, url, day)]
+
+
+def raw_events() -> pd.DataFrame:
+    rows = [
+        # day 1, visit sa: duplicate pageview, two details with twins, purchase, one more page
+        _pv("sa", T1, "u1", DAY1),
+        _pv("sa", T1, "u1", DAY1),
+        *_detail_with_twin("sa", "p1", T1 + 1 * MIN, "u2", DAY1),
+        _product("sa", "add", "p1", T1 + 2 * MIN, "u2", DAY1),
+        *_detail_with_twin("sa", "p2", T1 + 3 * MIN, "u3", DAY1),
+        _product("sa", "purchase", "p1", T1 + 4 * MIN, "u4", DAY1),
+        _pv("sa", T1 + 5 * MIN, "u5", DAY1),
+        # day 1, sb: 45 minutes of silence split it into two visits
+        _pv("sb", T1, "u1", DAY1),
+        *_detail_with_twin("sb", "p3", T1 + 10 * MIN, "u6", DAY1),
+        *_detail_with_twin("sb", "p1", T1 + 55 * MIN, "u2", DAY1),
+        _pv("sb", T1 + 56 * MIN, "u7", DAY1),
+        # day 1, sc: pageviews only
+        _pv("sc", T1 + 60 * MIN, "u1", DAY1),
+        _pv("sc", T1 + 65 * MIN, "u8", DAY1),
+        # day 2, sa comes back (a new visit on a new day); duplicate purchase row
+        *_detail_with_twin("sa", "p2", T2, "u3", DAY2),
+        _product("sa", "add", "p2", T2 + MIN // 2, "u3", DAY2),
+        _product("sa", "purchase", "p2", T2 + MIN, "u4", DAY2),
+        _product("sa", "purchase", "p2", T2 + MIN, "u4", DAY2),
+        # day 2, sd opens with a purchase: no conversion example
+        _product("sd", "purchase", "p3", T2 + 5 * MIN, "u4", DAY2),
+        _pv("sd", T2 + 6 * MIN, "u1", DAY2),
+    ]
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "session_id_hash",
+            "event_type",
+            "product_action",
+            "product_sku_hash",
+            "server_timestamp_epoch_ms",
+            "hashed_url",
+            "event_day",
+        ],
+    )
+    return frame.sample(frac=1.0, random_state=7)  # landing rows come in no order
+
+
+def raw_products() -> pd.DataFrame:
+    rows = [
+        ("p1", "c1/l1", 3, None, None, DAY1),
+        ("p2", "c2/l2", 7, "0.1 0.2", None, DAY1),
+        ("p3", None, None, None, None, DAY1),
+        ("p1", "c1/l9", 4, None, None, DAY2),  # re-categorized: the latest snapshot wins
+        ("p2", "c2/l2", 7, "0.1 0.2", None, DAY2),
+        ("p3", None, None, None, None, DAY2),
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "product_sku_hash",
+            "category_hash",
+            "price_bucket",
+            "description_vector",
+            "image_vector",
+            "snapshot_day",
+        ],
+    )
+
+
+RAW_DDL = """
+create schema raw;
+create table raw.raw_browsing_events (
+    session_id_hash varchar not null, event_type varchar not null, product_action varchar,
+    product_sku_hash varchar, server_timestamp_epoch_ms bigint not null, hashed_url varchar,
+    event_day date not null
+);
+create table raw.raw_products (
+    product_sku_hash varchar not null, category_hash varchar, price_bucket integer,
+    description_vector varchar, image_vector varchar, snapshot_day date not null
+);
+create table raw.raw_browsing_events_rejected (row_number bigint, reason varchar, event_day date);
+create table raw.raw_products_rejected (row_number bigint, reason varchar, snapshot_day date);
+"""
+
+
+@dataclass
+class Stage:
+    """What one dbt invocation left behind."""
+
+    warehouse: Path
+    results: list[dict]
+    target: Path
+    log: str
+
+    def query(self, sql: str) -> pd.DataFrame:
+        with duckdb.connect(str(self.warehouse), read_only=True) as con:
+            return con.sql(sql).df()
+
+    def table(self, model: str) -> pd.DataFrame:
+        frame = self.query(f"select * from main.{model}")
+        return frame.sort_values(ORDER_KEYS[model]).reset_index(drop=True)
+
+    def counts(self) -> dict[str, int]:
+        return {m: int(self.query(f"select count(*) as n from main.{m}").n[0]) for m in MODELS}
+
+
+def run_dbt(home: Path, name: str, *args: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    target, logs = home / f"target_{name}", home / f"logs_{name}"
+    env = {
+        **os.environ,
+        "SKIFF_HOME": str(home),
+        "SKIFF_DBT_TARGET": "duckdb",
+        "SKIFF_RAW_SCHEMA": "raw",
+        "DBT_PROFILES_DIR": str(DBT_PROJECT),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    cmd = [str(DBT), *args, "--target-path", str(target), "--log-path", str(logs)]
+    proc = subprocess.run(cmd, cwd=DBT_PROJECT, env=env, capture_output=True, text=True)
+    return proc, target, logs
+
+
+def build(home: Path, name: str, days: tuple[dt.date, dt.date] | None) -> Stage:
+    args = ["build"]
+    if days is not None:
+        args += ["--vars", json.dumps({"start_day": str(days[0]), "end_day": str(days[1])})]
+    proc, target, logs = run_dbt(home, name, *args)
+    assert proc.returncode == 0, f"dbt build ({name}) failed:\n{proc.stdout[-6000:]}"
+    snapshot = home / f"warehouse_{name}.duckdb"
+    shutil.copyfile(home / "warehouse.duckdb", snapshot)
+    results = json.loads((target / "run_results.json").read_text())["results"]
+    return Stage(snapshot, results, target, (logs / "dbt.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stage]:
+    home = tmp_path_factory.mktemp("skiff_home")
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        con.execute(RAW_DDL)
+        events, products = raw_events(), raw_products()  # noqa: F841 (read by duckdb)
+        con.execute("insert into raw.raw_browsing_events select * from events")
+        con.execute("insert into raw.raw_products select * from products")
+
+    out = {
+        "day1": build(home, "day1", (DAY1, DAY1)),
+        "day2": build(home, "day2", (DAY2, DAY2)),
+        "day1_again": build(home, "day1_again", (DAY1, DAY1)),
+        "full": build(home, "full", None),
+    }
+    # Day 2 is re-ingested from an empty file: the ingestion asset replaces its rows by none.
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        con.execute("delete from raw.raw_browsing_events where event_day = ?", [DAY2])
+    out["day2_emptied"] = build(home, "day2_emptied", (DAY2, DAY2))
+    out["home"] = home  # type: ignore[assignment]
+    return out
+
+
+DAY1_COUNTS = {
+    "stg_browsing_events": 12,
+    "stg_products": 3,
+    "int_events_sessionized": 12,
+    "sessions": 4,
+    "conversion_examples": 10,
+    "session_sequences": 3,
+}
+BOTH_DAYS_COUNTS = {
+    "stg_browsing_events": 17,
+    "stg_products": 3,
+    "int_events_sessionized": 17,
+    "sessions": 6,
+    "conversion_examples": 12,
+    "session_sequences": 4,
+}
+
+
+@pytest.mark.slow
+def test_every_build_passes_models_data_tests_and_unit_tests(stages: dict[str, Stage]) -> None:
+    for name in ("day1", "day2", "day1_again", "full", "day2_emptied"):
+        results = stages[name].results
+        bad = [
+            (r["unique_id"], r["status"]) for r in results if r["status"] not in ("success", "pass")
+        ]
+        assert not bad, f"{name}: {bad}"
+        unit = [r for r in results if r["unique_id"].startswith("unit_test.")]
+        assert len(unit) == 4, f"{name}: unit tests run: {[r['unique_id'] for r in unit]}"
+        data = [r for r in results if r["unique_id"].startswith("test.")]
+        assert len(data) >= 40
+
+
+@pytest.mark.slow
+def test_row_counts_are_exact_and_reruns_add_nothing(stages: dict[str, Stage]) -> None:
+    assert stages["day1"].counts() == DAY1_COUNTS
+    assert stages["day2"].counts() == BOTH_DAYS_COUNTS
+    assert stages["day1_again"].counts() == BOTH_DAYS_COUNTS
+    assert stages["full"].counts() == BOTH_DAYS_COUNTS
+
+
+@pytest.mark.slow
+def test_rerun_and_full_build_give_the_same_tables(stages: dict[str, Stage]) -> None:
+    for model in MODELS:
+        expected = stages["day2"].table(model)
+        pd.testing.assert_frame_equal(stages["day1_again"].table(model), expected)
+        pd.testing.assert_frame_equal(stages["full"].table(model), expected)
+
+
+@pytest.mark.slow
+def test_emptied_day_is_emptied_downstream(stages: dict[str, Stage]) -> None:
+    emptied = stages["day2_emptied"]
+    assert emptied.counts() == DAY1_COUNTS
+    for model in ("sessions", "conversion_examples", "session_sequences"):
+        n = emptied.query(f"select count(*) as n from main.{model} where session_day = '{DAY2}'")
+        assert n.n[0] == 0
+        day1 = f"select * from main.{model} where session_day = '{DAY1}'"
+        before = stages["full"].query(day1).sort_values("session_key").reset_index(drop=True)
+        after = emptied.query(day1).sort_values("session_key").reset_index(drop=True)
+        pd.testing.assert_frame_equal(after, before)
+
+
+@pytest.mark.slow
+def test_sessions_content(stages: dict[str, Stage]) -> None:
+    sessions = stages["full"].table("sessions").set_index("session_key")
+    assert list(sessions.index) == [
+        "sa-20260105-1",
+        "sa-20260106-1",
+        "sb-20260105-1",
+        "sb-20260105-2",
+        "sc-20260105-1",
+        "sd-20260106-1",
+    ]
+    sa = sessions.loc["sa-20260105-1"]
+    assert (sa.n_events, sa.n_pageviews, sa.n_detail, sa.n_add, sa.n_purchase) == (6, 2, 2, 1, 1)
+    assert sa.n_distinct_products == 2 and bool(sa.purchased)
+    assert sa.duration_seconds == 300.0
+    assert sa.first_purchase_at == pd.Timestamp("2026-01-05 10:04:00")
+    assert sessions.loc["sa-20260106-1"].n_purchase == 1  # the duplicate row is gone
+    assert sessions.loc[["sb-20260105-1", "sb-20260105-2"], "n_events"].tolist() == [2, 2]
+    assert not sessions.loc["sc-20260105-1"].purchased
+    assert pd.isna(sessions.loc["sc-20260105-1"].first_purchase_at)
+    assert sessions.session_day.astype(str).tolist() == [
+        "2026-01-05", "2026-01-06", "2026-01-05", "2026-01-05", "2026-01-05", "2026-01-06",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_conversion_examples_and_sequences_content(stages: dict[str, Stage]) -> None:
+    full = stages["full"]
+    examples = full.table("conversion_examples")
+    sa = examples[examples.session_key == "sa-20260105-1"]
+    assert sa.prefix_length.tolist() == [1, 2, 3, 4]
+    assert sa.product_action.tolist()[1:] == ["detail", "add", "detail"]
+    assert sa.will_purchase.all()
+    assert sa.category.tolist()[1:] == ["c1/l9", "c1/l9", "c2/l2"]  # latest catalogue
+    assert "sd-20260106-1" not in set(examples.session_key)
+    assert not examples[examples.session_key.str.startswith("sb")].will_purchase.any()
+
+    sequences = full.table("session_sequences").set_index("session_key")
+    assert sequences.product_skus.to_dict() == {
+        "sa-20260105-1": "p1 p2",
+        "sa-20260106-1": "p2",
+        "sb-20260105-1": "p3",
+        "sb-20260105-2": "p1",
+    }
+
+
+INVARIANTS = {
+    "example_is_purchase_or_after_first_purchase": """
+        select count(*) as n from main.conversion_examples as e
+        inner join main.sessions as s on e.session_key = s.session_key
+        where e.product_action = 'purchase' or e.event_at >= s.first_purchase_at
+    """,
+    "n_events_differs_from_event_count": """
+        select count(*) as n from main.sessions as s
+        full outer join (
+            select session_key, count(*) as n_events
+            from main.int_events_sessionized group by session_key
+        ) as e on s.session_key = e.session_key
+        where s.n_events is distinct from e.n_events
+    """,
+    "negative_duration": "select count(*) as n from main.sessions where duration_seconds < 0",
+    "event_off_session_day": """
+        select count(*) as n from main.int_events_sessionized as e
+        inner join main.sessions as s on e.session_key = s.session_key
+        where cast(e.event_at as date) != s.session_day
+    """,
+    "duplicate_example_key": """
+        select count(*) - count(distinct (session_key, prefix_length)) as n
+        from main.conversion_examples
+    """,
+    "orphan_sequence": """
+        select count(*) as n from main.session_sequences
+        where session_key not in (select session_key from main.sessions)
+    """,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(INVARIANTS))
+def test_mart_invariants_hold_in_sql(stages: dict[str, Stage], name: str) -> None:
+    for stage in ("day1", "day1_again", "full", "day2_emptied"):
+        assert stages[stage].query(INVARIANTS[name]).n[0] == 0, f"{name} after {stage}"
+
+
+@pytest.mark.slow
+def test_partition_vars_filter_the_upstream_scan(stages: dict[str, Stage]) -> None:
+    stage = stages["day1_again"]  # the first day-1 build created the tables: nothing to delete
+    compiled = stage.target / "compiled" / "skiff" / "models"
+    for path, column in INCREMENTAL.items():
+        sql = (compiled / path).read_text()
+        # the filter sits right on the import CTE, before any window or join
+        assert re.search(
+            rf"from \S+\s+where {column} between cast\('2026-01-05' as date\) "
+            r"and cast\('2026-01-05' as date\)",
+            sql,
+        ), f"{path} does not filter its upstream scan:\n{sql}"
+        table = Path(path).stem
+        partition = "event_day" if table.startswith(("stg_", "int_")) else "session_day"
+        assert re.search(
+            rf'delete from "warehouse"."main"."{table}" where {partition} between '
+            r"cast\('2026-01-05' as date\) and cast\('2026-01-05' as date\)",
+            stage.log,
+        ), f"no partition delete for {table}"
+    no_vars = (stages["full"].target / "compiled/skiff/models/marts/sessions.sql").read_text()
+    assert "between cast(" not in no_vars and "1 = 1" in no_vars
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("partition_vars", "message"),
+    [
+        ({"start_day": "2026-01-05"}, "pass both start_day and end_day"),
+        ({"start_day": "2026-01-07", "end_day": "2026-01-05"}, "is after end_day"),
+        ({"start_day": "2026-01-05' or 1=1 --", "end_day": "2026-01-05"}, "not an ISO date"),
+    ],
+)
+def test_bad_partition_vars_fail_before_touching_data(
+    stages: dict[str, Stage], partition_vars: dict, message: str
+) -> None:
+    home = stages["home"]
+    proc, _, _ = run_dbt(
+        home, "bad_vars", "compile", "--select", "stg_browsing_events",
+        "--vars", json.dumps(partition_vars),
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert message in proc.stdout
