@@ -11,6 +11,7 @@ from dagster import (
     DailyPartitionsDefinition,
     Definitions,
     define_asset_job,
+    definitions,
     in_process_executor,
     multiprocess_executor,
 )
@@ -50,4 +51,7 @@ def build_definitions(settings: Settings) -> Definitions:
     )
 
 
-defs = build_definitions(ensure_home(load_settings()))
+@definitions
+def defs() -> Definitions:
+    """Built when Dagster loads the code location, not when this module is imported."""
+    return build_definitions(ensure_home(load_settings()))

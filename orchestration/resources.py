@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 from dagster import ConfigurableResource
-from dagster_dbt import DbtCliResource, DbtProject
+from dagster_dbt import DbtProject
 
+from orchestration.assets.dbt import dbt_cli
 from skiff.settings import Settings
 
 # Raw tables written by the ingestion assets. Types are portable (DuckDB and Snowflake).
@@ -207,5 +208,5 @@ def build_warehouse(settings: Settings) -> Warehouse:
 def build_resources(settings: Settings, dbt_project: DbtProject) -> dict[str, Any]:
     return {
         "warehouse": build_warehouse(settings),
-        "dbt": DbtCliResource(project_dir=dbt_project, target=settings.dbt_target),
+        "dbt": dbt_cli(dbt_project),
     }

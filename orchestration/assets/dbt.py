@@ -7,6 +7,7 @@ nightly run costs one day and a backfill of many days is one dbt invocation.
 
 import fcntl
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ RAW_SOURCE = "skiff_raw"
 def build_dbt_project(settings: Settings) -> DbtProject:
     return DbtProject(
         project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR, target=settings.dbt_target
+    )
+
+
+def dbt_cli(project: DbtProject) -> DbtCliResource:
+    """The venv's own dbt, so nothing depends on the venv being activated (PATH)."""
+    return DbtCliResource(
+        project_dir=project,
+        target=project.target,
+        dbt_executable=str(Path(sys.executable).parent / "dbt"),
     )
 
 
@@ -58,7 +68,7 @@ def ensure_manifest(project: DbtProject) -> Path:
     with open(manifest.parent / ".skiff-parse.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not manifest.exists() or _dbt_sources_newer_than(manifest):
-            project.preparer.prepare(project)
+            dbt_cli(project).cli(["--quiet", "parse"], target_path=project.target_path).wait()
     return manifest
 
 

@@ -1,0 +1,120 @@
+"""End to end through the Dagster UI's API: `dagster dev` on 127.0.0.1, a run launched over
+GraphQL, the daemon dequeues it, it succeeds, and the lineage reads back from the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from dagster_graphql import DagsterGraphQLClient
+
+from ml.synthetic import GeneratorConfig, generate
+from skiff.settings import REPO_ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+START = dt.date(2026, 1, 5)
+
+LINEAGE = """
+{ assetNodes { assetKey { path } dependencyKeys { path } groupName } }
+"""
+LATEST = """
+query ($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset { assetMaterializations(limit: 5) { partition runId } }
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_dev(settings, tmp_path: Path):
+    generate(settings.landing, GeneratorConfig(days=2, sessions_per_day=60, seed=3, start=START))
+    port = _free_port()
+    log = (tmp_path / "dagster_dev.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("dagster dev did not answer in 180 s")
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_launch_through_graphql_and_read_lineage(dagster_dev):
+    port = dagster_dev
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=30)
+    run_id = client.submit_job_execution(
+        "daily_refresh", tags={"dagster/partition": START.isoformat()}
+    )
+    deadline = time.monotonic() + 300
+    status = None
+    while time.monotonic() < deadline:
+        status = client.get_run_status(run_id).value
+        if status in {"SUCCESS", "FAILURE", "CANCELED"}:
+            break
+        time.sleep(2)
+    assert status == "SUCCESS", f"run {run_id} ended {status}"
+
+    def gql(query: str, variables: dict | None = None) -> dict:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/graphql",
+            json={"query": query, "variables": variables or {}},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json()["data"]
+
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in gql(LINEAGE)["assetNodes"]}
+    deps = {key: {"/".join(d["path"]) for d in n["dependencyKeys"]} for key, n in nodes.items()}
+    assert "raw_browsing_events" in deps["stg_browsing_events"]
+    assert "raw_products" in deps["stg_products"]
+    assert "stg_browsing_events" in deps["int_events_sessionized"]
+    for mart in ("sessions", "conversion_examples", "session_sequences"):
+        assert nodes[mart]["groupName"] == "marts"
+        materialized = gql(LATEST, {"path": [mart]})["assetOrError"]["assetMaterializations"]
+        assert {(m["partition"], m["runId"]) for m in materialized} >= {(START.isoformat(), run_id)}
