@@ -382,6 +382,9 @@ def test_partition_vars_filter_the_upstream_scan(stages: dict[str, Stage]) -> No
             r"cast\('2026-01-05' as date\) and cast\('2026-01-05' as date\)",
             stage.log,
         ), f"no partition delete for {table}"
+    # data tests check the days of the run too
+    test_sql = (compiled / "marts/_marts.yml/unique_sessions_session_key.sql").read_text()
+    assert "where session_day between cast('2026-01-05' as date)" in test_sql
     no_vars = (stages["full"].target / "compiled/skiff/models/marts/sessions.sql").read_text()
     assert "between cast(" not in no_vars and "1 = 1" in no_vars
 

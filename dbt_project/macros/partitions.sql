@@ -55,7 +55,7 @@
 
 {% macro delete_partition(column) -%}
     {#- pre_hook of every incremental model (incremental_strategy='append'). -#}
-    {%- if flags.FULL_REFRESH and partition_days() is not none -%}
+    {%- if execute and flags.FULL_REFRESH and partition_days() is not none -%}
         {{ exceptions.raise_compiler_error(
             "--full-refresh with start_day/end_day would rebuild " ~ this
             ~ " with those days only; run a full refresh without partition vars"
@@ -63,5 +63,24 @@
     {%- endif -%}
     {%- if is_incremental() -%}
         delete from {{ this }} where {{ in_partition(column) }}
+    {%- endif -%}
+{%- endmacro %}
+
+
+{% macro get_where_subquery(relation) -%}
+    {#- Overrides dbt's: a test `where` config of exactly `__partition__(column)` becomes
+        in_partition(column), so a partitioned run tests the days it wrote, not all history.
+        Set per folder in dbt_project.yml. -#}
+    {%- set where = config.get('where') -%}
+    {%- if where and where.startswith('__partition__(') and where.endswith(')') -%}
+        {%- set where = in_partition(where[14:-1]) -%}
+    {%- endif -%}
+    {%- if where -%}
+        {%- set filtered -%}
+            (select * from {{ relation }} where {{ where }}) as dbt_subquery
+        {%- endset -%}
+        {{ return(filtered) }}
+    {%- else -%}
+        {{ return(relation) }}
     {%- endif -%}
 {%- endmacro %}

@@ -1,12 +1,15 @@
 -- No conversion example is a purchase or happens at or after its visit's first purchase.
+-- Like every test here, it checks the days of the run (all days without partition vars).
 with
 
 examples as (
     select * from {{ ref('conversion_examples') }}
+    where {{ in_partition('session_day') }}
 ),
 
 sessions as (
     select * from {{ ref('sessions') }}
+    where {{ in_partition('session_day') }}
 ),
 
 final as (

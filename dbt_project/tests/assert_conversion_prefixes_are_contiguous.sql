@@ -3,6 +3,7 @@ with
 
 examples as (
     select * from {{ ref('conversion_examples') }}
+    where {{ in_partition('session_day') }}
 ),
 
 per_session as (

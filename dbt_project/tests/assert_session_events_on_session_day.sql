@@ -3,10 +3,12 @@ with
 
 sessions as (
     select * from {{ ref('sessions') }}
+    where {{ in_partition('session_day') }}
 ),
 
 events as (
     select * from {{ ref('int_events_sessionized') }}
+    where {{ in_partition('event_day') }}
 ),
 
 final as (
