@@ -99,6 +99,8 @@ def run_days(settings: Settings, first: dt.date, last: dt.date) -> bool:
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
+            # progress at INFO (a line per day and per dbt node); DEBUG stays in the UI's logs
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
             tags={
                 ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
                 ASSET_PARTITION_RANGE_END_TAG: last.isoformat(),

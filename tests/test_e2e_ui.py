@@ -1,5 +1,6 @@
 """End to end through the Dagster UI's API: `dagster dev` on 127.0.0.1, a run launched over
-GraphQL, the daemon dequeues it, it succeeds, and the lineage reads back from the API."""
+GraphQL (the daemon dequeues it), a backfill of a day range as the UI launches it (one run for
+the range), and the lineage read back from the API."""
 
 from __future__ import annotations
 
@@ -25,6 +26,22 @@ START = dt.date(2026, 1, 5)
 
 LINEAGE = """
 { assetNodes { assetKey { path } dependencyKeys { path } groupName } }
+"""
+BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status runs(limit: 10) { runId status tags { key value } } }
+  }
+}
 """
 LATEST = """
 query ($path: [String!]!) {
