@@ -134,7 +134,7 @@ def validate_events(raw: pd.DataFrame, day: dt.date) -> Validated:
     sku = _clean(raw["product_sku_hash"])
     url = _clean(raw["hashed_url"])
     ts_text = _clean(raw["server_timestamp_epoch_ms"])
-    ts_ok = ts_text.str.fullmatch(r"\d{1,15}").fillna(False).astype(bool)
+    ts_ok = ts_text.str.fullmatch(r"[0-9]{1,15}").fillna(False).astype(bool)
     ts = pd.to_numeric(ts_text.where(ts_ok), errors="coerce").astype("Int64")
     lo, hi = day_bounds_ms(day)
     is_product = event_type == "event_product"
