@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="generate data and run it all on the local DuckDB")
-    _add_data_flags(demo, days=21, sessions=2000)
+    _add_data_flags(demo, days=21, sessions=5000)
     demo.set_defaults(func=cmd_demo)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the local state")
