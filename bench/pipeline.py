@@ -1,0 +1,568 @@
+"""Benchmark the whole pipeline: generate -> ingest -> dbt, against a DuckDB scan floor.
+
+For every size (DAYSxSESSIONS_PER_DAY) a fresh temporary SKIFF_HOME is made and, each in its own
+process (so peak memory is the phase's own):
+
+  generate   `ml.synthetic.generate` writes the landing days;
+  run        the `daily_refresh` job over the whole day range in ONE Dagster run, as
+             `skiff run` / `skiff.cli.run_days` does it (persistent instance under SKIFF_HOME);
+             ingest and dbt times are the steps' STEP_START -> STEP_SUCCESS times from the
+             run's event log; peak RSS of the Dagster process and of its children (dbt);
+  floor      one DuckDB scan-and-group of the same landing CSVs in a fresh in-memory database:
+             about the least any pipeline could spend reading these events once.
+
+Then the nightly cost: one more day (ingest + dbt of a single new partition) on top of 7 and
+of 28 days of history, with the same sessions per day; a history missing from --sizes is built
+for it (and shown in the table). Last, the time to load the Dagster definitions in a fresh
+process (manifest already parsed). Example:
+
+    .venv/bin/python bench/pipeline.py --sizes 7x20000 14x50000 28x50000 --nightly-sessions 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+START = dt.date(2026, 1, 5)  # first landing day (partitions start 2026-01-01)
+SEED = 7
+RESULT_PREFIX = "@@skiff-bench "
+INGEST_STEPS = ("ingest_raw_browsing_events", "ingest_raw_products")
+DBT_STEP = "skiff_dbt_models"
+DEFS_SNIPPET = (
+    "import time; t = time.perf_counter(); "
+    "from orchestration.definitions import defs; defs(); "
+    "print(time.perf_counter() - t)"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Phases: each runs in a fresh `python bench/pipeline.py --phase NAME` process, SKIFF_HOME set.
+# --------------------------------------------------------------------------------------------
+
+
+def _peaks() -> dict[str, float]:
+    """Peak RSS of this process and `ru_maxrss` of its children, in MiB (Linux: KiB).
+
+    Linux starts a child's high-water mark at its parent's RSS at fork time, so the children's
+    `ru_maxrss` is at least the parent's RSS then; `ChildPeaks` measures dbt itself.
+    """
+    return {
+        "peak_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rusage_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+class ChildPeaks:
+    """Samples VmHWM (peak RSS since exec) of every descendant process, every 0.2 s."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peaks: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> ChildPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(0.2):
+            try:
+                children = me.children(recursive=True)
+            except psutil.Error:
+                continue
+            for child in children:
+                try:
+                    status = Path(f"/proc/{child.pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        kib = float(line.split()[1])
+                        self.peaks[child.pid] = max(self.peaks.get(child.pid, 0.0), kib / 1024)
+
+    @property
+    def peak_mib(self) -> float:
+        return max(self.peaks.values(), default=0.0)
+
+
+def _settings():
+    from skiff.settings import ensure_home, load_settings
+
+    return ensure_home(load_settings())
+
+
+def phase_generate(days: int, sessions: int) -> dict:
+    from ml.synthetic import GeneratorConfig, generate
+
+    settings = _settings()
+    config = GeneratorConfig(days=days, sessions_per_day=sessions, seed=SEED, start=START)
+    result = generate(settings.landing, config)
+    size = sum(p.stat().st_size for p in settings.landing.rglob("browsing_events.csv"))
+    return {
+        "events": result.events,
+        "sessions": result.sessions,
+        "seconds": result.seconds,
+        "csv_bytes": size,
+        "first": result.days[0].isoformat(),
+        "last": result.days[-1].isoformat(),
+        **_peaks(),
+    }
+
+
+def phase_add_day(days: int, sessions: int) -> dict:
+    """Land day `days + 1` exactly as a `days + 1`-day generation would have written it."""
+    from ml.synthetic import GeneratorConfig, generate
+
+    settings = _settings()
+    scratch = Path(tempfile.mkdtemp(prefix="next-day-", dir=settings.home))
+    try:
+        config = GeneratorConfig(
+            days=days + 1, sessions_per_day=sessions, seed=SEED, start=START, write_truth=False
+        )
+        result = generate(scratch, config)
+        day = result.days[-1]
+        target = settings.landing / day.isoformat()
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(scratch / day.isoformat(), target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    with (target / "browsing_events.csv").open("rb") as handle:
+        events = sum(1 for _ in handle) - 1  # unquoted CSV: one line per row, plus the header
+    return {"day": day.isoformat(), "events": events}
+
+
+def _metadata_seconds(metadata) -> float:
+    value = metadata.get("Execution Duration") if metadata else None
+    return float(getattr(value, "value", value) or 0.0)
+
+
+def phase_run(first: str, last: str) -> dict:
+    """`skiff.cli.run_days`, replicated so the run's id, events and timestamps are at hand."""
+    settings = _settings()
+    began = time.perf_counter()
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    from orchestration.definitions import DAILY_REFRESH, build_definitions
+
+    job = build_definitions(settings).resolve_job_def(DAILY_REFRESH)
+    defs_seconds = time.perf_counter() - began
+    with ChildPeaks() as children, DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: first,
+                ASSET_PARTITION_RANGE_END_TAG: last,
+            },
+            raise_on_error=False,
+        )
+        records = instance.all_logs(result.run_id)
+    wall = time.perf_counter() - began
+
+    starts: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    marks: dict[str, float] = {}
+    for record in records:
+        event = record.dagster_event
+        if event is None:  # a log line: note when the dbt process started and finished
+            for mark in ("Running dbt command", "Finished dbt command"):
+                if mark in (record.user_message or ""):
+                    marks[mark] = record.timestamp
+            continue
+        kind = event.event_type
+        if kind == DagsterEventType.STEP_START:
+            starts[event.step_key] = record.timestamp
+        elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+            steps[event.step_key] = record.timestamp - starts.get(event.step_key, record.timestamp)
+        elif kind == DagsterEventType.RUN_START:
+            marks["run_start"] = record.timestamp
+        elif kind in (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE):
+            marks["run_end"] = record.timestamp
+    dbt_start = starts.get(DBT_STEP, 0.0)
+    before_dbt = marks.get("Running dbt command", dbt_start) - dbt_start
+    dbt_process = marks.get("Finished dbt command", 0.0) - marks.get("Running dbt command", 0.0)
+
+    failures = [
+        f"{e.step_key}: {e.step_failure_data.error.message.strip()[:400]}"
+        for e in result.all_events
+        if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
+    ]
+    models: dict[str, float] = {}
+    tests = 0.0
+    rows_read = None
+    for event in result.all_events:
+        if event.step_key != DBT_STEP:
+            if event.is_step_materialization and event.asset_key.path[-1] == "raw_browsing_events":
+                value = event.step_materialization_data.materialization.metadata.get("rows_read")
+                rows_read = int(value.value) if value is not None else None
+            continue
+        if event.is_step_materialization:
+            metadata = event.step_materialization_data.materialization.metadata
+            models[event.asset_key.to_user_string()] = _metadata_seconds(metadata)
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            tests += _metadata_seconds(event.asset_check_evaluation_data.metadata)
+    return {
+        "success": result.success,
+        "failures": failures,
+        "steps": steps,
+        "run_seconds": marks.get("run_end", 0.0) - marks.get("run_start", 0.0),
+        "before_dbt_process": before_dbt,
+        "dbt_process": dbt_process,
+        "peak_children_mib": children.peak_mib,
+        "wall": wall,
+        "defs_seconds": defs_seconds,
+        "rows_read": rows_read,
+        "models": models,
+        "tests_seconds": tests,
+        **_peaks(),
+    }
+
+
+def phase_floor() -> dict:
+    import duckdb
+
+    settings = _settings()
+    pattern = str(settings.landing / "*" / "browsing_events.csv").replace("'", "''")
+    con = duckdb.connect()  # in memory, fresh
+    began = time.perf_counter()
+    con.execute(
+        "create temp table floor as select session_id_hash, count(*) as n,"
+        " min(server_timestamp_epoch_ms) as lo, max(server_timestamp_epoch_ms) as hi"
+        f" from read_csv('{pattern}', all_varchar = true, header = true) group by 1"
+    )
+    groups, rows = con.execute("select count(*), sum(n) from floor").fetchone()
+    seconds = time.perf_counter() - began
+    con.close()
+    return {"seconds": seconds, "groups": int(groups), "rows": int(rows), **_peaks()}
+
+
+PHASES = {
+    "generate": phase_generate,
+    "add_day": phase_add_day,
+    "run": phase_run,
+    "floor": phase_floor,
+}
+
+
+def _phase_main(name: str, arguments: str) -> None:
+    sys.path.insert(0, str(REPO))
+    result = PHASES[name](*json.loads(arguments))
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: stdlib only, so its own memory stays out of the way.
+# --------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, root: Path, keep: bool) -> None:
+        self.root = root
+        self.keep = keep
+        self.began = time.perf_counter()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.began:6.0f} s] {text}", flush=True)
+
+    def env(self, home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("SKIFF_DBT_TARGET", "SKIFF_RAW_SCHEMA", "DAGSTER_HOME"):
+            env.pop(name, None)
+        env.update(SKIFF_HOME=str(home), SKIFF_ENV="local", PYTHONUNBUFFERED="1")
+        return env
+
+    def phase(self, home: Path, name: str, *arguments) -> dict:
+        logs = home.parent / f"{home.name}-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{name}-{len(list(logs.iterdir()))}.log"
+        argv = [sys.executable, str(Path(__file__).resolve()), "--phase", name]
+        argv += ["--phase-args", json.dumps(arguments)]
+        with log.open("w") as err:
+            proc = subprocess.run(
+                argv, cwd=REPO, env=self.env(home), stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
+        if proc.returncode != 0 or not lines:
+            tail = "\n".join(log.read_text().splitlines()[-30:])
+            raise RuntimeError(f"phase {name} failed (exit {proc.returncode}); log {log}:\n{tail}")
+        return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+    def run(self, home: Path, label: str, first: str, last: str) -> dict:
+        run = self.phase(home, "run", first, last)
+        if not run["success"]:
+            raise RuntimeError(f"{label}: run failed: " + "; ".join(run["failures"]))
+        steps = run["steps"]
+        run["ingest"] = sum(steps.get(k, 0.0) for k in INGEST_STEPS)
+        run["dbt"] = steps.get(DBT_STEP, 0.0)
+        return run
+
+
+def _size(text: str) -> tuple[int, int]:
+    days, _, sessions = text.lower().partition("x")
+    return int(days), int(sessions)
+
+
+def _rate(events: int, seconds: float) -> str:
+    return f"{events / seconds:,.0f}" if seconds > 0 else "-"
+
+
+def _dbt_breakdown(run: dict) -> str:
+    models = run["models"]
+    top = sorted(models.items(), key=lambda item: -item[1])[:4]
+    nodes = sum(models.values()) + run["tests_seconds"]
+    return (
+        f"dbt step {run['dbt']:.1f} s = models {sum(models.values()):.1f} s + tests "
+        f"{run['tests_seconds']:.1f} s + overhead {run['dbt'] - nodes:.1f} s (of which "
+        f"{run['before_dbt_process']:.1f} s before the dbt process starts; dbt process "
+        f"{run['dbt_process']:.1f} s); slowest: "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in top)
+    )
+
+
+def measure_size(bench: Bench, days: int, sessions: int, nightly: bool) -> dict:
+    label = f"{days}x{sessions}"
+    home = bench.root / label
+    bench.say(f"{label}: generating {days} days x {sessions:,} sessions into {home}")
+    gen = bench.phase(home, "generate", days, sessions)
+    bench.say(
+        f"{label}: generated {gen['events']:,} events ({gen['csv_bytes'] / 2**20:,.0f} MiB CSV)"
+        f" in {gen['seconds']:.1f} s; running {gen['first']} .. {gen['last']} in one Dagster run"
+    )
+    run = bench.run(home, label, gen["first"], gen["last"])
+    bench.say(
+        f"{label}: ingest {run['ingest']:.1f} s ("
+        + ", ".join(f"{k} {run['steps'].get(k, 0):.1f} s" for k in INGEST_STEPS)
+        + f"), dbt {run['dbt']:.1f} s, run {run['run_seconds']:.1f} s, process {run['wall']:.1f} s"
+        f" (definitions {run['defs_seconds']:.1f} s); peak RSS {run['peak_self_mib']:,.0f} MiB,"
+        f" dbt {run['peak_children_mib']:,.0f} MiB (children ru_maxrss "
+        f"{run['rusage_children_mib']:,.0f} MiB)"
+    )
+    bench.say(f"{label}: {_dbt_breakdown(run)}")
+    if run["rows_read"] != gen["events"]:
+        bench.say(
+            f"{label}: WARNING ingestion read {run['rows_read']} rows, generator wrote "
+            f"{gen['events']}"
+        )
+    floor = bench.phase(home, "floor")
+    bench.say(
+        f"{label}: floor (DuckDB scan+group of the landing CSVs) {floor['seconds']:.1f} s,"
+        f" {floor['rows']:,} rows, {floor['groups']:,} sessions"
+    )
+    row = {"label": label, "days": days, "sessions": sessions, "gen": gen, "run": run}
+    row["floor"] = floor
+    if nightly:
+        added = bench.phase(home, "add_day", days, sessions)
+        bench.say(f"{label}: landed {added['day']} ({added['events']:,} events); nightly run")
+        night = bench.run(home, f"{label} nightly", added["day"], added["day"])
+        night["events"] = added["events"]
+        bench.say(
+            f"{label}: nightly day on {days} days of history: ingest {night['ingest']:.1f} s,"
+            f" dbt {night['dbt']:.1f} s, process {night['wall']:.1f} s"
+        )
+        bench.say(f"{label} nightly: {_dbt_breakdown(night)}")
+        row["nightly"] = night
+    if not bench.keep:
+        shutil.rmtree(home, ignore_errors=True)
+    return row
+
+
+def measure_definitions(bench: Bench) -> dict:
+    """`defs()` in a fresh process, median of 3 after a warm-up that prepares the manifest."""
+    home = bench.root / "definitions"
+    env = bench.env(home)
+    inside, whole = [], []
+    for attempt in range(4):
+        began = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", DEFS_SNIPPET],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        if attempt:  # the first one is the warm-up
+            whole.append(time.perf_counter() - began)
+            inside.append(float(proc.stdout.strip().splitlines()[-1]))
+    return {"import_and_build": statistics.median(inside), "process": statistics.median(whole)}
+
+
+def _machine() -> list[str]:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f"{pages / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        memory = "RAM unknown"
+    versions = []
+    for module in ("dagster", "dagster_dbt", "dbt.version", "duckdb", "pandas", "pyarrow"):
+        try:
+            versions.append(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        f"import {module} as m; print(getattr(m, '__version__', None) "
+                        "or m.get_installed_version())",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+            )
+        except subprocess.CalledProcessError:
+            versions.append("?")
+    names = ("dagster", "dagster-dbt", "dbt-core", "duckdb", "pandas", "pyarrow")
+    return [
+        f"- {os.cpu_count()} cores, {memory}, {platform.platform()}",
+        f"- Python {platform.python_version()}; "
+        + ", ".join(f"{n} {v}" for n, v in zip(names, versions, strict=True)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=_size,
+        default=[(7, 20000), (14, 50000), (28, 50000)],
+        help="DAYSxSESSIONS_PER_DAY (default 7x20000 14x50000 28x50000; ~7 events a session)",
+    )
+    parser.add_argument(
+        "--nightly-sessions",
+        type=int,
+        default=50000,
+        help="sessions of the one new nightly day, and per day of its history (default 50000)",
+    )
+    parser.add_argument(
+        "--nightly-history",
+        nargs="*",
+        type=int,
+        default=[7, 28],
+        help="days of history under the nightly day (default 7 28; none: skip)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary SKIFF_HOMEs")
+    parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    parser.add_argument("--phase-args", default="[]", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        _phase_main(args.phase, args.phase_args)
+        return
+
+    root = Path(tempfile.mkdtemp(prefix="skiff-bench-pipeline-"))
+    bench = Bench(root, args.keep)
+    load_before = os.getloadavg()
+    plan = [(d, s, d in args.nightly_history and s == args.nightly_sessions) for d, s in args.sizes]
+    extra = sorted(set(args.nightly_history) - {d for d, s, nightly in plan if nightly})
+    plan += [(d, args.nightly_sessions, True) for d in extra]
+    bench.say(
+        f"temporary SKIFF_HOMEs under {root}; load average {load_before[0]:.2f}"
+        + (
+            f"; added history size(s) {', '.join(f'{d}x{args.nightly_sessions}' for d in extra)}"
+            " for the nightly cost"
+            if extra
+            else ""
+        )
+    )
+    rows = []
+    try:
+        bench.say("definitions load time (fresh process, median of 3)...")
+        definitions = measure_definitions(bench)
+        bench.say(
+            f"definitions: defs() import+build {definitions['import_and_build']:.2f} s, whole "
+            f"process {definitions['process']:.2f} s"
+        )
+        for days, sessions, nightly in plan:
+            rows.append(measure_size(bench, days, sessions, nightly))
+    finally:
+        if args.keep:
+            bench.say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    load_after = os.getloadavg()
+    total = time.perf_counter() - bench.began
+
+    print("\n## Pipeline benchmark (`bench/pipeline.py`)\n")
+    print(
+        "| size | events | generate s | gen ev/s | ingest s | ingest ev/s | dbt s | dbt ev/s "
+        "| peak RSS Dagster | peak RSS dbt | floor s | (ingest+dbt) / floor |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        gen, run, floor = row["gen"], row["run"], row["floor"]
+        events = gen["events"]
+        mark = "" if (row["days"], row["sessions"]) in args.sizes else " (history)"
+        print(
+            f"| {row['label']}{mark} | {events:,} | {gen['seconds']:.1f} | "
+            f"{_rate(events, gen['seconds'])} | {run['ingest']:.1f} | "
+            f"{_rate(events, run['ingest'])} | {run['dbt']:.1f} | {_rate(events, run['dbt'])} | "
+            f"{run['peak_self_mib']:,.0f} MiB | {run['peak_children_mib']:,.0f} MiB | "
+            f"{floor['seconds']:.2f} | {(run['ingest'] + run['dbt']) / floor['seconds']:.0f}x |"
+        )
+    nightly_rows = sorted((r for r in rows if "nightly" in r), key=lambda r: r["days"])
+    if nightly_rows:
+        print("\nOne more nightly day (a single new partition), on top of N days of history:\n")
+        print(
+            "| history | new day's events | ingest s | dbt s | ingest+dbt s | whole process s "
+            "| peak RSS Dagster | peak RSS dbt |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for row in nightly_rows:
+            night = row["nightly"]
+            print(
+                f"| {row['days']} days x {row['sessions']:,} | {night['events']:,} | "
+                f"{night['ingest']:.1f} | {night['dbt']:.1f} | "
+                f"{night['ingest'] + night['dbt']:.1f} | {night['wall']:.1f} | "
+                f"{night['peak_self_mib']:,.0f} MiB | {night['peak_children_mib']:,.0f} MiB |"
+            )
+    print(
+        f"\nDefinitions load (`from orchestration.definitions import defs; defs()`, fresh "
+        f"process, manifest parsed, median of 3): {definitions['import_and_build']:.2f} s "
+        f"in-process, {definitions['process']:.2f} s for the whole `python -c`."
+    )
+    print(
+        "\nIngest = both landing assets' steps, dbt = the `skiff_dbt_models` step (one "
+        "`dbt build` of the range), STEP_START to STEP_SUCCESS in the run's event log; one "
+        "Dagster run per size, as `skiff run`. Events = rows written (duplicates and malformed "
+        "included). Floor = one DuckDB `read_csv` scan-and-group of the same CSVs, in memory. "
+        "Peak RSS dbt = the largest VmHWM of the run's child processes, sampled every 0.2 s "
+        "(the children's `ru_maxrss` is not used: Linux counts the parent's RSS at fork in it)."
+    )
+    print("\nMachine:\n")
+    for line in _machine():
+        print(line)
+    print(
+        f"- load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end; "
+        f"benchmark took {total / 60:.1f} min"
+    )
+
+
+if __name__ == "__main__":
+    main()
