@@ -1,0 +1,45 @@
+"""Settings: one root for state, one switch for the environment, errors that name the problem."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from skiff.settings import SNOWFLAKE_REQUIRED, ConfigError, ensure_home, load_settings
+
+
+def test_everything_lives_under_skiff_home(settings):
+    for path in (settings.landing, settings.artifacts, settings.reports, settings.dagster_home):
+        assert path.is_dir() and path.is_relative_to(settings.home)
+    assert settings.warehouse_path.parent == settings.home
+    config = yaml.safe_load((settings.dagster_home / "dagster.yaml").read_text())
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    ensure_home(settings)  # idempotent
+
+
+def test_prod_without_credentials_lists_what_is_missing(monkeypatch):
+    monkeypatch.setenv("SKIFF_ENV", "prod")
+    for name in SNOWFLAKE_REQUIRED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SNOWFLAKE_ACCOUNT", "xy12345")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    missing = str(err.value).split(": ", 1)[1].split(", ")
+    assert missing == [name for name in SNOWFLAKE_REQUIRED if name != "SNOWFLAKE_ACCOUNT"]
+
+
+def test_prod_with_credentials_targets_snowflake(monkeypatch):
+    monkeypatch.setenv("SKIFF_ENV", "prod")
+    monkeypatch.delenv("SKIFF_DBT_TARGET", raising=False)
+    for name in SNOWFLAKE_REQUIRED:
+        monkeypatch.setenv(name, "x")
+    assert load_settings().dbt_target == "snowflake"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("SKIFF_ENV", "staging"), ("SKIFF_PARTITIONS_START", "05/01/2026")]
+)
+def test_bad_values_are_named(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
