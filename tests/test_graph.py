@@ -48,6 +48,16 @@ def test_graph_snapshot(settings):
     check_names = {k.name for k in graph.asset_check_keys}
     assert {"rows_reconcile", "quarantine_share"} <= check_names
     assert any(name.startswith("unique_") for name in check_names)  # dbt tests as checks
+    # singular tests that read two models are pinned to one of them
+    assert {
+        (k.asset_key.to_user_string(), k.name)
+        for k in graph.asset_check_keys
+        if k.name.startswith("assert_")
+    } >= {
+        ("conversion_examples", "assert_conversion_examples_before_first_purchase"),
+        ("sessions", "assert_sessions_n_events_match_events"),
+        ("sessions", "assert_session_events_on_session_day"),
+    }
     assert [job.name for job in defs.jobs] == [DAILY_REFRESH]
 
 
@@ -84,7 +94,10 @@ def test_three_days_end_to_end(settings):
     result = generate(
         settings.landing, GeneratorConfig(days=3, sessions_per_day=300, seed=11, start=START)
     )
+    targets_before = set((REPO_ROOT / "dbt_project" / "target").glob("skiff_dbt_models-*"))
     assert run_days(settings, DAYS[0], DAYS[-1])
+    # a successful dbt invocation leaves no target folder behind
+    assert set((REPO_ROOT / "dbt_project" / "target").glob("skiff_dbt_models-*")) <= targets_before
 
     # nothing lost: raw rows + quarantine = rows written by the generator
     raw = _one(settings, "select count(*) from raw.raw_browsing_events")

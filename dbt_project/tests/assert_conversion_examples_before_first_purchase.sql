@@ -1,3 +1,6 @@
+-- It reads two models: in Dagster it is a check on conversion_examples.
+{{ config(meta={'dagster': {'ref': {'name': 'conversion_examples'}}}) }}
+
 -- No conversion example is a purchase or happens at or after its visit's first purchase.
 -- Like every test here, it checks the days of the run (all days without partition vars).
 with

@@ -1,3 +1,6 @@
+-- It reads two models: in Dagster it is a check on sessions.
+{{ config(meta={'dagster': {'ref': {'name': 'sessions'}}}) }}
+
 -- Every event of a visit falls on the visit's session_day (UTC), and inside its time span.
 with
 

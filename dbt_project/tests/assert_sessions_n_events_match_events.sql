@@ -1,3 +1,6 @@
+-- It reads two models: in Dagster it is a check on sessions.
+{{ config(meta={'dagster': {'ref': {'name': 'sessions'}}}) }}
+
 -- sessions.n_events is the number of sessionized events of the visit, and every visit with
 -- events has a sessions row.
 with

@@ -7,6 +7,7 @@ nightly run costs one day and a backfill of many days is one dbt invocation.
 
 import fcntl
 import json
+import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -102,6 +103,11 @@ def build_dbt_assets(project: DbtProject, partitions_def: PartitionsDefinition) 
         days = partition_days(context)
         dbt_vars = {"start_day": days[0].isoformat(), "end_day": days[-1].isoformat()}
         context.log.info(f"dbt build for {dbt_vars['start_day']} .. {dbt_vars['end_day']}")
-        yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream()
+        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context)
+        yield from invocation.stream()
+        # Each invocation writes its own target folder; once it succeeded, its events are in
+        # Dagster and the folder is only disk (kept on failure, for debugging).
+        if invocation.is_successful():
+            shutil.rmtree(invocation.target_path, ignore_errors=True)
 
     return skiff_dbt_models

@@ -82,12 +82,14 @@ def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> pd.Dat
         raise Failure(description=str(exc)) from exc
 
 
-def _reason_table(rejected: pd.DataFrame) -> str:
-    if rejected.empty:
+def _reason_table(reasons: pd.Series) -> str:
+    if not reasons.sum():
         return "No row was quarantined."
-    counts = rejected["reason"].value_counts()
     lines = ["| reason | rows |", "|---|---:|"]
-    lines += [f"| `{reason}` | {count:,} |" for reason, count in counts.items()]
+    lines += [
+        f"| `{reason}` | {int(count):,} |"
+        for reason, count in reasons.sort_values(ascending=False).items()
+    ]
     return "\n".join(lines)
 
 
@@ -127,38 +129,38 @@ def build_landing_asset(
     def _ingest(context: AssetExecutionContext) -> Iterator:
         warehouse = context.resources.warehouse
         days = partition_days(context)
-        goods, rejects = [], []
+        # Day by day: memory stays at one day's rows however long the range, and each day is
+        # replaced in one transaction.
+        rows_loaded, reasons = 0, pd.Series(dtype="int64")
         for day in days:
             validated = table.validate(read_landing_day(landing, table, day), day)
+            warehouse.replace_days(table.name, table.day_column, [day], validated.good)
+            warehouse.replace_days(rejected_name, table.day_column, [day], validated.rejected)
             context.log.info(
                 f"{table.name} {day}: read {validated.rows_read:,}, loaded {len(validated.good):,},"
                 f" quarantined {len(validated.rejected):,}"
             )
-            goods.append(validated.good)
-            rejects.append(validated.rejected)
-        good = pd.concat(goods, ignore_index=True)
-        rejected = pd.concat(rejects, ignore_index=True)
-        warehouse.replace_days(table.name, table.day_column, days, good)
-        warehouse.replace_days(rejected_name, table.day_column, days, rejected)
-
-        rows_read = len(good) + len(rejected)
-        share = len(rejected) / rows_read if rows_read else 0.0
+            rows_loaded += len(validated.good)
+            reasons = reasons.add(validated.rejected["reason"].value_counts(), fill_value=0)
+        rows_quarantined = int(reasons.sum())
+        rows_read = rows_loaded + rows_quarantined
+        share = rows_quarantined / rows_read if rows_read else 0.0
         day_range = f"{days[0]} .. {days[-1]}" if len(days) > 1 else str(days[0])
         yield MaterializeResult(
             asset_key=table.name,
             metadata={
                 "days": MetadataValue.text(day_range),
                 "rows_read": rows_read,
-                "rows_loaded": len(good),
-                "rows_quarantined": len(rejected),
+                "rows_loaded": rows_loaded,
+                "rows_quarantined": rows_quarantined,
                 "quarantine_share": float(share),
-                "dagster/row_count": len(good),
-                "quarantine_reasons": MetadataValue.md(_reason_table(rejected)),
+                "dagster/row_count": rows_loaded,
+                "quarantine_reasons": MetadataValue.md(_reason_table(reasons)),
             },
         )
         yield MaterializeResult(
             asset_key=rejected_name,
-            metadata={"days": MetadataValue.text(day_range), "dagster/row_count": len(rejected)},
+            metadata={"days": MetadataValue.text(day_range), "dagster/row_count": rows_quarantined},
         )
 
         counted = warehouse.query(
