@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.skiff-installed
 
-.PHONY: setup demo test test-fast lint ui bench clean
+.PHONY: setup demo test test-fast lint ui bench manifest clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ ui: setup
 
 bench: setup
 	$(BIN)/python bench/pipeline.py
+
+# Build the dbt manifest ahead (production images): the code location then never parses.
+manifest: setup
+	SKIFF_HOME=$${SKIFF_HOME:-$(CURDIR)/.skiff} $(BIN)/dbt parse --project-dir dbt_project --profiles-dir dbt_project
 
 clean:
 	rm -rf .skiff dbt_project/target dbt_project/logs .pytest_cache
