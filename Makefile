@@ -24,7 +24,8 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	SKIFF_HOME=$${SKIFF_HOME:-$(CURDIR)/.skiff} $(BIN)/sqlfluff lint dbt_project
+	# the dbt templater opens the profile's DuckDB file: a scratch SKIFF_HOME of its own
+	mkdir -p .skiff/lint && SKIFF_HOME=$(CURDIR)/.skiff/lint $(BIN)/sqlfluff lint dbt_project
 
 test: lint
 	$(BIN)/pytest
