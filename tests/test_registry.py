@@ -1,0 +1,89 @@
+"""The model registry on a real folder and on a non-local fsspec filesystem (memory://)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ml.registry import ArtifactError, Registry, load_published
+
+
+def _model(tmp_path: Path, weights: bytes = b"\x00\x01weights") -> Path:
+    folder = tmp_path / f"model-{uuid.uuid4().hex[:6]}"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(weights)
+    (folder / "sub" / "vocab.json").write_text('{"a": 1}')
+    return folder
+
+
+def _register(registry: Registry, folder: Path, auc: float = 0.8):
+    return registry.register(
+        "conversion",
+        folder,
+        algorithm="hgb",
+        params={"max_depth": 3},
+        metrics={"pr_auc": auc},
+        training_window={"start": "2026-01-05", "end": "2026-01-18"},
+    )
+
+
+@pytest.fixture(params=["local", "memory"])
+def registry(request, tmp_path) -> Registry:
+    if request.param == "local":
+        return Registry(tmp_path / "registry")
+    return Registry(f"memory://skiff-test-{uuid.uuid4().hex}")
+
+
+def test_round_trip_with_manifest(registry, tmp_path):
+    manifest = _register(registry, _model(tmp_path))
+    assert manifest.files.keys() == {"weights.bin", "sub/vocab.json"}
+    assert len(manifest.sha256) == 64 and manifest.code_version
+    assert registry.manifest("conversion", manifest.version) == manifest
+    folder = registry.fetch("conversion", manifest.version)
+    assert (folder / "weights.bin").read_bytes() == b"\x00\x01weights"
+    assert [m.version for m in registry.versions("conversion")] == [manifest.version]
+
+
+@pytest.mark.parametrize("damage", ["tamper", "truncate", "delete"])
+def test_damaged_artifact_is_refused_naming_the_file(registry, tmp_path, damage):
+    manifest = _register(registry, _model(tmp_path, weights=b"w" * 1000))
+    path = registry._path("conversion", "versions", manifest.version, "weights.bin")
+    if damage == "delete":
+        registry.fs.rm(path)
+    else:
+        data = b"x" * 1000 if damage == "tamper" else b"w" * 10
+        with registry.fs.open(path, "wb") as handle:
+            handle.write(data)
+    with pytest.raises(ArtifactError, match=r"weights\.bin"):
+        registry.fetch("conversion", manifest.version, tmp_path / "fetched")
+
+
+def test_roles_history_and_atomic_publish(registry, tmp_path):
+    first = _register(registry, _model(tmp_path, b"first"), auc=0.7)
+    second = _register(registry, _model(tmp_path, b"second"), auc=0.9)
+    assert registry.role("conversion", "champion") is None
+    registry.assign("conversion", "champion", first.version, "first model")
+    registry.assign("conversion", "challenger", second.version, "beats nothing yet")
+    registry.assign("conversion", "champion", second.version, "gates passed, pr_auc 0.9 > 0.7")
+    assert registry.role("conversion", "champion") == second
+    assert [h["reason"] for h in registry.history("conversion")][-1].startswith("gates passed")
+    assert registry.history("conversion")[-1]["previous"] == first.version
+    with pytest.raises(ArtifactError, match="not in the registry"):
+        registry.assign("conversion", "champion", "no-such-version", "typo")
+
+    target = tmp_path / "published"
+    assert registry.publish("conversion", target) == {
+        "champion": second.version,
+        "challenger": second.version,
+    }
+    manifest, folder = load_published(target, "conversion", "champion")
+    assert manifest == second and (folder / "weights.bin").read_bytes() == b"second"
+    assert not list(target.rglob("*.tmp-*"))  # nothing half-written left behind
+
+    (folder / "weights.bin").write_bytes(b"evil")
+    with pytest.raises(ArtifactError, match="refusing to load"):
+        load_published(target, "conversion", "champion")
+    with pytest.raises(ArtifactError, match="nothing is published"):
+        load_published(target, "recommender", "champion")
