@@ -61,9 +61,9 @@ RAW_TABLES: dict[str, dict[str, str]] = {
 }
 
 
-def _ddl(schema: str, table: str) -> str:
-    columns = ", ".join(f"{name} {kind}" for name, kind in RAW_TABLES[table].items())
-    return f"create table if not exists {schema}.{table} ({columns})"
+def _ddl(schema: str, table: str, columns: dict[str, str]) -> str:
+    spec = ", ".join(f"{name} {kind}" for name, kind in columns.items())
+    return f"create table if not exists {schema}.{table} ({spec})"
 
 
 def _days_sql(days: Sequence[dt.date]) -> str:
@@ -75,11 +75,24 @@ class Warehouse(ConfigurableResource):
     """What Python assets need from a warehouse. Implementations below."""
 
     schema_name: str = "raw"
+    # where dbt builds its models (and where Python assets write their own tables)
+    models_schema: str = "main"
 
     def replace_days(
-        self, table: str, day_column: str, days: Sequence[dt.date], frame: pd.DataFrame
+        self,
+        table: str,
+        day_column: str,
+        days: Sequence[dt.date],
+        frame: pd.DataFrame,
+        *,
+        columns: dict[str, str] | None = None,
+        schema: str | None = None,
     ) -> None:
-        """Atomically delete the rows of `days` from `table` and insert `frame` in their place."""
+        """Atomically delete the rows of `days` from `schema.table` and insert `frame` instead.
+
+        The table is created when missing, with `columns` ({name: portable SQL type}; default
+        the raw table's, see RAW_TABLES). `schema` defaults to the raw schema.
+        """
         raise NotImplementedError
 
     def query(self, sql: str) -> pd.DataFrame:
@@ -110,22 +123,26 @@ class DuckDBWarehouse(Warehouse):
         return duckdb.connect(self.path)
 
     def replace_days(
-        self, table: str, day_column: str, days: Sequence[dt.date], frame: pd.DataFrame
+        self,
+        table: str,
+        day_column: str,
+        days: Sequence[dt.date],
+        frame: pd.DataFrame,
+        *,
+        columns: dict[str, str] | None = None,
+        schema: str | None = None,
     ) -> None:
-        columns = list(RAW_TABLES[table])
+        columns = columns or RAW_TABLES[table]
+        schema = schema or self.schema_name
+        names = ", ".join(columns)
         with self._connect() as con:
-            con.execute(f"create schema if not exists {self.schema_name}")
-            con.execute(_ddl(self.schema_name, table))
+            con.execute(f"create schema if not exists {schema}")
+            con.execute(_ddl(schema, table, columns))
             con.execute("begin transaction")
-            con.execute(
-                f"delete from {self.schema_name}.{table} where {day_column} in ({_days_sql(days)})"
-            )
+            con.execute(f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})")
             if len(frame):
-                con.register("incoming", frame[columns])
-                con.execute(
-                    f"insert into {self.schema_name}.{table} ({', '.join(columns)}) "
-                    f"select {', '.join(columns)} from incoming"
-                )
+                con.register("incoming", frame[list(columns)])
+                con.execute(f"insert into {schema}.{table} ({names}) select {names} from incoming")
                 con.unregister("incoming")
             con.execute("commit")
 
@@ -166,21 +183,28 @@ class SnowflakeWarehouse(Warehouse):
         )
 
     def replace_days(
-        self, table: str, day_column: str, days: Sequence[dt.date], frame: pd.DataFrame
+        self,
+        table: str,
+        day_column: str,
+        days: Sequence[dt.date],
+        frame: pd.DataFrame,
+        *,
+        columns: dict[str, str] | None = None,
+        schema: str | None = None,
     ) -> None:
         from snowflake.connector.pandas_tools import write_pandas
 
+        columns = columns or RAW_TABLES[table]
+        schema = schema or self.schema_name
         with self._resource().get_connection() as con:
             cur = con.cursor()
-            cur.execute(f"create schema if not exists {self.schema_name}")
-            cur.execute(_ddl(self.schema_name, table))
+            cur.execute(f"create schema if not exists {schema}")
+            cur.execute(_ddl(schema, table, columns))
             cur.execute("begin")
-            cur.execute(
-                f"delete from {self.schema_name}.{table} where {day_column} in ({_days_sql(days)})"
-            )
+            cur.execute(f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})")
             if len(frame):
-                upper = frame[list(RAW_TABLES[table])].rename(columns=str.upper)
-                write_pandas(con, upper, table.upper(), schema=self.schema_name.upper())
+                upper = frame[list(columns)].rename(columns=str.upper)
+                write_pandas(con, upper, table.upper(), schema=schema.upper())
             cur.execute("commit")
 
     def query(self, sql: str) -> pd.DataFrame:
@@ -191,7 +215,11 @@ class SnowflakeWarehouse(Warehouse):
 
 def build_warehouse(settings: Settings) -> Warehouse:
     if settings.env == "local":
-        return DuckDBWarehouse(path=str(settings.warehouse_path), schema_name=settings.raw_schema)
+        return DuckDBWarehouse(
+            path=str(settings.warehouse_path),
+            schema_name=settings.raw_schema,
+            models_schema=settings.models_schema,
+        )
     import os
 
     return SnowflakeWarehouse(
@@ -202,6 +230,7 @@ def build_warehouse(settings: Settings) -> Warehouse:
         warehouse=os.environ["SNOWFLAKE_WAREHOUSE"],
         database=os.environ["SNOWFLAKE_DATABASE"],
         schema_name=settings.raw_schema,
+        models_schema=settings.models_schema,
     )
 
 

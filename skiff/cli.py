@@ -140,12 +140,12 @@ def summarize(settings: Settings) -> str:
     warehouse = build_warehouse(settings)
     lines = [f"{'table':<32}{'rows':>12}"]
     for schema, table in SUMMARY_TABLES:
-        schema = settings.raw_schema if schema == "raw" else schema
+        schema = settings.raw_schema if schema == "raw" else settings.models_schema
         count = warehouse.query(f"select count(*) as n from {schema}.{table}").iloc[0]["n"]
         lines.append(f"{schema + '.' + table:<32}{int(count):>12,}")
     stats = warehouse.query(
         "select count(*) as sessions, avg(case when purchased then 1.0 else 0.0 end) as rate,"
-        " count(distinct session_day) as days from main.sessions"
+        f" count(distinct session_day) as days from {settings.models_schema}.sessions"
     ).iloc[0]
     lines.append(
         f"\n{int(stats['sessions']):,} sessions over {int(stats['days'])} days; "

@@ -73,6 +73,21 @@ class Settings:
         return self.home / "dagster"
 
     @property
+    def models_schema(self) -> str:
+        """Where dbt builds its models: DuckDB's `main`, or the Snowflake target's schema."""
+        return os.environ.get("SNOWFLAKE_SCHEMA", "") if self.env == "prod" else "main"
+
+    @property
+    def registry(self) -> Path:
+        """Every trained model version, with its manifest (ml.registry)."""
+        return self.artifacts / "registry"
+
+    @property
+    def published(self) -> Path:
+        """What the server loads: the champion and challenger, published atomically."""
+        return self.artifacts / "published"
+
+    @property
     def dbt_target(self) -> str:
         return os.environ.get("SKIFF_DBT_TARGET") or (
             "snowflake" if self.env == "prod" else "duckdb"
