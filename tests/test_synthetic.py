@@ -383,11 +383,11 @@ def test_truth_transitions_are_what_views_were_drawn_from(drifted: Generated, re
 
     days = [d for d in drifted.result.days if (d >= DRIFT) == (regime == "post")]
     views = _views(drifted.events(days))
-    same = views["session_id_hash"].eq(views["session_id_hash"].shift(-1))
+    same = views["session_id_hash"].eq(views["session_id_hash"].shift(-1)).fillna(False)
     steps = pd.DataFrame(
         {
-            "from_sku": views["product_sku_hash"].to_numpy()[:-1][same.to_numpy()[:-1]],
-            "to_sku": views["product_sku_hash"].to_numpy()[1:][same.to_numpy()[:-1]],
+            "from_sku": views["product_sku_hash"].to_numpy()[:-1][same.to_numpy(dtype=bool)[:-1]],
+            "to_sku": views["product_sku_hash"].to_numpy()[1:][same.to_numpy(dtype=bool)[:-1]],
         }
     )
     joined = steps.merge(table, on=["from_sku", "to_sku"], how="left")
