@@ -70,7 +70,9 @@ class Settings:
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        """$SKIFF_HOME/dagster (SQLite), unless SKIFF_DAGSTER_HOME names another instance
+        folder, e.g. one holding deploy/dagster.yaml (PostgreSQL) in production."""
+        return Path(os.environ.get("SKIFF_DAGSTER_HOME") or self.home / "dagster")
 
     @property
     def models_schema(self) -> str:

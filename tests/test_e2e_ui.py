@@ -5,12 +5,7 @@ the range), and the lineage read back from the API."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +13,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from ml.synthetic import GeneratorConfig, generate
-from skiff.settings import REPO_ROOT
+from tests.servers import free_port, running, wait_for_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -52,64 +47,14 @@ query ($path: [String!]!) {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dagster_dev(settings, tmp_path: Path):
     generate(settings.landing, GeneratorConfig(days=2, sessions_per_day=60, seed=3, start=START))
-    port = _free_port()
-    log = (tmp_path / "dagster_dev.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO_ROOT,
-        env=os.environ.copy(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("dagster dev did not answer in 180 s")
+    port = free_port()
+    dagster = str(Path(sys.executable).parent / "dagster")
+    argv = [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    with running(argv, tmp_path / "dagster_dev.log", f"http://127.0.0.1:{port}/server_info"):
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-def _wait_for_run(client: DagsterGraphQLClient, run_id: str) -> str:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = client.get_run_status(run_id).value
-        if status in {"SUCCESS", "FAILURE", "CANCELED"}:
-            return status
-        time.sleep(2)
-    return "TIMEOUT"
 
 
 def test_launch_through_graphql_and_read_lineage(dagster_dev):
@@ -122,7 +67,7 @@ def test_launch_through_graphql_and_read_lineage(dagster_dev):
         client.submit_job_execution("daily_refresh", tags={"dagster/partition": day})
         for day in (START.isoformat(), second)
     )
-    assert {rid: _wait_for_run(client, rid) for rid in (run_id, other_id)} == {
+    assert {rid: wait_for_run(client, rid) for rid in (run_id, other_id)} == {
         run_id: "SUCCESS",
         other_id: "SUCCESS",
     }
