@@ -8,6 +8,7 @@ target follows the same switch (see skiff/settings.py).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,18 +153,26 @@ class DuckDBWarehouse(Warehouse):
 
 
 class SnowflakeWarehouse(Warehouse):
-    """Production: Snowflake through dagster-snowflake's connection settings.
+    """Production: Snowflake through dagster-snowflake's `SnowflakeResource`.
 
-    Credentials come only from the environment (see .env.example). Not exercised by the tests
-    yet: the Snowflake stand-in test belongs to the production-path work.
+    Credentials come only from the environment (see .env.example) and are never logged:
+    a password or a key pair (`SNOWFLAKE_PRIVATE_KEY_PATH`). `host`/`port`/`protocol` are for a
+    stand-in on this machine (fakesnow in the tests). Loads use `write_pandas` (stage + COPY,
+    the fast path) or, with `load_method="insert"`, batched INSERTs: slower, but they need no
+    stage, which the stand-in lacks.
     """
 
     account: str
     user: str
-    password: str
+    password: str | None = None
+    private_key_path: str | None = None
     role: str
     warehouse: str
     database: str
+    host: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    load_method: str = "write_pandas"
 
     @property
     def kind(self) -> str:
@@ -172,14 +181,17 @@ class SnowflakeWarehouse(Warehouse):
     def _resource(self):
         from dagster_snowflake import SnowflakeResource
 
+        endpoint = {"host": self.host, "port": self.port, "protocol": self.protocol}
         return SnowflakeResource(
             account=self.account,
             user=self.user,
             password=self.password,
+            private_key_path=self.private_key_path,
             role=self.role,
             warehouse=self.warehouse,
             database=self.database,
             schema=self.schema_name,
+            additional_snowflake_connection_args={k: v for k, v in endpoint.items() if v},
         )
 
     def replace_days(
@@ -192,8 +204,6 @@ class SnowflakeWarehouse(Warehouse):
         columns: dict[str, str] | None = None,
         schema: str | None = None,
     ) -> None:
-        from snowflake.connector.pandas_tools import write_pandas
-
         columns = columns or RAW_TABLES[table]
         schema = schema or self.schema_name
         with self._resource().get_connection() as con:
@@ -203,9 +213,30 @@ class SnowflakeWarehouse(Warehouse):
             cur.execute("begin")
             cur.execute(f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})")
             if len(frame):
-                upper = frame[list(columns)].rename(columns=str.upper)
-                write_pandas(con, upper, table.upper(), schema=schema.upper())
+                self._load(con, schema, table, frame[list(columns)])
             cur.execute("commit")
+
+    def _load(self, con, schema: str, table: str, frame: pd.DataFrame) -> None:
+        if self.load_method == "write_pandas":
+            from snowflake.connector.pandas_tools import write_pandas
+
+            write_pandas(con, frame.rename(columns=str.upper), table.upper(), schema=schema.upper())
+            return
+        names = ", ".join(frame.columns)
+        marks = ", ".join(["%s"] * len(frame.columns))
+        rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+        batch: list[tuple] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == 10_000:
+                con.cursor().executemany(
+                    f"insert into {schema}.{table} ({names}) values ({marks})", batch
+                )
+                batch = []
+        if batch:
+            con.cursor().executemany(
+                f"insert into {schema}.{table} ({names}) values ({marks})", batch
+            )
 
     def query(self, sql: str) -> pd.DataFrame:
         with self._resource().get_connection() as con:
@@ -220,15 +251,19 @@ def build_warehouse(settings: Settings) -> Warehouse:
             schema_name=settings.raw_schema,
             models_schema=settings.models_schema,
         )
-    import os
-
+    env = os.environ
     return SnowflakeWarehouse(
-        account=os.environ["SNOWFLAKE_ACCOUNT"],
-        user=os.environ["SNOWFLAKE_USER"],
-        password=os.environ["SNOWFLAKE_PASSWORD"],
-        role=os.environ["SNOWFLAKE_ROLE"],
-        warehouse=os.environ["SNOWFLAKE_WAREHOUSE"],
-        database=os.environ["SNOWFLAKE_DATABASE"],
+        account=env["SNOWFLAKE_ACCOUNT"],
+        user=env["SNOWFLAKE_USER"],
+        password=env.get("SNOWFLAKE_PASSWORD") or None,
+        private_key_path=env.get("SNOWFLAKE_PRIVATE_KEY_PATH") or None,
+        role=env["SNOWFLAKE_ROLE"],
+        warehouse=env["SNOWFLAKE_WAREHOUSE"],
+        database=env["SNOWFLAKE_DATABASE"],
+        host=env.get("SNOWFLAKE_HOST") or None,
+        port=int(env["SNOWFLAKE_PORT"]) if env.get("SNOWFLAKE_PORT") else None,
+        protocol=env.get("SNOWFLAKE_PROTOCOL") or None,
+        load_method=env.get("SKIFF_SNOWFLAKE_LOAD", "write_pandas"),
         schema_name=settings.raw_schema,
         models_schema=settings.models_schema,
     )

@@ -22,7 +22,6 @@ DEFAULT_PARTITIONS_START = "2026-01-01"
 SNOWFLAKE_REQUIRED = (
     "SNOWFLAKE_ACCOUNT",
     "SNOWFLAKE_USER",
-    "SNOWFLAKE_PASSWORD",
     "SNOWFLAKE_ROLE",
     "SNOWFLAKE_WAREHOUSE",
     "SNOWFLAKE_DATABASE",
@@ -103,6 +102,10 @@ def load_settings() -> Settings:
         raise ConfigError(f"SKIFF_ENV={env!r} is not one of {list(ENVIRONMENTS)}")
     if env == "prod":
         missing = [name for name in SNOWFLAKE_REQUIRED if not os.environ.get(name)]
+        if not (
+            os.environ.get("SNOWFLAKE_PASSWORD") or os.environ.get("SNOWFLAKE_PRIVATE_KEY_PATH")
+        ):
+            missing.append("SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)")
         if missing:
             raise ConfigError(
                 "SKIFF_ENV=prod needs these environment variables, which are not set: "
@@ -137,6 +140,5 @@ def ensure_home(settings: Settings) -> Settings:
         dagster_yaml.write_text(_DAGSTER_YAML)
     os.environ["SKIFF_HOME"] = str(settings.home)
     os.environ["SKIFF_RAW_SCHEMA"] = settings.raw_schema
-    os.environ["SKIFF_DBT_TARGET"] = settings.dbt_target
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     return settings

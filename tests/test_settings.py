@@ -19,19 +19,22 @@ def test_everything_lives_under_skiff_home(settings):
 
 def test_prod_without_credentials_lists_what_is_missing(monkeypatch):
     monkeypatch.setenv("SKIFF_ENV", "prod")
-    for name in SNOWFLAKE_REQUIRED:
+    for name in (*SNOWFLAKE_REQUIRED, "SNOWFLAKE_PASSWORD", "SNOWFLAKE_PRIVATE_KEY_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SNOWFLAKE_ACCOUNT", "xy12345")
     with pytest.raises(ConfigError) as err:
         load_settings()
     missing = str(err.value).split(": ", 1)[1].split(", ")
-    assert missing == [name for name in SNOWFLAKE_REQUIRED if name != "SNOWFLAKE_ACCOUNT"]
+    assert missing == [
+        *(name for name in SNOWFLAKE_REQUIRED if name != "SNOWFLAKE_ACCOUNT"),
+        "SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)",
+    ]
 
 
 def test_prod_with_credentials_targets_snowflake(monkeypatch):
     monkeypatch.setenv("SKIFF_ENV", "prod")
     monkeypatch.delenv("SKIFF_DBT_TARGET", raising=False)
-    for name in SNOWFLAKE_REQUIRED:
+    for name in (*SNOWFLAKE_REQUIRED, "SNOWFLAKE_PRIVATE_KEY_PATH"):
         monkeypatch.setenv(name, "x")
     assert load_settings().dbt_target == "snowflake"
 
