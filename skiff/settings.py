@@ -78,15 +78,20 @@ class Settings:
         """Where dbt builds its models: DuckDB's `main`, or the Snowflake target's schema."""
         return os.environ.get("SNOWFLAKE_SCHEMA", "") if self.env == "prod" else "main"
 
-    @property
-    def registry(self) -> Path:
-        """Every trained model version, with its manifest (ml.registry)."""
-        return self.artifacts / "registry"
+    def _artifact_root(self, name: str) -> str | Path:
+        """Under SKIFF_ARTIFACTS_URL (object storage, any fsspec URL) when set, else local."""
+        base = os.environ.get("SKIFF_ARTIFACTS_URL", "").rstrip("/")
+        return f"{base}/{name}" if base else self.artifacts / name
 
     @property
-    def published(self) -> Path:
+    def registry(self) -> str | Path:
+        """Every trained model version, with its manifest (ml.registry)."""
+        return self._artifact_root("registry")
+
+    @property
+    def published(self) -> str | Path:
         """What the server loads: the champion and challenger, published atomically."""
-        return self.artifacts / "published"
+        return self._artifact_root("published")
 
     @property
     def dbt_target(self) -> str:

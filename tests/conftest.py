@@ -20,7 +20,14 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """A fresh SKIFF_HOME in tmp_path, local DuckDB environment."""
     monkeypatch.setenv("SKIFF_HOME", str(tmp_path / "skiff"))
     monkeypatch.setenv("SKIFF_ENV", "local")
-    for name in ("SKIFF_DBT_TARGET", "SKIFF_RAW_SCHEMA", "DAGSTER_HOME", "SKIFF_DAGSTER_HOME"):
+    cleared = (
+        "SKIFF_DBT_TARGET",
+        "SKIFF_RAW_SCHEMA",
+        "DAGSTER_HOME",
+        "SKIFF_DAGSTER_HOME",
+        "SKIFF_ARTIFACTS_URL",
+    )
+    for name in cleared:
         monkeypatch.delenv(name, raising=False)
     return ensure_home(load_settings())
 

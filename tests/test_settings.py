@@ -46,3 +46,22 @@ def test_bad_values_are_named(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         load_settings()
+
+
+def test_artifacts_go_to_object_storage_when_a_url_is_set(settings, monkeypatch, tmp_path):
+    from ml.registry import Registry, load_published
+
+    assert settings.registry == settings.artifacts / "registry"
+    monkeypatch.setenv("SKIFF_ARTIFACTS_URL", "memory://skiff-artifacts/prod/")
+    assert settings.registry == "memory://skiff-artifacts/prod/registry"
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"w")
+    registry = Registry(settings.registry)
+    manifest = registry.register(
+        "conversion", model, algorithm="a", params={}, metrics={}, training_window={}
+    )
+    registry.assign("conversion", "champion", manifest.version, "test")
+    registry.publish("conversion", settings.published)
+    loaded, folder = load_published(settings.published, "conversion")
+    assert loaded.version == manifest.version and (folder / "weights.bin").read_bytes() == b"w"
