@@ -1,0 +1,481 @@
+"""Next-item recommenders behind one interface: POP, session-kNN (V-SKNN) and a torch sequence
+model (GRU4Rec-style or SASRec-style self-attention).
+
+Every model: `fit(sessions)` on time-ordered sessions (lists of item ids, oldest session first),
+`recommend(session_items, k)` / `recommend_batch(sessions, k)` returning item ids best first,
+`save(folder)` and `load(folder)`. Items never seen in training are skipped in the input and
+counted on `vocab`; a session left empty gets the most popular items. Rankings break ties by
+training popularity, then by first appearance, so the same data and seed give the same lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from ml.recommend.vocab import PAD, Vocab
+
+log = logging.getLogger(__name__)
+CONFIG = "config.json"
+VOCAB = "vocab.json"
+POPULARITY = "popularity.npy"
+
+
+def _popularity(vocab: Vocab, sessions: Sequence[Sequence[str]]) -> np.ndarray:
+    counts = np.zeros(len(vocab) + 1, dtype=np.int64)
+    for session in sessions:
+        for item in session:
+            counts[vocab.index[item]] += 1
+    return counts
+
+
+class Recommender(ABC):
+    """The interface the evaluator, the assets and the server rely on."""
+
+    algorithm: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.vocab = Vocab()
+        self.popularity = np.zeros(1, dtype=np.int64)
+        self._pop_order = np.zeros(0, dtype=np.int64)
+        self._pop_rank = np.zeros(1, dtype=np.int64)
+
+    # --- what subclasses provide ------------------------------------------------------------
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters, JSON-able: what `__init__` takes back."""
+
+    @abstractmethod
+    def _fit(self, encoded: list[np.ndarray]) -> None: ...
+
+    @abstractmethod
+    def _scores(self, encoded: list[np.ndarray], k: int) -> list[np.ndarray]:
+        """Indices of the top-k items (or fewer) for each non-empty encoded session."""
+
+    def _save_state(self, folder: Path) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def _load_state(self, folder: Path) -> None:  # noqa: B027 - optional hook
+        pass
+
+    # --- the interface ----------------------------------------------------------------------
+
+    def fit(self, sessions: Sequence[Sequence[str]]) -> Recommender:
+        self.vocab = Vocab.build(sessions)
+        self._set_popularity(_popularity(self.vocab, sessions))
+        self._fit([self.vocab.encode(s) for s in sessions])
+        return self
+
+    def recommend(self, session_items: Sequence[str], k: int = 20) -> list[str]:
+        return self.recommend_batch([session_items], k)[0]
+
+    def recommend_batch(self, sessions: Sequence[Sequence[str]], k: int = 20) -> list[list[str]]:
+        encoded = [self.vocab.encode(s) for s in sessions]
+        known = [i for i, e in enumerate(encoded) if len(e)]
+        top: list[np.ndarray] = [self._pop_order[:k]] * len(sessions)
+        if known:
+            for i, ids in zip(known, self._scores([encoded[i] for i in known], k), strict=True):
+                top[i] = self._fill(ids, k)
+        return [self.vocab.decode(ids) for ids in top]
+
+    def save(self, folder: Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"algorithm": self.algorithm, "params": self.params()}
+        (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        self.vocab.save(folder / VOCAB)
+        np.save(folder / POPULARITY, self.popularity, allow_pickle=False)
+        self._save_state(folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> Recommender:
+        """Load any saved model; the class comes from its config."""
+        folder = Path(folder)
+        config = json.loads((folder / CONFIG).read_text())
+        model_cls = ALGORITHMS[config["algorithm"]]
+        if cls is not Recommender and not issubclass(model_cls, cls):
+            raise TypeError(f"{folder} holds a {config['algorithm']} model, not {cls.__name__}")
+        model = model_cls(**config["params"])
+        model.vocab = Vocab.load(folder / VOCAB)
+        model._set_popularity(np.load(folder / POPULARITY, allow_pickle=False))
+        model._load_state(folder)
+        return model
+
+    # --- shared helpers ---------------------------------------------------------------------
+
+    def _set_popularity(self, counts: np.ndarray) -> None:
+        self.popularity = counts
+        # most popular first; equal counts keep first-appearance order (stable sort)
+        self._pop_order = np.argsort(-counts[1:], kind="stable") + 1
+        self._pop_rank = np.full(len(counts), len(counts), dtype=np.int64)
+        self._pop_rank[self._pop_order] = np.arange(len(self._pop_order))
+
+    def _fill(self, ids: np.ndarray, k: int) -> np.ndarray:
+        """Pad a short list with the most popular items not in it already."""
+        if len(ids) >= k:
+            return ids[:k]
+        head = self._pop_order[: k + len(ids)]
+        extra = head[~np.isin(head, ids)]
+        return np.concatenate([ids, extra[: k - len(ids)]])
+
+    def _top_k(self, scores: np.ndarray, k: int, positive_only: bool) -> np.ndarray:
+        """Indices of the k best scores of one row, ties broken by popularity (exactly)."""
+        scores = scores.copy()
+        scores[PAD] = -np.inf
+        k = min(k, len(scores) - 1)
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        mask = scores >= kth
+        if positive_only:
+            mask &= scores > 0
+        candidates = np.flatnonzero(mask)
+        order = np.lexsort((self._pop_rank[candidates], -scores[candidates]))
+        return candidates[order][:k]
+
+
+class PopRecommender(Recommender):
+    """The most viewed items of the training sessions, the same list for everyone."""
+
+    algorithm = "pop"
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def _fit(self, encoded: list[np.ndarray]) -> None:
+        pass
+
+    def _scores(self, encoded: list[np.ndarray], k: int) -> list[np.ndarray]:
+        return [self._pop_order[:k]] * len(encoded)
+
+
+class SKNNRecommender(Recommender):
+    """Session-kNN in the spirit of V-SKNN (Ludewig & Jannach 2018).
+
+    The current session is a vector over items whose weights decay with distance from its end
+    (`1 / (1 + distance)`, the "div" weighting), so the last views count most. Candidate
+    neighbours are, for each item of the session, the `sample_size` most recent training
+    sessions that contain it (an inverted index truncated to recent sessions). Similarity is
+    the dot product of the weighted session with a neighbour's items; the `k_neighbors` most
+    similar vote for their items, a vote weighted by the similarity and, with `idf`, by the
+    item's inverse document frequency. A batch of sessions is scored with sparse matrix products.
+    """
+
+    algorithm = "sknn"
+
+    def __init__(
+        self, k_neighbors: int = 100, sample_size: int = 1000, idf: bool = False, batch: int = 256
+    ):
+        super().__init__()
+        self.k_neighbors = k_neighbors
+        self.sample_size = sample_size
+        self.idf = idf
+        self.batch = batch
+        self.sessions = sp.csr_matrix((0, 1), dtype=np.float32)
+        self._recent = sp.csr_matrix((0, 1), dtype=np.float32)
+        self._idf = np.ones(1, dtype=np.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "k_neighbors": self.k_neighbors,
+            "sample_size": self.sample_size,
+            "idf": self.idf,
+            "batch": self.batch,
+        }
+
+    def _fit(self, encoded: list[np.ndarray]) -> None:
+        n_items = len(self.vocab) + 1
+        rows = np.repeat(np.arange(len(encoded)), [len(e) for e in encoded])
+        cols = np.concatenate(encoded) if encoded else np.zeros(0, dtype=np.int64)
+        matrix = sp.csr_matrix(
+            (np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(encoded), n_items)
+        )
+        matrix.data[:] = 1.0  # duplicates were summed: presence only
+        self._set_state(matrix)
+
+    def _set_state(self, matrix: sp.csr_matrix) -> None:
+        self.sessions = matrix.tocsr()
+        # per item, only the most recent `sample_size` sessions: the candidate neighbours
+        csc = self.sessions.tocsc()
+        csc.sort_indices()
+        col = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+        from_end = csc.indptr[col + 1] - 1 - np.arange(csc.nnz)
+        keep = from_end < self.sample_size
+        recent = sp.csc_matrix(
+            (
+                csc.data[keep],
+                csc.indices[keep],
+                np.r_[0, np.cumsum(np.bincount(col[keep], minlength=csc.shape[1]))],
+            ),
+            shape=csc.shape,
+        )
+        self._recent = recent.T.tocsr()  # items x sessions
+        df = np.asarray((self.sessions > 0).sum(axis=0)).ravel()
+        n = max(self.sessions.shape[0], 1)
+        self._idf = np.log((n + 1) / (df + 1)).astype(np.float32) + 1.0
+
+    def _query(self, encoded: list[np.ndarray]) -> sp.csr_matrix:
+        rows, cols, vals = [], [], []
+        for r, ids in enumerate(encoded):
+            weights: dict[int, float] = {}
+            n = len(ids)
+            for pos, item in enumerate(ids):  # later positions overwrite: most recent wins
+                weights[int(item)] = 1.0 / (n - pos)
+            rows.extend([r] * len(weights))
+            cols.extend(weights)
+            vals.extend(weights.values())
+        return sp.csr_matrix(
+            (np.asarray(vals, dtype=np.float32), (rows, cols)),
+            shape=(len(encoded), self.sessions.shape[1]),
+        )
+
+    def _scores(self, encoded: list[np.ndarray], k: int) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for start in range(0, len(encoded), self.batch):
+            chunk = encoded[start : start + self.batch]
+            query = self._query(chunk)
+            presence = query.copy()
+            presence.data[:] = 1.0
+            candidates = (presence @ self._recent).tocsr()  # B x sessions
+            similarity = (query @ self.sessions.T).tocsr().multiply(candidates > 0).tocsr()
+            neighbours = self._nearest(similarity)
+            scores = (neighbours @ self.sessions).toarray()
+            if self.idf:
+                scores *= self._idf
+            out.extend(self._top_k(row, k, positive_only=True) for row in scores)
+        return out
+
+    def _nearest(self, similarity: sp.csr_matrix) -> sp.csr_matrix:
+        """Keep the k_neighbors largest similarities of each row (ties: most recent session)."""
+        indptr, indices, data = similarity.indptr, similarity.indices, similarity.data
+        keep = np.zeros(len(data), dtype=bool)
+        for r in range(similarity.shape[0]):
+            lo, hi = indptr[r], indptr[r + 1]
+            if hi - lo <= self.k_neighbors:
+                keep[lo:hi] = True
+                continue
+            order = np.lexsort((-indices[lo:hi], -data[lo:hi]))[: self.k_neighbors]
+            keep[lo + order] = True
+        rows = np.repeat(np.arange(similarity.shape[0]), np.diff(indptr))
+        return sp.csr_matrix(
+            (data[keep], (rows[keep], indices[keep])), shape=similarity.shape, dtype=np.float32
+        )
+
+    def _save_state(self, folder: Path) -> None:
+        sp.save_npz(folder / "sessions.npz", self.sessions.astype(np.float32))
+
+    def _load_state(self, folder: Path) -> None:
+        self._set_state(sp.load_npz(folder / "sessions.npz").tocsr())
+
+
+class SequenceRecommender(Recommender):
+    """A torch next-item model: GRU4Rec-style (`arch="gru"`) or SASRec-style (`"sasrec"`).
+
+    Items are embedded, encoded left to right (a GRU, or causal self-attention with learned
+    positions), and scored against the same item embeddings (tied output, full softmax, cross
+    entropy on every position of every session: each view is a training target). Sessions
+    longer than `max_len` are cut into windows so every transition is used once per epoch.
+    Saved as a state_dict and a JSON config; loaded with `torch.load(weights_only=True)`.
+    """
+
+    algorithm = "gru"
+
+    def __init__(
+        self,
+        arch: str = "gru",
+        dim: int = 64,
+        epochs: int = 5,
+        batch_size: int = 256,
+        lr: float = 0.01,
+        max_len: int = 20,
+        dropout: float = 0.1,
+        seed: int = 0,
+        heads: int = 2,
+        layers: int = 1,
+    ):
+        super().__init__()
+        if arch not in ("gru", "sasrec"):
+            raise ValueError(f"arch must be 'gru' or 'sasrec', got {arch!r}")
+        self.arch, self.dim, self.epochs, self.batch_size = arch, dim, epochs, batch_size
+        self.lr, self.max_len, self.dropout, self.seed = lr, max_len, dropout, seed
+        self.heads, self.layers = heads, layers
+        self.net: Any = None
+        self.history: list[float] = []
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "dim": self.dim,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "max_len": self.max_len,
+            "dropout": self.dropout,
+            "seed": self.seed,
+            "heads": self.heads,
+            "layers": self.layers,
+        }
+
+    def _build(self, n_items: int) -> Any:
+        import torch
+
+        torch.manual_seed(self.seed)
+        return _SeqNet(
+            n_items, self.dim, self.arch, self.max_len, self.dropout, self.heads, self.layers
+        )
+
+    def _windows(self, encoded: list[np.ndarray]) -> list[np.ndarray]:
+        """Windows of up to max_len + 1 items overlapping by one: each transition once."""
+        out = []
+        for ids in encoded:
+            for start in range(0, max(len(ids) - 1, 0), self.max_len):
+                out.append(ids[start : start + self.max_len + 1])
+        return out
+
+    def _fit(self, encoded: list[np.ndarray], progress: Any = None) -> None:
+        import torch
+
+        self.net = self._build(len(self.vocab) + 1)
+        windows = self._windows(encoded)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        generator = np.random.default_rng(self.seed)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        self.history = []
+        for epoch in range(self.epochs):
+            self.net.train()
+            order = generator.permutation(len(windows))
+            total, tokens = 0.0, 0
+            for start in range(0, len(order), self.batch_size):
+                batch = [windows[i] for i in order[start : start + self.batch_size]]
+                x, y = _pad([w[:-1] for w in batch]), _pad([w[1:] for w in batch])
+                x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+                hidden = self.net.encode(x_t)
+                mask = y_t != PAD
+                logits = self.net.logits(hidden[mask])
+                loss = loss_fn(logits, y_t[mask])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * int(mask.sum())
+                tokens += int(mask.sum())
+            self.history.append(total / max(tokens, 1))
+            log.info(
+                "%s epoch %d/%d: loss %.4f over %d windows",
+                self.arch,
+                epoch + 1,
+                self.epochs,
+                self.history[-1],
+                len(windows),
+            )
+
+    def _scores(self, encoded: list[np.ndarray], k: int) -> list[np.ndarray]:
+        import torch
+
+        self.net.eval()
+        out: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(encoded), 512):
+                chunk = [e[-self.max_len :] for e in encoded[start : start + 512]]
+                x = torch.from_numpy(_pad(chunk))
+                lengths = torch.tensor([len(c) for c in chunk])
+                hidden = self.net.encode(x)[torch.arange(len(chunk)), lengths - 1]
+                logits = self.net.logits(hidden)
+                logits[:, PAD] = -torch.inf
+                top = torch.topk(logits, min(k, logits.shape[1] - 1), dim=1).indices.numpy()
+                out.extend(top)
+        return out
+
+    def _save_state(self, folder: Path) -> None:
+        import torch
+
+        torch.save(self.net.state_dict(), folder / "weights.pt")
+
+    def _load_state(self, folder: Path) -> None:
+        import torch
+
+        self.net = self._build(len(self.vocab) + 1)
+        self.net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+        self.net.eval()
+
+
+class SASRecRecommender(SequenceRecommender):
+    """The self-attention variant under its own algorithm name."""
+
+    algorithm = "sasrec"
+
+    def __init__(self, **params: Any):
+        super().__init__(**{**params, "arch": "sasrec"})
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    """Right-padded int64 matrix: causal encoders never look at the padding after a position."""
+    width = max((len(r) for r in rows), default=1)
+    out = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _SeqNet(
+    n_items: int, dim: int, arch: str, max_len: int, dropout: float, heads: int, layers: int
+) -> Any:
+    """Built in a function so that importing this module never imports torch."""
+    import torch
+    from torch import nn
+
+    class SeqNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.items = nn.Embedding(n_items, dim, padding_idx=PAD)
+            self.drop = nn.Dropout(dropout)
+            self.bias = nn.Parameter(torch.zeros(n_items))
+            if arch == "gru":
+                self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True)
+            else:
+                self.positions = nn.Embedding(max_len, dim)
+                layer = nn.TransformerEncoderLayer(
+                    dim,
+                    heads,
+                    dim_feedforward=2 * dim,
+                    dropout=dropout,
+                    batch_first=True,
+                    norm_first=True,
+                )
+                self.attn = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+                self.norm = nn.LayerNorm(dim)
+            nn.init.normal_(self.items.weight, std=0.05)
+
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.drop(self.items(x))
+            if arch == "gru":
+                return self.gru(h)[0]
+            length = x.shape[1]
+            h = h + self.positions(torch.arange(length))
+            causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+            return self.norm(self.attn(h, mask=causal))
+
+        def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+            return hidden @ self.items.weight.T + self.bias
+
+    return SeqNet()
+
+
+ALGORITHMS: dict[str, type[Recommender]] = {
+    "pop": PopRecommender,
+    "sknn": SKNNRecommender,
+    "gru": SequenceRecommender,
+    "sasrec": SASRecRecommender,
+}
+
+
+def make_model(algorithm: str, **params: Any) -> Recommender:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
+    return ALGORITHMS[algorithm](**params)
