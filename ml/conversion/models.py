@@ -1,0 +1,429 @@
+"""Conversion models behind one small interface: fit, predict_proba, save, load.
+
+Every model scores a `features.Batch` (feature rows plus the ordered events of the prefixes),
+so the server hands any model the output of `batch_from_events`. `predict_proba` returns the
+purchase probability per prefix as a 1-D array.
+
+Artifacts. The GRU saves its weights as a torch `state_dict` plus a JSON config, and loads them
+with `torch.load(weights_only=True)`: no code is ever unpickled. scikit-learn models have no
+pickle-free format installed here (skops is not), so they are saved with joblib, which *is*
+pickle: load them only from a folder the registry verified (`Registry.fetch` or
+`load_published` check every file's sha256 against the manifest first) — `load_registered`
+does exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self
+
+import numpy as np
+import pandas as pd
+
+from ml.conversion.features import ACTIONS, FEATURES, Batch, action_codes, column_ms, top_category
+from ml.registry import Manifest, Registry
+
+CONFIG_FILE = "model.json"
+PROBLEM = "conversion"
+
+
+class ConversionModel(Protocol):
+    algorithm: ClassVar[str]
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    def fit(self, batch: Batch, y: np.ndarray) -> Self: ...
+
+    def predict_proba(self, batch: Batch) -> np.ndarray: ...
+
+    def save(self, folder: Path) -> None: ...
+
+    @classmethod
+    def load(cls, folder: Path) -> Self: ...
+
+
+def _write_config(folder: Path, algorithm: str, params: dict[str, Any], **extra: Any) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"algorithm": algorithm, "params": params, "features": list(FEATURES), **extra}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _read_config(folder: Path, algorithm: str) -> dict[str, Any]:
+    config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    if config["algorithm"] != algorithm:
+        raise ValueError(f"{folder} holds a {config['algorithm']} model, not {algorithm}")
+    if config["features"] != list(FEATURES):
+        raise ValueError(f"{folder} was trained on other features than this code builds")
+    return config
+
+
+def _matrix(batch: Batch) -> np.ndarray:
+    return batch.features[list(FEATURES)].to_numpy(dtype=np.float64)
+
+
+class MajorityModel:
+    """The base rate for every prefix: what knowing nothing scores (ROC AUC 0.5)."""
+
+    algorithm: ClassVar[str] = "majority"
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def fit(self, batch: Batch, y: np.ndarray) -> Self:
+        self.rate = float(np.mean(y))
+        return self
+
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return np.full(len(batch), self.rate)
+
+    def save(self, folder: Path) -> None:
+        _write_config(Path(folder), self.algorithm, self.params, rate=self.rate)
+
+    @classmethod
+    def load(cls, folder: Path) -> Self:
+        model = cls()
+        model.rate = float(_read_config(folder, cls.algorithm)["rate"])
+        return model
+
+
+class _SklearnModel:
+    """A scikit-learn estimator on the feature rows; joblib inside a verified folder."""
+
+    algorithm: ClassVar[str] = ""
+    WEIGHTS: ClassVar[str] = "estimator.joblib"
+
+    def __init__(self, seed: int = 0, **params: Any) -> None:
+        self.seed = seed
+        self._params = params
+        self.estimator: Any = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"seed": self.seed, **self._params}
+
+    def _estimator(self) -> Any:
+        raise NotImplementedError
+
+    def fit(self, batch: Batch, y: np.ndarray) -> Self:
+        self.estimator = self._estimator().fit(_matrix(batch), np.asarray(y))
+        return self
+
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        if not len(batch):
+            return np.zeros(0)
+        return self.estimator.predict_proba(_matrix(batch))[:, 1]
+
+    def save(self, folder: Path) -> None:
+        import joblib
+
+        _write_config(Path(folder), self.algorithm, self.params)
+        joblib.dump(self.estimator, Path(folder) / self.WEIGHTS)
+
+    @classmethod
+    def load(cls, folder: Path) -> Self:
+        """Unpickles: only for folders the registry verified (see the module docstring)."""
+        import joblib
+
+        config = _read_config(folder, cls.algorithm)
+        model = cls(**config["params"])
+        model.estimator = joblib.load(Path(folder) / cls.WEIGHTS)
+        return model
+
+
+class LogisticModel(_SklearnModel):
+    """Logistic regression on log1p-scaled features: the linear baseline gates compare with."""
+
+    algorithm: ClassVar[str] = "logistic"
+
+    def __init__(self, seed: int = 0, C: float = 1.0, max_iter: int = 2000) -> None:
+        super().__init__(seed=seed, C=C, max_iter=max_iter)
+
+    def _estimator(self) -> Any:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+        return make_pipeline(
+            FunctionTransformer(np.log1p),  # features are counts, seconds and deciles: >= 0
+            StandardScaler(),
+            LogisticRegression(
+                C=self._params["C"], max_iter=self._params["max_iter"], random_state=self.seed
+            ),
+        )
+
+
+class HGBModel(_SklearnModel):
+    """scikit-learn HistGradientBoosting on the feature rows (no early stopping: its holdout
+    would be a random split)."""
+
+    algorithm: ClassVar[str] = "hgb"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        max_iter: int = 200,
+        learning_rate: float = 0.1,
+        max_leaf_nodes: int = 31,
+        l2_regularization: float = 0.0,
+    ) -> None:
+        super().__init__(
+            seed=seed,
+            max_iter=max_iter,
+            learning_rate=learning_rate,
+            max_leaf_nodes=max_leaf_nodes,
+            l2_regularization=l2_regularization,
+        )
+
+    def _estimator(self) -> Any:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(
+            **self._params,
+            early_stopping=False,
+            random_state=self.seed,
+        )
+
+
+# --- the sequence model ----------------------------------------------------------------------
+
+_PAD, _NO_CATEGORY, _UNKNOWN_CATEGORY = 0, 1, 2
+_NUMERIC = 3
+
+
+def _step_inputs(events: pd.DataFrame, categories: dict[str, int]) -> tuple[np.ndarray, ...]:
+    """Per event: action id, top-category id, and (log gap, price / 10, has price)."""
+    actions = action_codes(events["event_type"], events["product_action"]) + 1
+    tops = events["category"].astype(object).map(top_category, na_action="ignore")
+    category = np.where(
+        tops.isna(),
+        _NO_CATEGORY,
+        tops.map(categories).fillna(_UNKNOWN_CATEGORY).to_numpy(dtype=np.float64),
+    ).astype(np.int64)
+    ms = column_ms(events["event_at"])
+    keys = events["session_key"].to_numpy()
+    first = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.zeros(0, dtype=bool)
+    gap = np.where(first, 0.0, np.r_[0, np.diff(ms)] / 1000)
+    price = pd.to_numeric(events["price_bucket"], errors="coerce").to_numpy(dtype=np.float64)
+    has_price = ~np.isnan(price)
+    numeric = np.column_stack(
+        [np.log1p(np.maximum(gap, 0)) / 5, np.where(has_price, price, 0) / 10, has_price]
+    ).astype(np.float32)
+    return actions, category, numeric
+
+
+def _net(n_categories: int, embedding: int, hidden: int):
+    import torch
+    from torch import nn
+
+    class SessionGRU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.action = nn.Embedding(len(ACTIONS) + 1, embedding, padding_idx=_PAD)
+            self.category = nn.Embedding(n_categories + 3, embedding, padding_idx=_PAD)
+            self.gru = nn.GRU(2 * embedding + _NUMERIC, hidden, batch_first=True)
+            self.head = nn.Linear(hidden, 1)
+
+        def forward(self, actions, categories, numeric):
+            steps = torch.cat([self.action(actions), self.category(categories), numeric], dim=-1)
+            out, _ = self.gru(steps)
+            return self.head(out).squeeze(-1)  # a logit after every event
+
+    return SessionGRU()
+
+
+class GRUModel:
+    """A GRU over (action, top category, gap, price) per event, CPU-sized.
+
+    The GRU reads left to right, so its output after event k depends on events 1..k only: one
+    pass over a session scores all its prefixes, and padding after a session's last event
+    never reaches its outputs. The length mask is that only positions of real prefixes are
+    read (loss and scores); batches group sessions of similar length so little is padded.
+    """
+
+    algorithm: ClassVar[str] = "gru"
+    WEIGHTS: ClassVar[str] = "weights.pt"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        hidden: int = 32,
+        embedding: int = 8,
+        epochs: int = 4,
+        batch_sessions: int = 256,
+        learning_rate: float = 3e-3,
+        max_categories: int = 200,
+    ) -> None:
+        self._params = {
+            "seed": seed,
+            "hidden": hidden,
+            "embedding": embedding,
+            "epochs": epochs,
+            "batch_sessions": batch_sessions,
+            "learning_rate": learning_rate,
+            "max_categories": max_categories,
+        }
+        self.categories: dict[str, int] = {}
+        self.net: Any = None
+        self.log: Callable[[str], None] = lambda message: None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    def _build(self) -> None:
+        self.net = _net(len(self.categories), self._params["embedding"], self._params["hidden"])
+
+    @staticmethod
+    def _sessions(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Unique session starts, their lengths to run, each prefix's session and position."""
+        starts, which = np.unique(batch.starts, return_inverse=True)
+        lengths = np.zeros(len(starts), dtype=np.int64)
+        np.maximum.at(lengths, which, batch.ends - batch.starts + 1)
+        return starts, lengths, which, batch.ends - batch.starts
+
+    @staticmethod
+    def _tensors(steps, starts: np.ndarray, lengths: np.ndarray):
+        import torch
+
+        actions, categories, numeric = steps
+        width = int(lengths.max())
+        offsets = np.arange(width)
+        valid = offsets[None, :] < lengths[:, None]
+        index = np.where(valid, starts[:, None] + offsets[None, :], 0)
+        return (
+            torch.from_numpy(np.where(valid, actions[index], _PAD)),
+            torch.from_numpy(np.where(valid, categories[index], _PAD)),
+            torch.from_numpy(numeric[index] * valid[..., None]),
+        )
+
+    def _scan(self, batch: Batch, chunk: int, rng: np.random.Generator | None):
+        """Batches of sessions of similar length: (step tensors, prefix rows, their positions)."""
+        starts, lengths, which, position = self._sessions(batch)
+        steps = _step_inputs(batch.events, self.categories)
+        tie = rng.random(len(starts)) if rng is not None else np.zeros(len(starts))
+        by_length = np.lexsort((tie, lengths))
+        groups = [by_length[lo : lo + chunk] for lo in range(0, len(by_length), chunk)]
+        if rng is not None:
+            groups = [groups[i] for i in rng.permutation(len(groups))]
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(len(starts) + 1))
+        local = np.empty(len(starts), dtype=np.int64)
+        for chosen in groups:
+            rows = np.concatenate([order[bounds[s] : bounds[s + 1]] for s in chosen])
+            local[chosen] = np.arange(len(chosen))
+            tensors = self._tensors(steps, starts[chosen], lengths[chosen])
+            yield tensors, rows, local[which[rows]], position[rows]
+
+    def fit(self, batch: Batch, y: np.ndarray) -> Self:
+        import torch
+
+        p = self._params
+        torch.manual_seed(p["seed"])
+        tops = batch.events["category"].astype(object).map(top_category, na_action="ignore")
+        frequent = tops.value_counts().head(p["max_categories"]).index
+        self.categories = {name: i + 3 for i, name in enumerate(sorted(frequent))}
+        self._build()
+        y = torch.from_numpy(np.asarray(y, dtype=np.float32))
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=p["learning_rate"])
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        rng = np.random.default_rng(p["seed"])
+        self.net.train()
+        for epoch in range(p["epochs"]):
+            total, seen = 0.0, 0
+            for tensors, rows, session, position in self._scan(batch, p["batch_sessions"], rng):
+                logits = self.net(*tensors)[torch.from_numpy(session), torch.from_numpy(position)]
+                loss = loss_fn(logits, y[torch.from_numpy(rows)])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(rows)
+                seen += len(rows)
+            self.log(f"gru epoch {epoch + 1}/{p['epochs']}: loss {total / max(seen, 1):.4f}")
+        return self
+
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        import torch
+
+        scores = np.zeros(len(batch))
+        if not len(batch):
+            return scores
+        self.net.eval()
+        with torch.no_grad():
+            for tensors, rows, session, position in self._scan(batch, 1024, None):
+                probability = torch.sigmoid(self.net(*tensors)).numpy()
+                scores[rows] = probability[session, position]
+        return scores
+
+    def save(self, folder: Path) -> None:
+        import torch
+
+        folder = Path(folder)
+        _write_config(folder, self.algorithm, self.params, categories=self.categories)
+        torch.save(self.net.state_dict(), folder / self.WEIGHTS)
+
+    @classmethod
+    def load(cls, folder: Path) -> Self:
+        import torch
+
+        config = _read_config(folder, cls.algorithm)
+        model = cls(**config["params"])
+        model.categories = {k: int(v) for k, v in config["categories"].items()}
+        model._build()
+        state = torch.load(Path(folder) / cls.WEIGHTS, weights_only=True)
+        model.net.load_state_dict(state)
+        model.net.eval()
+        return model
+
+
+ALGORITHMS: dict[str, type] = {
+    m.algorithm: m for m in (MajorityModel, LogisticModel, HGBModel, GRUModel)
+}
+BASELINES: tuple[str, ...] = ("majority", "logistic")
+CANDIDATES: tuple[str, ...] = ("hgb", "gru")
+
+
+def make_model(algorithm: str, **params: Any) -> ConversionModel:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[algorithm](**params)
+
+
+def load_model(folder: Path) -> ConversionModel:
+    """Whatever model a folder holds (read from its config). Verify the folder first."""
+    algorithm = json.loads((Path(folder) / CONFIG_FILE).read_text())["algorithm"]
+    return ALGORITHMS[algorithm].load(Path(folder))
+
+
+def register_model(
+    registry: Registry,
+    model: ConversionModel,
+    *,
+    metrics: dict[str, float],
+    training_window: dict[str, str],
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Save the model and store it as a new version of the `conversion` problem."""
+    with tempfile.TemporaryDirectory(prefix="skiff-model-") as tmp:
+        model.save(Path(tmp))
+        return registry.register(
+            PROBLEM,
+            Path(tmp),
+            algorithm=model.algorithm,
+            params=model.params,
+            metrics=metrics,
+            training_window=training_window,
+            extra=extra,
+        )
+
+
+def load_registered(registry: Registry, version: str) -> ConversionModel:
+    """A registered version, its files checked against the manifest's sha256 before loading."""
+    return load_model(registry.fetch(PROBLEM, version))

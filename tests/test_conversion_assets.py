@@ -1,0 +1,148 @@
+"""The conversion assets materialized for real: generated days through dbt, then training set,
+candidates, evaluation with its gates, champion and a day of predictions, on a temporary
+SKIFF_HOME; then a second, worse round that must not replace the champion."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
+
+from ml.conversion import dataset, features, models
+from ml.registry import Registry, load_published
+from ml.synthetic import GeneratorConfig, generate
+from orchestration.assets.conversion import (
+    CHAMPION,
+    CHECKS,
+    EVALUATION,
+    PREDICTIONS,
+    TRAINING_SET,
+    build_conversion_assets,
+    leaderboard_path,
+)
+from orchestration.definitions import build_definitions
+from skiff.cli import run_days
+
+START = dt.date(2026, 1, 5)
+DAYS = [START + dt.timedelta(days=i) for i in range(10)]
+TRAINING = [
+    TRAINING_SET,
+    *(f"conversion_model_{a}" for a in ("majority", "logistic", "hgb", "gru")),
+    EVALUATION,
+    CHAMPION,
+]
+# A small graph: the gates' defaults are for real volumes, the test is about the mechanics.
+FIRST_ROUND = {
+    TRAINING_SET: {"train_days": 7},
+    "conversion_model_gru": {"epochs": 3},
+    EVALUATION: {"pr_auc_margin": -0.05, "max_calibration_error": 0.05},
+}
+# Models that learn next to nothing: worse than any champion.
+WORSE_ROUND = {
+    TRAINING_SET: {"train_days": 7},
+    "conversion_model_hgb": {"max_iter": 1, "max_leaf_nodes": 2, "learning_rate": 0.01},
+    "conversion_model_gru": {"epochs": 1, "hidden": 2, "learning_rate": 1e-6},
+    EVALUATION: {"pr_auc_margin": -1.0, "max_calibration_error": 1.0},
+}
+
+
+def _run(defs: Definitions, job: str, ops: dict, partition_key: str | None = None):
+    with DagsterInstance.get() as instance:
+        return defs.resolve_job_def(job).execute_in_process(
+            instance=instance,
+            run_config={"ops": {k: {"config": v} for k, v in ops.items()}},
+            partition_key=partition_key,
+        )
+
+
+def _text(values: pd.Series) -> np.ndarray:
+    return values.astype(object).where(values.notna(), "").astype(str).to_numpy()
+
+
+def _metadata(result, key: str) -> dict:
+    (event,) = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+@pytest.mark.slow
+def test_conversion_assets_end_to_end(settings):
+    generate(
+        settings.landing,
+        GeneratorConfig(days=len(DAYS), sessions_per_day=1500, seed=21, start=START),
+    )
+    assert run_days(settings, DAYS[0], DAYS[-1])
+    base = build_definitions(settings)
+    partitions = base.resolve_assets_def("raw_browsing_events").partitions_def
+    jobs = Definitions(
+        assets=build_conversion_assets(settings, partitions),
+        jobs=[
+            define_asset_job("train", AssetSelection.assets(*TRAINING)),
+            define_asset_job(
+                "score", AssetSelection.assets(PREDICTIONS), partitions_def=partitions
+            ),
+        ],
+    )
+    defs = Definitions.merge(base, jobs)
+    graph = defs.resolve_asset_graph()
+    assert {graph.get(AssetKey(k)).group_name for k in [*TRAINING, PREDICTIONS]} == {"conversion"}
+
+    first = _run(defs, "train", FIRST_ROUND)
+    assert first.success
+    evaluation = _metadata(first, EVALUATION)
+    assert "| model |" in evaluation["leaderboard"] and "majority" in evaluation["leaderboard"]
+    assert 0.5 < evaluation["roc_auc"] <= 1 and 0 < evaluation["pr_auc"] <= 1
+    assert "| bin |" in evaluation["calibration"]
+    assert leaderboard_path(settings).read_text().startswith("Test day")
+    checks = {c.check_name: c.passed for c in first.get_asset_check_evaluations()}
+    assert set(checks) == set(CHECKS)
+    assert checks["no_leakage"], "features recomputed from raw events differ from training"
+    assert all(checks.values()), checks
+
+    champion = _metadata(first, CHAMPION)
+    assert champion["promoted"] is True, champion["reason"]
+    manifest, folder = load_published(settings.published, "conversion")
+    assert manifest.version == champion["champion_version"] == evaluation["best_version"]
+    assert manifest.training_window["test_day"] == evaluation["test_day"]
+    assert models.load_model(folder).predict_proba is not None
+
+    second = _run(defs, "train", WORSE_ROUND)
+    assert second.success
+    kept = _metadata(second, CHAMPION)
+    assert kept["promoted"] is False
+    assert "not better than the champion" in kept["reason"]
+    assert kept["champion_version"] == manifest.version
+    assert load_published(settings.published, "conversion")[0].version == manifest.version
+    history = Registry(settings.registry).history("conversion")
+    assert [h["version"] for h in history if h["role"] == "champion"] == [manifest.version]
+
+    day = DAYS[-1]
+    scored = _run(defs, "score", {}, partition_key=day.isoformat())
+    assert scored.success
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        predictions = con.execute(
+            f"select * from {PREDICTIONS} order by session_key, prefix_length"
+        ).fetchdf()
+        examples = con.execute(
+            f"select * from conversion_examples where session_day = '{day}'"
+            " order by session_key, prefix_length"
+        ).fetchdf()
+        mart = con.execute("select * from conversion_examples").fetchdf()
+    assert len(predictions) == len(examples)
+    assert (predictions["session_key"].to_numpy() == examples["session_key"].to_numpy()).all()
+    assert set(predictions["model_version"]) == {manifest.version}
+    assert predictions["purchase_probability"].between(0, 1).all()
+
+    # the pandas stand-in of the mart that the unit tests and the benchmark use agrees with dbt
+    local = dataset.examples_from_landing(settings.landing, DAYS)
+    mart = features.ordered_events(mart)
+    assert len(local) == len(mart)
+    for column in ("session_key", "prefix_length", "will_purchase", "product_sku", "category"):
+        assert (_text(local[column]) == _text(mart[column])).all(), column
+    np.testing.assert_allclose(
+        features.batch_features(local).to_numpy(), features.batch_features(mart).to_numpy()
+    )
+    assert pd.api.types.is_bool_dtype(local["will_purchase"])
