@@ -10,7 +10,7 @@ file: the recommender evaluates next items of later sessions only.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,14 @@ def fit_and_evaluate(
     test: Sequence[Sequence[str]],
     k: int = 20,
     params: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Recommender, EvalResult, dict[str, Any]]:
-    """One leaderboard row, and the model and evaluation behind it."""
+    """One leaderboard row, and the model and evaluation behind it. `progress` receives the
+    torch model's epoch lines."""
     params = {**DEFAULT_PARAMS.get(algorithm, {}), **(params or {})}
     model = make_model(algorithm, **params)
+    if progress is not None and hasattr(model, "progress"):
+        model.progress = progress
     began = time.perf_counter()
     model.fit(train)
     train_seconds = time.perf_counter() - began

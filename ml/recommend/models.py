@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -308,6 +308,7 @@ class SequenceRecommender(Recommender):
         self.heads, self.layers = heads, layers
         self.net: Any = None
         self.history: list[float] = []
+        self.progress: Callable[[str], None] | None = None  # e.g. an asset's context.log.info
 
     def params(self) -> dict[str, Any]:
         return {
@@ -339,7 +340,7 @@ class SequenceRecommender(Recommender):
                 out.append(ids[start : start + self.max_len + 1])
         return out
 
-    def _fit(self, encoded: list[np.ndarray], progress: Any = None) -> None:
+    def _fit(self, encoded: list[np.ndarray]) -> None:
         import torch
 
         self.net = self._build(len(self.vocab) + 1)
@@ -366,14 +367,13 @@ class SequenceRecommender(Recommender):
                 total += float(loss.detach()) * int(mask.sum())
                 tokens += int(mask.sum())
             self.history.append(total / max(tokens, 1))
-            log.info(
-                "%s epoch %d/%d: loss %.4f over %d windows",
-                self.arch,
-                epoch + 1,
-                self.epochs,
-                self.history[-1],
-                len(windows),
+            message = (
+                f"{self.arch} epoch {epoch + 1}/{self.epochs}: loss {self.history[-1]:.4f}"
+                f" over {len(windows):,} windows"
             )
+            log.info(message)
+            if self.progress is not None:
+                self.progress(message)
 
     def _scores(self, encoded: list[np.ndarray], k: int) -> list[np.ndarray]:
         import torch

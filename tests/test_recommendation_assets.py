@@ -1,0 +1,116 @@
+"""The recommendation assets materialized for real: generated days -> landing -> dbt marts ->
+training set -> candidates -> evaluation and checks -> champion published with its lookup ->
+batch predictions in the warehouse. Then a worse candidate is proposed and refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import pandas as pd
+import pytest
+from dagster import (
+    AssetSelection,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    Definitions,
+    define_asset_job,
+)
+
+from ml.registry import Registry, load_published
+from ml.synthetic import GeneratorConfig, generate
+from orchestration.assets.recommendation import GATE_NAMES, build_recommendation_assets
+from orchestration.definitions import build_definitions
+from skiff.cli import run_days
+
+START = dt.date(2026, 1, 5)
+JOB = "recommender_refresh"
+FAST = {"ops": {"recommender_candidate_gru": {"config": {"params_json": '{"epochs": 3}'}}}}
+
+
+def _definitions(settings) -> Definitions:
+    base = build_definitions(settings)
+    graph = base.resolve_asset_graph()
+    extra = []
+    if not any(
+        graph.get(k).group_name == "recommendation" for k in graph.materializable_asset_keys
+    ):
+        partitions = DailyPartitionsDefinition(
+            start_date=settings.partitions_start.isoformat(), timezone="UTC"
+        )
+        extra = build_recommendation_assets(settings, partitions)
+    job = define_asset_job(JOB, selection=AssetSelection.groups("recommendation"))
+    return Definitions.merge(base, Definitions(assets=extra, jobs=[job]))
+
+
+def _materialize(settings, run_config: dict):
+    job = _definitions(settings).resolve_job_def(JOB)
+    with DagsterInstance.get() as instance:
+        return job.execute_in_process(instance=instance, run_config=run_config)
+
+
+def _metadata(result, key: str) -> dict:
+    [event] = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key
+    ]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+@pytest.mark.slow
+def test_recommendation_assets_end_to_end(settings):
+    generate(settings.landing, GeneratorConfig(days=10, sessions_per_day=1500, seed=5, start=START))
+    assert run_days(settings, START, START + dt.timedelta(days=9))
+
+    result = _materialize(settings, FAST)
+    assert result.success
+
+    training = _metadata(result, "recommender_training_set")
+    assert training["test_start"] == training["test_end"] == "2026-01-14"
+    assert training["train_end"] == "2026-01-13" and training["train_sessions"] > 3000
+
+    evaluation = _metadata(result, "recommender_evaluation")
+    assert "| pop |" in evaluation["leaderboard"] and "| gru |" in evaluation["leaderboard"]
+    assert evaluation["best"] in ("sknn", "gru")
+    assert evaluation["hr_at_20"] > 0.3 and 0 < evaluation["ndcg_at_20"] < evaluation["hr_at_20"]
+    report = settings.reports / "recommender" / "leaderboard.md"
+    assert report.read_text().strip() == evaluation["leaderboard"].strip()
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(GATE_NAMES) <= set(checks)
+    assert checks["beats_pop"].passed and checks["unseen_items"].passed
+
+    champion = _metadata(result, "recommender_champion")
+    assert champion["decision"] == "promoted"
+    registry = Registry(settings.registry)
+    assert {m.algorithm for m in registry.versions("recommender")} == {"pop", "sknn", "gru"}
+    version = registry.roles("recommender")["champion"]
+    assert champion["champion"] == version and champion["champion_algorithm"] == evaluation["best"]
+
+    manifest, folder = load_published(settings.published, "recommender")
+    assert manifest.version == version
+    lookup = pd.read_parquet(folder / "next_items.parquet")
+    assert len(lookup) > 1000 and lookup["next_items"].map(len).eq(20).all()
+    from ml.recommend.models import Recommender
+
+    model = Recommender.load(folder)
+    sku, items = lookup.iloc[0]["product_sku_hash"], lookup.iloc[0]["next_items"]
+    assert model.recommend([sku], 20) == list(items)  # the lookup is this model's
+
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        rows = con.execute(
+            "select count(*), count(distinct product_sku_hash), min(model_version)"
+            " from main.recommender_next_items"
+        ).fetchone()
+    assert rows == (20 * len(lookup), len(lookup), version)
+
+    # an operator proposes POP: it fails the POP gate and is worse, so the champion stays
+    again = _materialize(
+        settings,
+        {**FAST, "ops": {**FAST["ops"], "recommender_champion": {"config": {"candidate": "pop"}}}},
+    )
+    assert again.success
+    kept = _metadata(again, "recommender_champion")
+    assert kept["decision"] == "kept"
+    assert "beats_pop" in kept["why"] and "below the champion" in kept["why"]
+    assert registry.roles("recommender")["champion"] == version
+    assert load_published(settings.published, "recommender")[0].version == version
