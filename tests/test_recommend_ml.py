@@ -310,8 +310,9 @@ def synthetic(tmp_path_factory) -> tuple[list[list[str]], list[list[str]]]:
 def test_session_models_beat_pop_by_far(synthetic):
     train, test = synthetic
     params = {"gru": {"epochs": 3, "dim": 48}}
-    rows = {r["model"]: r for r in compare(train, test, models=["pop", "sknn", "gru"],
-                                           params=params)}  # fmt: skip
+    rows = {
+        r["model"]: r for r in compare(train, test, models=["pop", "sknn", "gru"], params=params)
+    }
     pop = rows["pop"]["hr_at_20"]
     assert rows["sknn"]["hr_at_20"] > 2 * pop
     assert rows["gru"]["hr_at_20"] > 2 * pop
@@ -325,8 +326,9 @@ def test_behavioral_checks_one_value_per_bucket(synthetic):
     train, test = synthetic
     _, pop_result, _ = fit_and_evaluate("pop", train, test)
     model, result, _ = fit_and_evaluate("sknn", train, test)
-    popularity = {i: int(c) for i, c in zip(model.vocab.items[1:], model.popularity[1:],
-                                            strict=True)}  # fmt: skip
+    popularity = {
+        i: int(c) for i, c in zip(model.vocab.items[1:], model.popularity[1:], strict=True)
+    }
     outcomes, slices = behavior.run_checks(
         result, pop_result, model.recommend_batch, train, test, popularity, n=200
     )

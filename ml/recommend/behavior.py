@@ -148,8 +148,11 @@ def perturbation_stability(
     rng = np.random.default_rng(seed)
     prefixes = _prefixes(sessions, n, seed)
     if not prefixes:
-        return {"similar_item_stability": float("nan"), "shuffle_stability": float("nan"),
-                "sessions": 0}  # fmt: skip
+        return {
+            "similar_item_stability": float("nan"),
+            "shuffle_stability": float("nan"),
+            "sessions": 0,
+        }
     swapped, shuffled = [], []
     for prefix in prefixes:
         replaceable = [i for i, item in enumerate(prefix) if item in similar]

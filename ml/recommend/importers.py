@@ -47,9 +47,15 @@ MAX_REPORTED = 1000  # bad rows kept with their line; beyond that only counted p
 SESSION_NAMES = ("sessionid", "session_id", "session", "sessionid_hash", "session_id_hash")
 ITEM_NAMES = ("itemid", "item_id", "item", "itemid_hash", "product_sku_hash", "sku", "product_id")
 TIME_NAMES = (
-    "time", "timestamp", "ts", "time_stamp", "eventtime", "event_time",
-    "server_timestamp_epoch_ms", "timeframe",
-)  # fmt: skip
+    "time",
+    "timestamp",
+    "ts",
+    "time_stamp",
+    "eventtime",
+    "event_time",
+    "server_timestamp_epoch_ms",
+    "timeframe",
+)
 
 
 @dataclass(frozen=True)
