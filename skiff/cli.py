@@ -84,34 +84,46 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_days(settings: Settings, first: dt.date, last: dt.date) -> bool:
-    """Materialize days [first, last] end to end in one run on the persistent instance."""
+def run_job(
+    settings: Settings, job_name: str, first: dt.date | None = None, last: dt.date | None = None
+) -> bool:
+    """Run one of the code location's jobs in process on the persistent instance (so the UI
+    shows it), for days [first, last] in one run when the job is partitioned."""
     from dagster import DagsterInstance
     from dagster._core.storage.tags import (
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
     )
 
-    from orchestration.definitions import DAILY_REFRESH, build_definitions
+    from orchestration.definitions import build_definitions
 
-    defs = build_definitions(settings)
-    job = defs.resolve_job_def(DAILY_REFRESH)
+    job = build_definitions(settings).resolve_job_def(job_name)
+    tags = {}
+    if first is not None:
+        tags = {
+            ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+            ASSET_PARTITION_RANGE_END_TAG: (last or first).isoformat(),
+        }
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
-            # progress at INFO (a line per day and per dbt node); DEBUG stays in the UI's logs
+            # progress at INFO (a line per day, dbt node, epoch); DEBUG stays in the UI's logs
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
-                ASSET_PARTITION_RANGE_END_TAG: last.isoformat(),
-            },
+            tags=tags,
             raise_on_error=False,
         )
     if not result.success:
         for event in result.all_events:
-            if event.is_failure and event.step_failure_data:
+            if event.is_step_failure:
                 print(f"step {event.step_key} failed: {event.step_failure_data.error.message}")
     return result.success
+
+
+def run_days(settings: Settings, first: dt.date, last: dt.date) -> bool:
+    """Materialize landing days [first, last] through the marts in one run."""
+    from orchestration.definitions import DAILY_REFRESH
+
+    return run_job(settings, DAILY_REFRESH, first, last)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -164,8 +176,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not run_days(settings, first, last):
         print("the run failed; open the UI (`skiff ui`) and look at the run's logs")
         return 1
+    if not args.skip_models:
+        from orchestration.definitions import SCORE_DAYS, TRAIN_MODELS
+
+        print("training, evaluating and promoting the models (one Dagster run)...", flush=True)
+        if not run_job(settings, TRAIN_MODELS):
+            print("training failed; open the UI (`skiff ui`) and look at the run's logs")
+            return 1
+        print(f"scoring {first} .. {last} with the champions (one Dagster run)...", flush=True)
+        if not run_job(settings, SCORE_DAYS, first, last):
+            print("scoring failed; open the UI (`skiff ui`) and look at the run's logs")
+            return 1
     print()
     print(summarize(settings))
+    for problem in ("conversion", "recommender"):
+        board = settings.reports / problem / "leaderboard.md"
+        if board.exists() and not args.skip_models:
+            print(f"\n{problem} leaderboard (test day(s) of the time split):\n")
+            print(board.read_text().strip())
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s")
     print(
         "\nOpen the Dagster UI on this state:\n"
@@ -173,6 +201,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "-w workspace.yaml -h 127.0.0.1 -p 3000\n"
         "  then browse http://127.0.0.1:3000 (Assets -> Lineage; Runs)"
     )
+    return 0
+
+
+IMPORT_FORMATS = ("coveo", "sessions", "diginetica")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ml.recommend.importers import import_sessions
+
+    settings = ensure_home(load_settings())
+    out = Path(args.out) if args.out else settings.landing
+    report = import_sessions(args.path, args.format, out, products=args.products)
+    print(report.summary())
+    if report.days:
+        print(f"\nmaterialize them: skiff run --start {report.days[0]} --end {report.days[-1]}")
+    return 0 if report.reconciles() else 1
+
+
+def cmd_evaluate_recs(args: argparse.Namespace) -> int:
+    import json
+
+    from ml.recommend.compare import compare, format_leaderboard
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        rows = compare(args.train, args.test, fmt=args.format, models=models)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"skiff evaluate-recs: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=2) if args.json else format_leaderboard(rows))
     return 0
 
 
@@ -214,7 +272,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate data and run it all on the local DuckDB")
     _add_data_flags(demo, days=21, sessions=5000)
+    demo.add_argument(
+        "--skip-models", action="store_true", help="stop after the marts (no training)"
+    )
     demo.set_defaults(func=cmd_demo)
+
+    imp = sub.add_parser(
+        "import", help="map public session data into landing days (the raw contract)"
+    )
+    imp.add_argument("--format", required=True, choices=IMPORT_FORMATS)
+    imp.add_argument("path", help="the data file (Coveo browsing_train.csv, a session file, ...)")
+    imp.add_argument("--products", help="Coveo sku_to_content.csv (optional)")
+    imp.add_argument("--out", help="landing folder (default $SKIFF_HOME/landing)")
+    imp.set_defaults(func=cmd_import)
+
+    recs = sub.add_parser(
+        "evaluate-recs", help="train recommenders on one session file, evaluate on another"
+    )
+    recs.add_argument("--train", required=True, help="training sessions file")
+    recs.add_argument("--test", required=True, help="test sessions file (later sessions)")
+    recs.add_argument("--format", default="sessions", choices=IMPORT_FORMATS)
+    recs.add_argument("--models", default="pop,sknn,gru", help="comma-separated (default all)")
+    recs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recs.set_defaults(func=cmd_evaluate_recs)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the local state")
     ui.add_argument("--host", default="127.0.0.1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from ml.synthetic import GeneratorConfig, generate
+from orchestration.definitions import DATA_GROUPS
 from tests.servers import free_port, running, wait_for_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -90,3 +92,31 @@ def test_launch_through_graphql_and_read_lineage(dagster_dev):
         assert nodes[mart]["groupName"] == "marts"
         materialized = gql(LATEST, {"path": [mart]})["assetOrError"]["assetMaterializations"]
         assert {(m["partition"], m["runId"]) for m in materialized} >= {(START.isoformat(), run_id)}
+
+    # A backfill over both days, launched as the UI's Materialize button does: the single-run
+    # backfill policy turns the range into one run.
+    days = [START.isoformat(), second]
+    data_assets = [key for key, node in nodes.items() if node["groupName"] in DATA_GROUPS]
+    launched = gql(
+        BACKFILL,
+        {
+            "params": {
+                "partitionNames": days,
+                "assetSelection": [{"path": key.split("/")} for key in data_assets],
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        backfill = gql(BACKFILL_STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+        if backfill["status"] not in {"REQUESTED", "CANCELING", "FAILING"}:
+            break
+        time.sleep(3)
+    assert backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, backfill
+    assert len(backfill["runs"]) == 1 and backfill["runs"][0]["status"] == "SUCCESS"
+    tags = {t["key"]: t["value"] for t in backfill["runs"][0]["tags"]}
+    assert (
+        tags["dagster/asset_partition_range_start"],
+        tags["dagster/asset_partition_range_end"],
+    ) == tuple(days)

@@ -14,7 +14,13 @@ import pytest
 from dagster import AssetKey
 
 from ml.synthetic import GeneratorConfig, generate
-from orchestration.definitions import DAILY_REFRESH, build_definitions
+from orchestration.definitions import (
+    DAILY_REFRESH,
+    DATA_GROUPS,
+    SCORE_DAYS,
+    TRAIN_MODELS,
+    build_definitions,
+)
 from skiff.cli import run_days
 from skiff.settings import REPO_ROOT
 
@@ -32,6 +38,21 @@ EXPECTED_ASSETS = {
     ("marts", "sessions"),
     ("marts", "conversion_examples"),
     ("marts", "session_sequences"),
+    ("conversion", "conversion_training_set"),
+    ("conversion", "conversion_model_majority"),
+    ("conversion", "conversion_model_logistic"),
+    ("conversion", "conversion_model_hgb"),
+    ("conversion", "conversion_model_gru"),
+    ("conversion", "conversion_evaluation"),
+    ("conversion", "conversion_champion"),
+    ("conversion", "conversion_predictions"),
+    ("recommendation", "recommender_training_set"),
+    ("recommendation", "recommender_candidate_pop"),
+    ("recommendation", "recommender_candidate_sknn"),
+    ("recommendation", "recommender_candidate_gru"),
+    ("recommendation", "recommender_evaluation"),
+    ("recommendation", "recommender_champion"),
+    ("recommendation", "recommender_next_items"),
 }
 
 
@@ -58,7 +79,13 @@ def test_graph_snapshot(settings):
         ("sessions", "assert_sessions_n_events_match_events"),
         ("sessions", "assert_session_events_on_session_day"),
     }
-    assert [job.name for job in defs.jobs] == [DAILY_REFRESH]
+    assert [job.name for job in defs.jobs] == [DAILY_REFRESH, TRAIN_MODELS, SCORE_DAYS]
+    assert {k.to_user_string() for k in _job_keys(defs, SCORE_DAYS)} == {"conversion_predictions"}
+    assert {graph.get(k).group_name for k in _job_keys(defs, DAILY_REFRESH)} == set(DATA_GROUPS)
+
+
+def _job_keys(defs, name: str) -> set:
+    return set(defs.resolve_job_def(name).asset_layer.executable_asset_keys)
 
 
 def test_code_location_loads(settings):
