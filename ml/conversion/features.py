@@ -232,9 +232,8 @@ def batch_features(frame: pd.DataFrame) -> pd.DataFrame:
         np.column_stack([has_price, price0, has_price & is_add, np.where(is_add, price0, 0.0)])
     )
     priced, price_sum, added, add_sum = sums.T
-    by_session = pd.Series(np.where(has_price, price, -np.inf)).groupby(session)
-    price_max = by_session.cummax().to_numpy()
-    price_min = pd.Series(np.where(has_price, price, np.inf)).groupby(session).cummin().to_numpy()
+    price_max = pd.Series(np.where(has_price, price, -np.inf)).groupby(session).cummax()
+    price_min = pd.Series(np.where(has_price, price, np.inf)).groupby(session).cummin()
 
     def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
         return np.divide(top, bottom, out=np.zeros(n), where=bottom > 0)
@@ -249,8 +248,8 @@ def batch_features(frame: pd.DataFrame) -> pd.DataFrame:
         "distinct_top_categories": first_seen(tops),
         "n_priced": priced,
         "price_mean": ratio(price_sum, priced),
-        "price_min": np.where(priced > 0, price_min, 0.0),
-        "price_max": np.where(priced > 0, price_max, 0.0),
+        "price_min": np.where(priced > 0, price_min.to_numpy(), 0.0),
+        "price_max": np.where(priced > 0, price_max.to_numpy(), 0.0),
         "add_price_mean": ratio(add_sum, added),
         "gap_mean": ratio(gap_sum, (k - 1).astype(float)),
         "gap_max": gap_max,

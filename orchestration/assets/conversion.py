@@ -189,6 +189,16 @@ def _markdown(frame: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
+def best_candidate(results: dict[str, dict[str, Any]]) -> str:
+    """The candidate with the best test PR AUC (undefined counts as worst; ties: first)."""
+
+    def key(algorithm: str) -> float:
+        value = results[algorithm]["test"]["pr_auc"]
+        return -1.0 if value is None or value != value else float(value)
+
+    return max(CANDIDATES, key=key)
+
+
 def leaderboard_markdown(results: dict[str, dict[str, Any]], best: str) -> str:
     """All models on the test day, best first by PR AUC; baselines beside the candidates."""
     rows = []
@@ -449,9 +459,7 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 description=f"models were scored on different test days {sorted(days)}: "
                 "rematerialize every conversion model after the training set."
             )
-        best = max(
-            CANDIDATES, key=lambda a: (results[a]["test"]["pr_auc"] or 0.0, a == CANDIDATES[0])
-        )
+        best = best_candidate(results)
         chosen = results[best]
         leaderboard = leaderboard_markdown(results, best)
         frames = _split_frames(settings)
