@@ -85,7 +85,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def run_job(
-    settings: Settings, job_name: str, first: dt.date | None = None, last: dt.date | None = None
+    settings: Settings,
+    job_name: str,
+    first: dt.date | None = None,
+    last: dt.date | None = None,
+    ops: dict | None = None,
 ) -> bool:
     """Run one of the code location's jobs in process on the persistent instance (so the UI
     shows it), for days [first, last] in one run when the job is partitioned."""
@@ -108,7 +112,10 @@ def run_job(
         result = job.execute_in_process(
             instance=instance,
             # progress at INFO (a line per day, dbt node, epoch); DEBUG stays in the UI's logs
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            run_config={
+                "loggers": {"console": {"config": {"log_level": "INFO"}}},
+                **({"ops": ops} if ops else {}),
+            },
             tags=tags,
             raise_on_error=False,
         )
@@ -166,6 +173,19 @@ def summarize(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+MIN_TRAINING_DAYS = 4
+
+
+def _published(settings: Settings, problem: str) -> bool:
+    from ml.registry import ArtifactError, load_published
+
+    try:
+        load_published(settings.published, problem)
+    except ArtifactError:
+        return False
+    return True
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = ensure_home(load_settings())
     began = time.perf_counter()
@@ -176,22 +196,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not run_days(settings, first, last):
         print("the run failed; open the UI (`skiff ui`) and look at the run's logs")
         return 1
-    if not args.skip_models:
+    if args.skip_models:
+        print("models skipped (--skip-models)")
+    elif len(result.days) < MIN_TRAINING_DAYS:
+        print(
+            f"\nmodels skipped: training needs at least {MIN_TRAINING_DAYS} days "
+            "(training window, validation day, test day)"
+        )
+    else:
         from orchestration.definitions import SCORE_DAYS, TRAIN_MODELS
 
+        # the training windows end at the last day and fit inside the generated days
+        train_days = min(14, len(result.days) - 2)
+        windows = {
+            "conversion_training_set": {"config": {"train_days": train_days}},
+            "recommender_training_set": {"config": {"train_days": train_days}},
+        }
         print("training, evaluating and promoting the models (one Dagster run)...", flush=True)
-        if not run_job(settings, TRAIN_MODELS):
+        if not run_job(settings, TRAIN_MODELS, ops=windows):
             print("training failed; open the UI (`skiff ui`) and look at the run's logs")
             return 1
-        print(f"scoring {first} .. {last} with the champions (one Dagster run)...", flush=True)
-        if not run_job(settings, SCORE_DAYS, first, last):
-            print("scoring failed; open the UI (`skiff ui`) and look at the run's logs")
-            return 1
+        if _published(settings, "conversion"):
+            print(f"scoring {first} .. {last} with the champion (one Dagster run)...", flush=True)
+            if not run_job(settings, SCORE_DAYS, first, last):
+                print("scoring failed; open the UI (`skiff ui`) and look at the run's logs")
+                return 1
+        else:
+            print("no conversion champion yet (its gates did not pass): scoring skipped")
     print()
     print(summarize(settings))
     for problem in ("conversion", "recommender"):
         board = settings.reports / problem / "leaderboard.md"
-        if board.exists() and not args.skip_models:
+        if board.exists() and not args.skip_models and len(result.days) >= MIN_TRAINING_DAYS:
             print(f"\n{problem} leaderboard (test day(s) of the time split):\n")
             print(board.read_text().strip())
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s")
@@ -216,7 +252,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(report.summary())
     if report.days:
         print(f"\nmaterialize them: skiff run --start {report.days[0]} --end {report.days[-1]}")
-    return 0 if report.reconciles() else 1
+    return 0 if report.reconciles else 1
 
 
 def cmd_evaluate_recs(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from skiff.settings import REPO_ROOT
+
 SKIFF = str(Path(sys.executable).parent / "skiff")
+DIGINETICA = REPO_ROOT.parent / "shared" / "data" / "diginetica" / "sample_train-item-views.csv"
 
 
 def skiff(*args: str) -> subprocess.CompletedProcess:
@@ -40,8 +44,44 @@ def test_demo_runs_the_graph_and_says_how_to_open_the_ui(settings):
     done = skiff("demo", "--days", "2", "--sessions-per-day", "80", "--start", "2026-03-01")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "160 sessions over 2 days" in done.stdout
+    assert "models skipped: training needs at least 4 days" in done.stdout
     assert "main.conversion_examples" in done.stdout
     assert "skiff ui" in done.stdout and "127.0.0.1:3000" in done.stdout
     # the run is in the persistent instance, so the UI shows it after the demo
     runs = list((settings.dagster_home / "history" / "runs").glob("*.db"))
     assert runs, "no run stored under DAGSTER_HOME"
+
+
+def test_evaluate_recs_on_a_users_session_files(settings, tmp_path):
+    rows = ["SessionId\tItemId\tTime"]
+    for s in range(60):  # every session views a, b, c in order: POP and kNN can learn it
+        rows += [f"{s}\t{item}\t{1_767_571_200 + s * 100 + i}" for i, item in enumerate("abc")]
+    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    train.write_text("\n".join(rows[: 1 + 50 * 3]) + "\n")
+    test.write_text("\n".join([rows[0], *rows[1 + 50 * 3 :]]) + "\n")
+    done = skiff(
+        "evaluate-recs",
+        "--train",
+        str(train),
+        "--test",
+        str(test),
+        "--models",
+        "pop,sknn",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    result = {row["model"]: row for row in json.loads(done.stdout)}
+    assert set(result) == {"pop", "sknn"}
+    assert result["sknn"]["hr_at_20"] == 1.0  # 3 items: every next item is in any top-20
+    assert result["pop"]["predictions"] == 10 * 2
+    unknown = skiff("evaluate-recs", "--train", str(train), "--test", str(test), "--models", "x")
+    assert unknown.returncode == 2 and "unknown model" in unknown.stderr
+
+
+@pytest.mark.skipif(not DIGINETICA.exists(), reason="../shared/data/diginetica is absent")
+def test_import_diginetica_sample_into_landing_days(settings):
+    done = skiff("import", "--format", "diginetica", str(DIGINETICA))
+    assert done.returncode == 0, done.stderr
+    assert "skiff run --start" in done.stdout
+    days = sorted(p.name for p in settings.landing.iterdir() if p.is_dir())
+    assert days and all((settings.landing / d / "browsing_events.csv").exists() for d in days)
