@@ -51,9 +51,9 @@ def running(argv: Sequence[str], log: Path, ready_url: str | None = None) -> Ite
             _wait_until_ready(proc, ready_url, log)
         yield
     finally:
-        _kill_group(proc, signal.SIGTERM)
+        _kill_group(proc, signal.SIGINT)  # what Ctrl-C sends: dagster dev and uvicorn stop fast
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             _kill_group(proc, signal.SIGKILL)
         handle.close()

@@ -21,7 +21,6 @@ from orchestration.assets.conversion import (
     EVALUATION,
     PREDICTIONS,
     TRAINING_SET,
-    build_conversion_assets,
     leaderboard_path,
 )
 from orchestration.definitions import build_definitions
@@ -77,8 +76,8 @@ def test_conversion_assets_end_to_end(settings):
     assert run_days(settings, DAYS[0], DAYS[-1])
     base = build_definitions(settings)
     partitions = base.resolve_assets_def("raw_browsing_events").partitions_def
+    # the code location's assets, with jobs that select only the conversion ones
     jobs = Definitions(
-        assets=build_conversion_assets(settings, partitions),
         jobs=[
             define_asset_job("train", AssetSelection.assets(*TRAINING)),
             define_asset_job(
