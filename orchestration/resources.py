@@ -94,6 +94,16 @@ class Warehouse(ConfigurableResource):
         The table is created when missing, with `columns` ({name: portable SQL type}; default
         the raw table's, see RAW_TABLES). `schema` defaults to the raw schema.
         """
+        columns = columns or RAW_TABLES[table]
+        schema = schema or self.schema_name
+        setup = [f"create schema if not exists {schema}", _ddl(schema, table, columns)]
+        delete = f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})"
+        self._replace(setup, delete, schema, table, frame[list(columns)])
+
+    def _replace(
+        self, setup: list[str], delete: str, schema: str, table: str, frame: pd.DataFrame
+    ) -> None:
+        """Run `setup`; then, in one transaction, `delete` and append `frame`."""
         raise NotImplementedError
 
     def query(self, sql: str) -> pd.DataFrame:
@@ -123,26 +133,17 @@ class DuckDBWarehouse(Warehouse):
 
         return duckdb.connect(self.path)
 
-    def replace_days(
-        self,
-        table: str,
-        day_column: str,
-        days: Sequence[dt.date],
-        frame: pd.DataFrame,
-        *,
-        columns: dict[str, str] | None = None,
-        schema: str | None = None,
+    def _replace(
+        self, setup: list[str], delete: str, schema: str, table: str, frame: pd.DataFrame
     ) -> None:
-        columns = columns or RAW_TABLES[table]
-        schema = schema or self.schema_name
-        names = ", ".join(columns)
+        names = ", ".join(frame.columns)
         with self._connect() as con:
-            con.execute(f"create schema if not exists {schema}")
-            con.execute(_ddl(schema, table, columns))
+            for sql in setup:
+                con.execute(sql)
             con.execute("begin transaction")
-            con.execute(f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})")
+            con.execute(delete)
             if len(frame):
-                con.register("incoming", frame[list(columns)])
+                con.register("incoming", frame)
                 con.execute(f"insert into {schema}.{table} ({names}) select {names} from incoming")
                 con.unregister("incoming")
             con.execute("commit")
@@ -194,26 +195,17 @@ class SnowflakeWarehouse(Warehouse):
             additional_snowflake_connection_args={k: v for k, v in endpoint.items() if v},
         )
 
-    def replace_days(
-        self,
-        table: str,
-        day_column: str,
-        days: Sequence[dt.date],
-        frame: pd.DataFrame,
-        *,
-        columns: dict[str, str] | None = None,
-        schema: str | None = None,
+    def _replace(
+        self, setup: list[str], delete: str, schema: str, table: str, frame: pd.DataFrame
     ) -> None:
-        columns = columns or RAW_TABLES[table]
-        schema = schema or self.schema_name
         with self._resource().get_connection() as con:
             cur = con.cursor()
-            cur.execute(f"create schema if not exists {schema}")
-            cur.execute(_ddl(schema, table, columns))
+            for sql in setup:
+                cur.execute(sql)
             cur.execute("begin")
-            cur.execute(f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})")
+            cur.execute(delete)
             if len(frame):
-                self._load(con, schema, table, frame[list(columns)])
+                self._load(con, schema, table, frame)
             cur.execute("commit")
 
     def _load(self, con, schema: str, table: str, frame: pd.DataFrame) -> None:
