@@ -1,12 +1,3 @@
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_partition('event_day') }}",
-    )
-}}
-
 {#- A total order of a session's events: rows are distinct after staging, so ties on time
     are broken by the remaining columns, the same way on every run and every warehouse. -#}
 {%- set event_order -%}
