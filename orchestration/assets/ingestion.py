@@ -163,13 +163,14 @@ def build_landing_asset(
             metadata={"days": MetadataValue.text(day_range), "dagster/row_count": rows_quarantined},
         )
 
+        in_run = (
+            f"{table.day_column} between cast('{days[0]}' as date) and cast('{days[-1]}' as date)"
+        )
         counted = warehouse.query(
             f"select (select count(*) from {warehouse.schema_name}.{table.name}"
-            f" where {table.day_column} between cast('{days[0]}' as date)"
-            f" and cast('{days[-1]}' as date)) as loaded,"
+            f" where {in_run}) as loaded,"
             f" (select count(*) from {warehouse.schema_name}.{rejected_name}"
-            f" where {table.day_column} between cast('{days[0]}' as date)"
-            f" and cast('{days[-1]}' as date)) as quarantined"
+            f" where {in_run}) as quarantined"
         ).iloc[0]
         loaded, quarantined = int(counted["loaded"]), int(counted["quarantined"])
         yield AssetCheckResult(
