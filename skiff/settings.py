@@ -37,6 +37,9 @@ concurrency:
     # DuckDB allows one process at a time on the warehouse file: steps in the `warehouse`
     # pool run one at a time across all runs, so no run ever meets a lock error.
     default_limit: 1
+# Freshness policies (marts, predictions) are evaluated and shown in the UI only when enabled.
+freshness:
+  enabled: true
 """
 
 
@@ -45,11 +48,23 @@ class ConfigError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Automation:
+    """When the nightly run fires and how drift turns into retraining (see README)."""
+
+    timezone: str = "UTC"
+    nightly_cron: str = "0 3 * * *"
+    drift_persistence_days: int = 3
+    retrain_train_days: int = 14
+    alert_webhook: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     env: str
     partitions_start: dt.date
     raw_schema: str
+    automation: Automation = Automation()
 
     @property
     def landing(self) -> Path:
@@ -129,6 +144,36 @@ def load_settings() -> Settings:
         env=env,
         partitions_start=start,
         raw_schema=os.environ.get("SKIFF_RAW_SCHEMA", "raw"),
+        automation=_automation(),
+    )
+
+
+def _positive_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{name}={text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _automation() -> Automation:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    timezone = os.environ.get("SKIFF_TIMEZONE", "").strip() or "UTC"
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"SKIFF_TIMEZONE={timezone!r} is not an IANA time zone") from exc
+    cron = os.environ.get("SKIFF_NIGHTLY_CRON", "").strip() or "0 3 * * *"
+    if len(cron.split()) != 5:
+        raise ConfigError(f"SKIFF_NIGHTLY_CRON={cron!r} is not a five-field cron expression")
+    return Automation(
+        timezone=timezone,
+        nightly_cron=cron,
+        drift_persistence_days=_positive_int("SKIFF_DRIFT_PERSISTENCE_DAYS", 3),
+        retrain_train_days=_positive_int("SKIFF_RETRAIN_TRAIN_DAYS", 14),
+        alert_webhook=os.environ.get("SKIFF_ALERT_WEBHOOK_URL", "").strip() or None,
     )
 
 

@@ -628,7 +628,8 @@ def build_predictions_asset(
             manifest, folder = load_published(settings.published, PROBLEM)
         except ArtifactError as exc:
             raise Failure(
-                description=f"{exc}. Materialize {CHAMPION} (its gates must pass once) first."
+                description=f"{exc}. Materialize {CHAMPION} (its gates must pass once) first.",
+                allow_retries=False,
             ) from exc
         model = models.load_model(folder)
         warehouse = context.resources.warehouse

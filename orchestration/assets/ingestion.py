@@ -75,11 +75,12 @@ def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> pd.Dat
         raise Failure(
             description=f"No landing folder for {day} ({folder}). Land the day's files first, "
             "or generate data with `skiff generate`.",
+            allow_retries=False,  # data not landed yet: a retry a minute later will not help
         )
     try:
         return contract.read_landing_csv(folder / table.file_name, table.columns)
     except (contract.SchemaError, FileNotFoundError) as exc:
-        raise Failure(description=str(exc)) from exc
+        raise Failure(description=str(exc), allow_retries=False) from exc
 
 
 def _reason_table(reasons: pd.Series) -> str:

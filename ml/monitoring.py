@@ -1,0 +1,343 @@
+"""Monitoring: drift of a day against a reference, quality on labelled days, severities.
+
+Pure functions over DataFrames (no Dagster, no warehouse), shared by the monitoring assets, the
+benchmark and the tests.
+
+- `data_drift` runs an Evidently 0.7 `DataDriftPreset` with fixed methods, so a threshold means
+  the same thing at every sample size: the normed Wasserstein distance for numerical columns
+  and the Jensen-Shannon distance for categorical ones (Evidently's own choice switches to
+  p-value tests under 1,000 rows, whose thresholds read the other way round).
+- `grade` turns a value and two thresholds into a severity: `ok`, `warn`, `error`.
+- `conversion_quality` and `recommender_day` measure the champion on one day.
+- `drift_episode` is the rule the drift sensor applies to a run of daily severities.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SEVERITIES: tuple[str, ...] = ("ok", "warn", "error")
+# Model inputs watched for drift: the feature rows without the 25 action bigrams (which move
+# with the counts), plus the two raw inputs the sequence model sees.
+CATEGORICAL_INPUTS: tuple[str, ...] = ("category_top",)
+NUMERICAL_EXTRA: tuple[str, ...] = ("price_bucket",)
+# Normed Wasserstein for numbers: day-to-day variation of the behaviour counts in stable
+# synthetic traffic reaches about 0.12, so the threshold sits above it; 0.1 (Jensen-Shannon) is
+# Evidently's default for categories.
+NUMERICAL_THRESHOLD = 0.15
+CATEGORICAL_THRESHOLD = 0.1
+METHOD_NAMES = {"wasserstein": "Wasserstein (normed)", "jensenshannon": "Jensen-Shannon"}
+
+
+def monitored_features() -> list[str]:
+    from ml.conversion.features import FEATURES
+
+    return [f for f in FEATURES if not f.startswith("bigram_")]
+
+
+# --- drift ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DriftResult:
+    """One drift report: per-column scores, the summary numbers and the Evidently snapshot."""
+
+    columns: pd.DataFrame  # column, kind, method, score, threshold, drifted; most drifted first
+    snapshot: Any = field(repr=False)
+    reference_rows: int = 0
+    current_rows: int = 0
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.columns)
+
+    @property
+    def n_drifted(self) -> int:
+        return int(self.columns["drifted"].sum())
+
+    @property
+    def drift_share(self) -> float:
+        return self.n_drifted / self.n_columns if self.n_columns else 0.0
+
+    def score(self, column: str) -> float:
+        row = self.columns[self.columns["column"] == column]
+        return float(row["score"].iloc[0]) if len(row) else math.nan
+
+    def save_html(self, path: Path) -> Path:
+        """The full Evidently report, self-contained (written then renamed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        self.snapshot.save_html(str(tmp))
+        tmp.replace(path)
+        return path
+
+    def markdown(self, top: int = 10) -> str:
+        """The most drifted columns as a markdown table."""
+        lines = [
+            "| column | kind | method | score | threshold | drifted |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        for row in self.columns.head(top).itertuples(index=False):
+            lines.append(
+                f"| `{row.column}` | {row.kind} | {row.method} | {row.score:.4f} "
+                f"| {row.threshold:.2f} | {'**yes**' if row.drifted else 'no'} |"
+            )
+        return "\n".join(lines)
+
+
+def data_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    numerical: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    numerical_threshold: float = NUMERICAL_THRESHOLD,
+    categorical_threshold: float = CATEGORICAL_THRESHOLD,
+) -> DriftResult:
+    """Evidently's data drift of `current` against `reference` over the named columns."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    columns = [*numerical, *categorical]
+    if not columns:
+        raise ValueError("name at least one column to compare")
+    for name, frame in (("reference", reference), ("current", current)):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} data lacks the columns {missing}")
+        if frame.empty:
+            raise ValueError(f"{name} data has no rows")
+
+    def prepared(frame: pd.DataFrame) -> Dataset:
+        data = frame[columns].copy()
+        for c in numerical:
+            data[c] = pd.to_numeric(data[c], errors="coerce").astype("float64")
+        for c in categorical:
+            data[c] = data[c].astype(object).where(data[c].notna(), "(none)").astype(str)
+        definition = DataDefinition(
+            numerical_columns=list(numerical), categorical_columns=list(categorical)
+        )
+        return Dataset.from_pandas(data, data_definition=definition)
+
+    preset = DataDriftPreset(
+        columns=columns,
+        num_method="wasserstein",
+        cat_method="jensenshannon",
+        num_threshold=numerical_threshold,
+        cat_threshold=categorical_threshold,
+    )
+    snapshot = Report([preset], include_tests=True).run(
+        current_data=prepared(current), reference_data=prepared(reference)
+    )
+    rows = []
+    for metric in snapshot.dict()["metrics"]:
+        config = metric.get("config", {})
+        if not config.get("type", "").endswith("ValueDrift"):
+            continue
+        column = config["column"]
+        score = float(metric["value"])
+        threshold = float(config["threshold"])
+        rows.append(
+            {
+                "column": column,
+                "kind": "categorical" if column in categorical else "numerical",
+                "method": METHOD_NAMES.get(config["method"], config["method"]),
+                "score": score,
+                "threshold": threshold,
+                # both methods are distances: drift when the distance reaches the threshold
+                "drifted": bool(score >= threshold),
+            }
+        )
+    table = pd.DataFrame(rows, columns=["column", "kind", "method", "score", "threshold"])
+    if rows:
+        table["drifted"] = [r["drifted"] for r in rows]
+        table["excess"] = table["score"] / table["threshold"]
+        table = (
+            table.sort_values("excess", ascending=False)
+            .drop(columns="excess")
+            .reset_index(drop=True)
+        )
+    else:
+        table["drifted"] = pd.Series(dtype=bool)
+    return DriftResult(table, snapshot, len(reference), len(current))
+
+
+def sample_sessions(frame: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
+    """At most about `max_rows` rows, keeping whole sessions (chosen by a seeded hash)."""
+    if len(frame) <= max_rows:
+        return frame
+    keys = frame["session_key"].drop_duplicates()
+    salted = keys.astype(str) + f"#{seed}"
+    order = keys.iloc[np.argsort(pd.util.hash_pandas_object(salted, index=False).to_numpy())]
+    sizes = frame.groupby("session_key").size().reindex(order.to_numpy())
+    chosen = sizes.index[np.cumsum(sizes.to_numpy()) <= max_rows]
+    return frame[frame["session_key"].isin(set(chosen))]
+
+
+def conversion_inputs(batch: Any) -> pd.DataFrame:
+    """The model inputs of every prefix of a `ml.conversion.features.Batch`: the monitored
+    feature columns plus the prefix's last category and price bucket, keyed by session and
+    prefix length, with the label."""
+    events = batch.events.iloc[batch.ends]
+    frame = batch.features[monitored_features()].reset_index(drop=True)
+    frame["category_top"] = events["category_top"].to_numpy()
+    frame["price_bucket"] = pd.to_numeric(events["price_bucket"], errors="coerce").to_numpy()
+    frame["session_key"] = events["session_key"].to_numpy()
+    frame["will_purchase"] = events["will_purchase"].astype(bool).to_numpy()
+    return frame
+
+
+# --- severities -------------------------------------------------------------------------------
+
+
+def grade(value: float, warn: float, error: float, *, higher_is_worse: bool = True) -> str:
+    """`error` past the second threshold, `warn` past the first, else `ok` (NaN is `ok`:
+    nothing was measured, and the metadata says so)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "ok"
+    if higher_is_worse:
+        return "error" if value > error else "warn" if value > warn else "ok"
+    return "error" if value < error else "warn" if value < warn else "ok"
+
+
+def worst(*severities: str) -> str:
+    return max(severities, key=SEVERITIES.index, default="ok")
+
+
+def level(severity: str) -> int:
+    """0, 1, 2: the number the Plots tab draws."""
+    return SEVERITIES.index(severity)
+
+
+# --- quality ----------------------------------------------------------------------------------
+
+
+def conversion_quality(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """The champion on one labelled day: ranking, calibration, and the two rates."""
+    from ml.conversion import metrics
+
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    scores = metrics.scores(y, p, 0.5)
+    observed = float(y.mean()) if len(y) else math.nan
+    predicted = float(p.mean()) if len(p) else math.nan
+    return {
+        "roc_auc": float(scores["roc_auc"]),
+        "pr_auc": float(scores["pr_auc"]),
+        "ece": float(scores["ece"]),
+        "brier": float(scores["brier"]),
+        "observed_rate": observed,
+        "predicted_rate": predicted,
+        # above 1: the model expects more purchases than happen (e.g. conversion fell)
+        "calibration_ratio": predicted / observed if observed else math.nan,
+        "positives": float(y.sum()),
+        "prefixes": float(len(y)),
+    }
+
+
+@dataclass(frozen=True)
+class RecommenderDay:
+    metrics: dict[str, float]
+    points: pd.DataFrame  # one row per prediction point: the columns watched for drift
+
+
+def recommender_day(
+    sessions: Sequence[Sequence[str]],
+    recommend_batch: Callable[[Sequence[Sequence[str]], int], list[list[str]]],
+    known_items: set[str],
+    popularity: Mapping[str, int],
+    k: int = 20,
+) -> RecommenderDay:
+    """The recommender on one day's sessions with the offline protocol (item t+1 from items
+    1..t), plus what the day asked of it: the share of requests whose last viewed item the
+    model never saw in training, and how popular its recommendations are.
+
+    `known_items` is the model's vocabulary; `popularity` its training counts per item. As in
+    the champion's own evaluation, next items the model cannot know are left out of HR/MRR
+    and counted instead (`unseen_target_share`), so the day's HR compares with the champion's.
+    """
+    from ml.recommend.evaluate import evaluate, prediction_points
+
+    every = prediction_points(sessions)
+    n = len(every)
+    last = [prefix[-1] for prefix in every.prefixes]
+    unseen_input = np.fromiter((item not in known_items for item in last), bool, n)
+    unseen_target = np.fromiter((t not in known_items for t in every.targets), bool, n)
+    result = evaluate(
+        sessions,
+        recommend_batch=recommend_batch,
+        k=k,
+        popularity=dict(popularity),
+        known_items=known_items,
+    )
+    log_pop = {item: math.log1p(count) for item, count in popularity.items()}
+    kept = ~unseen_target
+    shown = [
+        np.mean([log_pop.get(i, 0.0) for i in recs]) if recs else 0.0
+        for recs in result.recommendations
+    ]
+    frame = pd.DataFrame(
+        {
+            "session_length": every.session_length[kept].astype(float),
+            "position": every.position[kept].astype(float),
+            "input_log_popularity": [
+                log_pop.get(i, 0.0) for i, k_ in zip(last, kept, strict=True) if k_
+            ],
+            "input_unseen": np.where(unseen_input[kept], "unseen", "known"),
+            "recommended_log_popularity": np.asarray(shown, dtype=float),
+            "hit": np.where(result.ranks > 0, "hit", "miss"),
+        }
+    )
+    return RecommenderDay(
+        metrics={
+            f"hr_at_{k}": result.hr,
+            f"mrr_at_{k}": result.mrr,
+            f"ndcg_at_{k}": result.ndcg,
+            "unseen_request_share": float(unseen_input.mean()) if n else math.nan,
+            "unseen_target_share": float(unseen_target.mean()) if n else math.nan,
+            "popularity_bias": result.popularity_bias,
+            "coverage": result.coverage,
+            "predictions": float(result.predictions),
+            "sessions": float(len(sessions)),
+        },
+        points=frame,
+    )
+
+
+RECOMMENDER_NUMERICAL: tuple[str, ...] = (
+    "session_length",
+    "position",
+    "input_log_popularity",
+    "recommended_log_popularity",
+)
+RECOMMENDER_CATEGORICAL: tuple[str, ...] = ("input_unseen", "hit")
+
+
+# --- the drift sensor's rule ------------------------------------------------------------------
+
+
+def drift_episode(
+    severities: Mapping[dt.date, str], day: dt.date, persistence: int
+) -> dt.date | None:
+    """The first day of the drift episode that `day` completes, or None.
+
+    An episode is a run of consecutive days at `error`; it calls for retraining once it is
+    `persistence` days long. The run is followed back from `day` (which must be at `error`)
+    to its first day, so every later day of the same episode names the same first day.
+    """
+    if persistence < 1:
+        raise ValueError("persistence must be at least 1 day")
+    if severities.get(day) != "error":
+        return None
+    first = day
+    while severities.get(first - dt.timedelta(days=1)) == "error":
+        first -= dt.timedelta(days=1)
+    return first if (day - first).days + 1 >= persistence else None

@@ -1,0 +1,369 @@
+"""Monitoring and automation: drift found on the right day and turned into exactly one
+retraining, no false alarm on stable weeks, the nightly schedule's partition, the landing and
+run-failure sensors — on real Dagster instances, real DuckDB files and real Evidently reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    build_run_status_sensor_context,
+    build_schedule_context,
+    build_sensor_context,
+)
+
+from ml.monitoring import data_drift, drift_episode, grade
+from ml.registry import Registry
+from ml.synthetic import GeneratorConfig, generate
+from orchestration.assets.monitoring import FEATURE_DRIFT, RECOMMENDER, WATCHES
+from orchestration.definitions import (
+    MONITOR_DAYS,
+    NIGHTLY,
+    SCORE_DAYS,
+    TRAIN_MODELS,
+    build_definitions,
+)
+from orchestration.schedules import previous_day
+from skiff.cli import run_days
+from skiff.settings import load_settings
+
+START = dt.date(2026, 1, 5)
+# Small models: the test is about the loop, not about model quality.
+SMALL_MODELS = {
+    "conversion_model_gru": {"epochs": 1, "hidden": 8},
+    "conversion_evaluation": {"pr_auc_margin": -1.0, "max_calibration_error": 1.0},
+    "recommender_candidate_gru": {"params_json": json.dumps({"epochs": 2})},
+}
+
+
+def _days(first: dt.date, n: int) -> list[dt.date]:
+    return [first + dt.timedelta(days=i) for i in range(n)]
+
+
+def _ops(**configs: dict) -> dict:
+    return {"ops": {name: {"config": config} for name, config in configs.items()}}
+
+
+def _execute(defs, job: str, run_config: dict, partition_key: str | None = None, tags=None):
+    with DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance,
+            run_config=run_config,
+            partition_key=partition_key,
+            tags=tags,
+            raise_on_error=False,
+        )
+    failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+    assert result.success, f"{job} failed: {failures}"
+    return result
+
+
+def _train(defs, test_day: dt.date, train_days: int) -> None:
+    config = {
+        **SMALL_MODELS,
+        "conversion_training_set": {"train_days": train_days, "test_day": test_day.isoformat()},
+        "recommender_training_set": {"train_days": train_days, "end_day": test_day.isoformat()},
+    }
+    _execute(defs, TRAIN_MODELS, _ops(**config))
+
+
+def _sensor_requests(defs, name: str = "drift_retrain_sensor"):
+    sensor = defs.resolve_sensor_def(name)
+    with DagsterInstance.get() as instance:
+        context = build_sensor_context(instance=instance, definitions=defs)
+        result = sensor.evaluate_tick(context)
+    return result.run_requests or []
+
+
+def _severities(day: dt.date) -> dict[str, str]:
+    """The severity each monitoring asset recorded for `day` (its latest materialization)."""
+    out = {}
+    with DagsterInstance.get() as instance:
+        for name in WATCHES:
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(name), asset_partitions=[day.isoformat()]),
+                limit=1,
+            ).records
+            if records:
+                out[name] = records[0].asset_materialization.metadata["severity"].value
+    return out
+
+
+# --- pure rules -------------------------------------------------------------------------------
+
+
+def test_drift_episode_needs_consecutive_error_days():
+    d = _days(START, 6)
+    sev = {d[0]: "error", d[1]: "warn", d[2]: "error", d[3]: "error", d[4]: "error"}
+    assert drift_episode(sev, d[0], 1) == d[0]
+    assert drift_episode(sev, d[0], 2) is None  # followed by a warn day
+    assert drift_episode(sev, d[3], 3) is None  # only two days so far
+    assert drift_episode(sev, d[4], 3) == d[2]  # the episode's first day, not the last
+    assert drift_episode(sev, d[1], 1) is None  # not at error
+    assert drift_episode({**sev, d[5]: "error"}, d[5], 3) == d[2]  # same episode, same key
+    with pytest.raises(ValueError, match="persistence"):
+        drift_episode(sev, d[0], 0)
+
+
+def test_grade_both_directions():
+    assert grade(0.05, 0.1, 0.25) == "ok"
+    assert grade(0.2, 0.1, 0.25) == "warn"
+    assert grade(0.3, 0.1, 0.25) == "error"
+    assert grade(0.5, 0.4, 0.2, higher_is_worse=False) == "ok"
+    assert grade(0.3, 0.4, 0.2, higher_is_worse=False) == "warn"
+    assert grade(0.1, 0.4, 0.2, higher_is_worse=False) == "error"
+    assert grade(float("nan"), 0.1, 0.2) == "ok"
+
+
+def test_data_drift_finds_the_moved_column_and_writes_html(tmp_path):
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(
+        {
+            "stable": rng.normal(size=4000),
+            "moved": rng.normal(size=4000),
+            "category": rng.choice(["a", "b", "c"], 4000, p=[0.6, 0.3, 0.1]),
+        }
+    )
+    current = pd.DataFrame(
+        {
+            "stable": rng.normal(size=300),  # small: the threshold means the same here
+            "moved": rng.normal(0.8, size=300),
+            "category": rng.choice(["a", "b", "c"], 300, p=[0.6, 0.3, 0.1]),
+        }
+    )
+    drift = data_drift(reference, current, numerical=["stable", "moved"], categorical=["category"])
+    by_column = drift.columns.set_index("column")
+    assert by_column.loc["moved", "drifted"]
+    assert not by_column.loc["stable", "drifted"]
+    assert not by_column.loc["category", "drifted"]
+    assert drift.columns.iloc[0]["column"] == "moved"  # most drifted first
+    assert drift.n_drifted == 1 and drift.drift_share == pytest.approx(1 / 3)
+    assert "Wasserstein" in by_column.loc["moved", "method"]
+    html = drift.save_html(tmp_path / "r" / "drift.html")
+    assert html.stat().st_size > 10_000 and "moved" in html.read_text(errors="ignore")
+    with pytest.raises(ValueError, match="lacks the columns"):
+        data_drift(reference, current.drop(columns="moved"), numerical=["moved"])
+
+
+# --- schedule and landing sensor --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("zone", "tick", "expected"),
+    [
+        ("UTC", dt.datetime(2026, 3, 10, 3, 0, tzinfo=dt.UTC), dt.date(2026, 3, 9)),
+        # 03:00 in Los Angeles is 10:00 or 11:00 UTC the same day
+        ("America/Los_Angeles", "2026-03-10T03:00:00-07:00", dt.date(2026, 3, 9)),
+        # 03:00 in Tokyo is 18:00 UTC the day before: the day that just ended is the 8th
+        ("Asia/Tokyo", "2026-03-10T03:00:00+09:00", dt.date(2026, 3, 8)),
+    ],
+)
+def test_nightly_schedule_targets_previous_day(settings, monkeypatch, zone, tick, expected):
+    monkeypatch.setenv("SKIFF_TIMEZONE", zone)
+    defs = build_definitions(load_settings())
+    schedule = defs.resolve_schedule_def("nightly")
+    assert schedule.execution_timezone == zone
+    assert schedule.job_name == NIGHTLY
+    when = dt.datetime.fromisoformat(tick) if isinstance(tick, str) else tick
+    with DagsterInstance.ephemeral() as instance:
+        context = build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=when,
+            repository_def=defs.get_repository_def(),
+        )
+        (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == expected.isoformat() == previous_day(when).isoformat()
+    assert request.tags["skiff/trigger"] == "nightly"
+
+
+def test_landing_sensor_runs_new_and_changed_days_once(settings):
+    days = _days(START, 2)
+    generate(settings.landing, GeneratorConfig(days=2, sessions_per_day=20, seed=3, start=START))
+    old = dt.datetime(2026, 1, 1).timestamp()
+    for folder in settings.landing.iterdir():
+        for f in folder.glob("*.csv"):
+            os.utime(f, (old, old))
+    (settings.landing / "not-a-day").mkdir()
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    with DagsterInstance.get() as instance:
+        first = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+        keys = sorted(r.partition_key for r in first.run_requests)
+        assert keys == [d.isoformat() for d in days]
+        assert all(r.tags["skiff/trigger"] == "landing" for r in first.run_requests)
+        again = sensor.evaluate_tick(
+            build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs)
+        )
+        assert not again.run_requests  # nothing new
+        # the second day is landed again (new files): it runs again, under a new run key
+        newer = dt.datetime(2026, 1, 2).timestamp()
+        for f in (settings.landing / days[1].isoformat()).glob("*.csv"):
+            os.utime(f, (newer, newer))
+        changed = sensor.evaluate_tick(
+            build_sensor_context(instance=instance, cursor=again.cursor, definitions=defs)
+        )
+        (request,) = changed.run_requests
+        assert request.partition_key == days[1].isoformat()
+        assert request.run_key != next(
+            r.run_key for r in first.run_requests if r.partition_key == days[1].isoformat()
+        )
+
+
+# --- run-failure alert ------------------------------------------------------------------------
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_run_failure_alert_logs_and_posts_to_webhook(settings, monkeypatch, caplog):
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SKIFF_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    _Hook.received.clear()
+    defs = build_definitions(load_settings())
+    day = START  # no landing folder: the run fails at once (no retries for this failure)
+    with DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(NIGHTLY).execute_in_process(
+            instance=instance, partition_key=day.isoformat(), raise_on_error=False
+        )
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        context = build_run_status_sensor_context(
+            sensor_name="run_failure_alert",
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+        ).for_run_failure()
+        with caplog.at_level("ERROR", logger="skiff.alerts"):
+            defs.resolve_sensor_def("run_failure_alert")(context)
+    server.shutdown()
+    message = "\n".join(r.getMessage() for r in caplog.records if r.name == "skiff.alerts")
+    assert f"job {NIGHTLY}" in message and result.run_id in message
+    assert f"days {day}" in message
+    assert "No landing folder" in message  # the failed step's own error
+    (posted,) = _Hook.received
+    assert posted["run_id"] == result.run_id and "No landing folder" in posted["text"]
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert not retries
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_drift_scenario_requests_exactly_one_retraining(settings):
+    """13 days, drift from day 10: the champion is trained on days 0..7; days 8..12 run
+    through the nightly job one by one with the drift sensor evaluated after each."""
+    days = _days(START, 13)
+    drift_day = days[10]
+    generate(
+        settings.landing,
+        GeneratorConfig(days=13, sessions_per_day=1000, seed=11, start=START, drift_from=drift_day),
+    )
+    defs = build_definitions(settings)
+    assert run_days(settings, days[0], days[7])
+    _train(defs, test_day=days[7], train_days=5)
+    registry = Registry(settings.registry)
+    champion_before = registry.role("recommender", "champion")
+    conversion_before = registry.role("conversion", "champion")
+    assert champion_before is not None and conversion_before is not None
+
+    requested: dict[dt.date, list] = {}
+    for day in days[8:]:
+        _execute(defs, NIGHTLY, {}, partition_key=day.isoformat())
+        requested[day] = _sensor_requests(defs)
+    severities = {day: _severities(day) for day in days[8:]}
+    # drift is found on the right day: the first day any monitoring asset is not ok
+    flagged = [d for d in days[8:] if any(s != "ok" for s in severities[d].values())]
+    assert flagged and flagged[0] == drift_day, severities
+    assert severities[drift_day][RECOMMENDER] == "error"
+    assert severities[drift_day][FEATURE_DRIFT] in ("warn", "error")  # category mix moved
+    # exactly one retraining, requested when the episode reached three days
+    assert [d for d, r in requested.items() if r] == [days[12]], requested
+    (request,) = requested[days[12]]
+    assert request.job_name == "retrain_recommender"
+    assert request.run_key == f"drift-recommender-{drift_day}"
+    assert request.tags["skiff/drift_first_day"] == drift_day.isoformat()
+    assert request.tags["skiff/drift_day"] == days[12].isoformat()
+    assert "unseen_requests=" in request.tags["skiff/drift_scores"]
+    window = request.run_config["ops"]["recommender_training_set"]["config"]
+    assert window["end_day"] == days[12].isoformat()
+
+    # run it as the daemon would, tagged with its run key
+    run_config = {"ops": {**request.run_config["ops"]}}
+    run_config["ops"]["recommender_candidate_gru"] = {
+        "config": SMALL_MODELS["recommender_candidate_gru"]
+    }
+    result = _execute(
+        defs,
+        request.job_name,
+        run_config,
+        tags={**request.tags, "dagster/run_key": request.run_key},
+    )
+    newest = registry.versions("recommender")[-1]
+    assert newest.version != champion_before.version
+    # the new candidates are trained on a window that includes post-drift days
+    assert dt.date.fromisoformat(newest.training_window["train_end"]) >= drift_day
+    # the champion changes only through the gates
+    checks = {
+        e.check_name: e.passed
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == AssetKey("recommender_evaluation")
+    }
+    from ml.recommend.behavior import GATES
+
+    gates_passed = all(checks[name] for name, gate in GATES.items() if gate.gating)
+    champion_after = registry.role("recommender", "champion")
+    if champion_after.version != champion_before.version:
+        assert gates_passed
+    if not gates_passed:
+        assert champion_after.version == champion_before.version
+    assert registry.role("conversion", "champion").version == conversion_before.version
+    # the same episode is never requested again
+    assert _sensor_requests(defs) == []
+
+
+@pytest.mark.slow
+def test_stable_weeks_raise_no_false_alarm(settings):
+    days = _days(START, 14)
+    generate(settings.landing, GeneratorConfig(days=14, sessions_per_day=1000, seed=5, start=START))
+    defs = build_definitions(settings)
+    assert run_days(settings, days[0], days[-1])
+    _train(defs, test_day=days[6], train_days=4)
+    _execute(
+        defs,
+        SCORE_DAYS,
+        {},
+        tags={
+            "dagster/asset_partition_range_start": days[7].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat(),
+        },
+    )
+    for day in days[7:]:
+        _execute(defs, MONITOR_DAYS, {}, partition_key=day.isoformat())
+    errors = {d: s for d in days[7:] if "error" in (s := _severities(d)).values()}
+    assert not errors
+    assert _sensor_requests(defs) == []
+    report = Path(settings.reports / "monitoring" / FEATURE_DRIFT / f"{days[-1]}.html")
+    assert report.exists()
