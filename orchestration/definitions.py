@@ -18,6 +18,7 @@ from dagster import (
 
 from orchestration.assets.conversion import build_conversion_assets
 from orchestration.assets.dbt import build_dbt_assets, build_dbt_project
+from orchestration.assets.experiments import build_experiment_assets
 from orchestration.assets.ingestion import build_ingestion_assets
 from orchestration.assets.recommendation import build_recommendation_assets
 from orchestration.resources import build_resources
@@ -40,6 +41,7 @@ def build_definitions(settings: Settings) -> Definitions:
         build_dbt_assets(project, partitions),
         *build_conversion_assets(settings, partitions),
         *build_recommendation_assets(settings, partitions),
+        *build_experiment_assets(settings),
     ]
     data = AssetSelection.groups(*DATA_GROUPS)
     models = AssetSelection.groups("conversion", "recommendation")

@@ -237,6 +237,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "-w workspace.yaml -h 127.0.0.1 -p 3000\n"
         "  then browse http://127.0.0.1:3000 (Assets -> Lineage; Runs)"
     )
+    from serving.demo import serve_hint
+
+    print("\n" + serve_hint(settings))
     return 0
 
 
@@ -289,6 +292,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.app import serve
+    from serving.config import ServeConfig
+
+    settings = ensure_home(load_settings())
+    config = ServeConfig.from_env(
+        host=args.host,
+        port=args.port,
+        experiments_file=args.experiments,
+        max_body_bytes=args.max_body_bytes,
+        max_events=args.max_events,
+        reload_seconds=args.reload_seconds,
+        challenger_traffic=args.challenger_traffic,
+    )
+    return serve(settings, config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skiff", description="Skiff: an ML data platform for e-commerce browsing sessions."
@@ -336,6 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
+
+    serve = sub.add_parser(
+        "serve", help="serve the published models over HTTP (FastAPI; docs at /docs)"
+    )
+    serve.add_argument("--host", help="default SKIFF_SERVE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default SKIFF_SERVE_PORT or 8000")
+    serve.add_argument(
+        "--experiments", type=Path, help="experiment JSON file (default SKIFF_EXPERIMENTS)"
+    )
+    serve.add_argument("--max-body-bytes", type=_positive, help="default 65536")
+    serve.add_argument("--max-events", type=_positive, help="events per request, default 500")
+    serve.add_argument("--reload-seconds", type=float, help="pointer check interval, default 2")
+    serve.add_argument(
+        "--challenger-traffic", type=float, help="challenger share (0 = shadow), default 0"
+    )
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

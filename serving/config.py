@@ -1,0 +1,81 @@
+"""The server's configuration: environment variables, overridden by `skiff serve` flags.
+
+| variable | default | what |
+|---|---|---|
+| SKIFF_SERVE_HOST / SKIFF_SERVE_PORT | 127.0.0.1 / 8000 | where to listen |
+| SKIFF_SERVE_MAX_BODY_BYTES | 65536 | larger request bodies get a 422 naming `body` |
+| SKIFF_SERVE_MAX_EVENTS | 500 | events (or viewed products) per request, else a 422 |
+| SKIFF_SERVE_RELOAD_SECONDS | 2 | how often the published pointers are checked |
+| SKIFF_SERVE_REQUIRE | conversion,recommender | champions /readyz waits for |
+| SKIFF_EXPERIMENTS | (none) | a JSON experiment file; default: from the published roles |
+| SKIFF_CHALLENGER_TRAFFIC | 0 | share of sessions a published challenger gets when no file is |
+|  |  | given; 0 runs the challenger in shadow mode |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from skiff.settings import ConfigError
+
+PROBLEMS = ("conversion", "recommender")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def _number(name: str, text: str, kind: type, low: float, high: float | None = None) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a {kind.__name__}") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{name}={text!r} must be {bound}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 65536
+    max_events: int = 500
+    reload_seconds: float = 2.0
+    require: tuple[str, ...] = PROBLEMS
+    experiments_file: Path | None = None
+    challenger_traffic: float = 0.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServeConfig:
+        """Environment first, then the non-None `overrides` (command-line flags)."""
+        require = tuple(
+            p.strip() for p in _env("SKIFF_SERVE_REQUIRE", ",".join(PROBLEMS)).split(",") if p
+        )
+        unknown = sorted(set(require) - set(PROBLEMS))
+        if unknown:
+            raise ConfigError(f"SKIFF_SERVE_REQUIRE names unknown problems {unknown}")
+        experiments = os.environ.get("SKIFF_EXPERIMENTS", "").strip()
+        config = cls(
+            host=_env("SKIFF_SERVE_HOST", cls.host),
+            port=_number("SKIFF_SERVE_PORT", _env("SKIFF_SERVE_PORT", "8000"), int, 0, 65535),
+            max_body_bytes=_number(
+                "SKIFF_SERVE_MAX_BODY_BYTES", _env("SKIFF_SERVE_MAX_BODY_BYTES", "65536"), int, 64
+            ),
+            max_events=_number(
+                "SKIFF_SERVE_MAX_EVENTS", _env("SKIFF_SERVE_MAX_EVENTS", "500"), int, 1
+            ),
+            reload_seconds=_number(
+                "SKIFF_SERVE_RELOAD_SECONDS", _env("SKIFF_SERVE_RELOAD_SECONDS", "2"), float, 0.05
+            ),
+            require=require,
+            experiments_file=Path(experiments) if experiments else None,
+            challenger_traffic=_number(
+                "SKIFF_CHALLENGER_TRAFFIC", _env("SKIFF_CHALLENGER_TRAFFIC", "0"), float, 0, 1
+            ),
+        )
+        return replace(config, **{k: v for k, v in overrides.items() if v is not None})

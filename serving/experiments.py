@@ -1,0 +1,134 @@
+"""Which model a session sees: experiments per problem, from a file or the published roles.
+
+An experiment names variants, each a published role (`champion`, `challenger`) with a traffic
+weight, and optionally a shadow role that is scored on every request but never shown. A file
+(`SKIFF_EXPERIMENTS` or `skiff serve --experiments`) looks like::
+
+    {
+      "recommender": {
+        "name": "sknn-vs-gru-2026-01",
+        "variants": [
+          {"name": "control", "role": "champion", "weight": 0.9},
+          {"name": "treatment", "role": "challenger", "weight": 0.1}
+        ]
+      },
+      "conversion": {"name": "hgb-shadow", "variants": [{"name": "control",
+                     "role": "champion", "weight": 1}], "shadow": "challenger"}
+    }
+
+Without a file, each problem's experiment follows what Dagster published: the champion alone;
+or, with a challenger, champion and challenger split by SKIFF_CHALLENGER_TRAFFIC (shadow mode
+when that is 0). Its name holds the versions, so a new champion or challenger starts a new
+experiment. An experiment whose roles are not all loaded serves the champion alone, under
+the name `<name>:inactive`, so its results stay apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml import experiments as stats
+from ml.registry import ROLES
+from skiff.settings import ConfigError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    role: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    problem: str
+    variants: tuple[Variant, ...]
+    shadow: str | None = None  # a role scored but never shown
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {v.name: v.weight for v in self.variants}
+
+    def assign(self, session_id: str) -> Variant:
+        """Stable: the same session always gets the same variant of this experiment."""
+        if len(self.variants) == 1:
+            return self.variants[0]
+        name = stats.assign(self.name, session_id, [(v.name, v.weight) for v in self.variants])
+        return next(v for v in self.variants if v.name == name)
+
+    @property
+    def roles(self) -> set[str]:
+        return {v.role for v in self.variants} | ({self.shadow} if self.shadow else set())
+
+
+def parse(data: Mapping, source: str) -> dict[str, Experiment]:
+    """Experiments per problem from the file's JSON; ConfigError names what is wrong."""
+    from serving.config import PROBLEMS
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected an object of problems, got {type(data).__name__}")
+    out = {}
+    for problem, spec in data.items():
+        where = f"{source}: {problem}"
+        if problem not in PROBLEMS:
+            raise ConfigError(f"{where}: unknown problem (expected one of {list(PROBLEMS)})")
+        if not isinstance(spec, Mapping) or not spec.get("name") or not spec.get("variants"):
+            raise ConfigError(f"{where}: needs a `name` and a list of `variants`")
+        variants = []
+        for i, v in enumerate(spec["variants"]):
+            if not isinstance(v, Mapping) or not {"name", "role", "weight"} <= set(v):
+                raise ConfigError(f"{where}.variants[{i}]: needs `name`, `role` and `weight`")
+            if v["role"] not in ROLES:
+                raise ConfigError(f"{where}.variants[{i}].role: {v['role']!r} not in {ROLES}")
+            if not isinstance(v["weight"], int | float) or v["weight"] <= 0:
+                raise ConfigError(f"{where}.variants[{i}].weight: must be a positive number")
+            variants.append(Variant(str(v["name"]), v["role"], float(v["weight"])))
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.variants: names repeat ({names})")
+        shadow = spec.get("shadow")
+        if shadow is not None and shadow not in ROLES:
+            raise ConfigError(f"{where}.shadow: {shadow!r} not in {ROLES}")
+        out[problem] = Experiment(str(spec["name"]), problem, tuple(variants), shadow)
+    return out
+
+
+def load_file(path: Path) -> dict[str, Experiment]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"experiment file {path}: {exc}") from exc
+    return parse(data, str(path))
+
+
+def resolve(
+    problem: str,
+    configured: Experiment | None,
+    versions: Mapping[str, str],
+    challenger_traffic: float,
+) -> Experiment | None:
+    """The experiment to run now, given the loaded versions per role (None: no champion)."""
+    champion = versions.get("champion")
+    if champion is None:
+        return None
+    alone = (Variant("champion", "champion", 1.0),)
+    if configured is not None:
+        if configured.roles <= set(versions):
+            return configured
+        return Experiment(f"{configured.name}:inactive", problem, alone)
+    challenger = versions.get("challenger")
+    if challenger is None or challenger == champion:
+        return Experiment(f"{problem}:{champion}", problem, alone)
+    if challenger_traffic <= 0:
+        return Experiment(f"{problem}:{champion}:shadow:{challenger}", problem, alone, "challenger")
+    variants = (
+        Variant("champion", "champion", 1.0 - challenger_traffic),
+        Variant("challenger", "challenger", challenger_traffic),
+    )
+    if challenger_traffic >= 1:
+        variants = (variants[1],)
+    return Experiment(f"{problem}:{champion}:vs:{challenger}", problem, variants)

@@ -1,0 +1,225 @@
+"""Serving without a server: the fast conversion path equals the model's own, experiment
+configuration and assignment, and report links. `publish_models` builds the small published
+state the end-to-end tests and bench/serving.py serve (a few seconds, no Dagster)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ml import experiments as stats
+from ml.conversion import dataset, features, models
+from ml.recommend.importers import landing_sessions
+from ml.recommend.models import Recommender, make_model
+from ml.registry import Registry
+from ml.synthetic import GeneratorConfig, generate
+from serving.experiments import Experiment, Variant, parse, resolve
+from serving.predict import conversion_probability
+from serving.urls import report_url
+from skiff.settings import ConfigError
+
+START = dt.date(2026, 1, 5)
+WINDOW = {"train_start": "2026-01-05", "train_end": "2026-01-07"}
+
+
+# --- a published state, built fast ------------------------------------------------------------
+
+
+def training_data(out: Path, days: int = 3, sessions: int = 500, seed: int = 5):
+    """Synthetic landing days -> conversion examples and view sessions."""
+    result = generate(
+        out, GeneratorConfig(days=days, sessions_per_day=sessions, seed=seed, start=START)
+    )
+    examples = dataset.examples_from_landing(out, result.days)
+    by_day = landing_sessions(out, result.days)
+    return examples, [s for d in result.days for s in by_day[d]]
+
+
+def write_lookup(model: Recommender, path: Path, k: int = 20) -> None:
+    """next_items.parquet as the recommender assets write it: top-k after each product alone."""
+    products = model.vocab.items[1:]
+    lists = model.recommend_batch([[p] for p in products], k)
+    pq.write_table(
+        pa.table(
+            {
+                "product_sku_hash": pa.array(products, pa.string()),
+                "next_items": pa.array(lists, pa.list_(pa.string())),
+            }
+        ),
+        path,
+    )
+
+
+def register_recommender(registry: Registry, model: Recommender, *, broken: bool = False) -> str:
+    """Register a recommender with its lookup; `broken` saves an sknn whose every model call
+    raises (batch size 0), to exercise the fallback to the lookup."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model.save(Path(tmp) / "model")
+        write_lookup(model, folder / "next_items.parquet")
+        if broken:
+            config = json.loads((folder / "config.json").read_text())
+            config["params"]["batch"] = 0
+            (folder / "config.json").write_text(json.dumps(config))
+        manifest = registry.register(
+            "recommender",
+            folder,
+            algorithm=model.algorithm,
+            params=model.params(),
+            metrics={"hr_at_20": 0.5},
+            training_window=WINDOW,
+            extra={"lookup": "next_items.parquet", "broken": broken},
+        )
+    return manifest.version
+
+
+def publish_models(home: Path, work: Path, *, challengers: bool = True) -> dict:
+    """Champions (logistic conversion, sknn recommender) and, with `challengers`, a majority
+    conversion model and a broken sknn, registered and published under `home` the way the
+    Dagster assets do. Returns versions and the training sessions."""
+    examples, sessions = training_data(work)
+    registry = Registry(home / "artifacts" / "registry")
+    published = home / "artifacts" / "published"
+    batch = features.batch_from_frame(examples)
+    y = dataset.labels(batch.events)
+    versions = {}
+    for role, algorithm in (("champion", "logistic"), ("challenger", "majority")):
+        if role == "challenger" and not challengers:
+            continue
+        model = models.make_model(algorithm).fit(batch, y)
+        manifest = models.register_model(
+            registry, model, metrics={"pr_auc": 0.2}, training_window=WINDOW
+        )
+        registry.assign("conversion", role, manifest.version, "test")
+        versions[("conversion", role)] = manifest.version
+    sknn = make_model("sknn").fit(sessions)
+    versions[("recommender", "champion")] = register_recommender(registry, sknn)
+    registry.assign("recommender", "champion", versions[("recommender", "champion")], "test")
+    if challengers:
+        broken = make_model("sknn", k_neighbors=50).fit(sessions)
+        versions[("recommender", "challenger")] = register_recommender(
+            registry, broken, broken=True
+        )
+        registry.assign(
+            "recommender", "challenger", versions[("recommender", "challenger")], "test"
+        )
+    for problem in ("conversion", "recommender"):
+        registry.publish(problem, published)
+    return {
+        "versions": versions,
+        "sessions": sessions,
+        "examples": examples,
+        "registry": registry,
+        "published": published,
+    }
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+def test_fast_conversion_path_scores_like_the_model(tmp_path):
+    """Serving scores sklearn models on prefix_features directly: the same numbers as the
+    model's own predict_proba on batch_from_events (the training-side entry point)."""
+    examples, _ = training_data(tmp_path, days=2, sessions=300)
+    batch = features.batch_from_frame(examples)
+    model = models.make_model("logistic").fit(batch, dataset.labels(batch.events))
+    sessions = [g for _, g in batch.events.groupby("session_key")][:40]
+    for session in sessions:
+        events = [{c: r[c] for c in features.EVENT_COLUMNS} for r in session.to_dict("records")]
+        expected = model.predict_proba(features.batch_from_events(events))[0]
+        assert conversion_probability(model, events) == pytest.approx(expected, abs=1e-12)
+    majority = models.make_model("majority").fit(batch, dataset.labels(batch.events))
+    assert conversion_probability(majority, events) == pytest.approx(majority.rate)
+
+
+def test_assignment_is_stable_and_follows_the_weights():
+    weights = [("a", 0.7), ("b", 0.2), ("c", 0.1)]
+    ids = [f"session-{i}" for i in range(30_000)]
+    first = [stats.assign("exp-1", s, weights) for s in ids]
+    assert first == [stats.assign("exp-1", s, weights) for s in ids]  # deterministic
+    counts = Counter(first)
+    n = len(ids)
+    for name, w in weights:  # each share within 4 standard errors
+        assert abs(counts[name] / n - w) < 4 * math.sqrt(w * (1 - w) / n), counts
+    _, p = stats.srm(counts, dict(weights))
+    assert p > 0.001
+    # a new experiment reshuffles: agreement is what independence gives (sum of w^2 = 0.54)
+    other = [stats.assign("exp-2", s, weights) for s in ids]
+    agreement = np.mean([x == y for x, y in zip(first, other, strict=True)])
+    assert abs(agreement - 0.54) < 0.02
+
+
+def test_experiment_from_roles_and_from_a_file():
+    versions = {"champion": "v1", "challenger": "v2"}
+    shadow = resolve("conversion", None, versions, 0.0)
+    assert shadow.shadow == "challenger" and [v.role for v in shadow.variants] == ["champion"]
+    split = resolve("conversion", None, versions, 0.25)
+    assert split.weights == {"champion": 0.75, "challenger": 0.25}
+    assert split.name == "conversion:v1:vs:v2" and split.shadow is None
+    assert resolve("conversion", None, {"challenger": "v2"}, 0.5) is None
+    alone = resolve("recommender", None, {"champion": "v1"}, 0.5)
+    assert alone.weights == {"champion": 1.0}
+
+    configured = parse(
+        {
+            "recommender": {
+                "name": "ab",
+                "variants": [
+                    {"name": "control", "role": "champion", "weight": 1},
+                    {"name": "treatment", "role": "challenger", "weight": 1},
+                ],
+            }
+        },
+        "test",
+    )["recommender"]
+    assert resolve("recommender", configured, versions, 0) is configured
+    inactive = resolve("recommender", configured, {"champion": "v1"}, 0)
+    assert inactive.name == "ab:inactive" and inactive.weights == {"champion": 1.0}
+
+
+def _with(**variant: object) -> dict:
+    return {"conversion": {"name": "x", "variants": [{"name": "a", **variant}]}}
+
+
+@pytest.mark.parametrize(
+    "data, names",
+    [
+        ({"ranking": {}}, "ranking"),
+        ({"conversion": {"name": "x"}}, "variants"),
+        (_with(role="boss", weight=1), "role"),
+        (_with(role="champion", weight=0), "weight"),
+        (_with(role="champion"), "weight"),
+    ],
+)
+def test_experiment_file_errors_name_the_field(data, names):
+    with pytest.raises(ConfigError, match=names):
+        parse(data, "experiments.json")
+
+
+def test_variant_assignment_uses_the_experiment_name():
+    experiment = Experiment(
+        "x", "conversion", (Variant("a", "champion", 1), Variant("b", "challenger", 1))
+    )
+    assert {experiment.assign(f"s{i}").name for i in range(50)} == {"a", "b"}
+    assert experiment.assign("s1") == experiment.assign("s1")
+
+
+def test_report_url(settings, monkeypatch):
+    html = settings.reports / "monitoring" / "drift 2026-01-05.html"
+    assert report_url(settings, html) == (
+        "http://127.0.0.1:8000/reports/monitoring/drift%202026-01-05.html"
+    )
+    monkeypatch.setenv("SKIFF_SERVE_URL", "https://skiff.example.com/")
+    assert report_url(settings, "monitoring/a.html") == (
+        "https://skiff.example.com/reports/monitoring/a.html"
+    )
+    with pytest.raises(ValueError, match="not under"):
+        report_url(settings, settings.home / "warehouse.duckdb")

@@ -1,0 +1,482 @@
+"""The server end to end: `skiff serve` (uvicorn) on 127.0.0.1, real HTTP, real published
+artifacts built by `tests.test_serving.publish_models`.
+
+The module's server runs an experiment file: recommender 50/50 between the champion (sknn)
+and a challenger whose model raises on every call (so its answers come from the lookup), and
+conversion on the champion with the challenger in shadow mode. The hot reload test runs last:
+it changes what is published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ml import experiments as stats
+from ml.recommend.models import make_model
+from ml.registry import load_published
+from serving.predict import conversion_probability
+from serving.store import load_version
+from skiff.settings import REPO_ROOT
+from tests.servers import free_port
+from tests.test_serving import publish_models, register_recommender
+
+pytestmark = pytest.mark.e2e
+
+SKIFF = str(Path(sys.executable).parent / "skiff")
+MAX_EVENTS = 50
+MAX_BODY = 20_000
+EXPERIMENTS = {
+    "recommender": {
+        "name": "recs-ab",
+        "variants": [
+            {"name": "control", "role": "champion", "weight": 0.5},
+            {"name": "treatment", "role": "challenger", "weight": 0.5},
+        ],
+    },
+    "conversion": {
+        "name": "conversion-shadow",
+        "variants": [{"name": "control", "role": "champion", "weight": 1}],
+        "shadow": "challenger",
+    },
+}
+RECS_WEIGHTS = [("control", 0.5), ("treatment", 0.5)]
+
+
+@contextlib.contextmanager
+def serve(home: Path, log: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`skiff serve` on a free port until ready (/readyz 200); stopped (SIGINT) at exit."""
+    port = free_port()
+    env = {**os.environ, "SKIFF_HOME": str(home), "SKIFF_ENV": "local"}
+    env.pop("SKIFF_ARTIFACTS_URL", None)
+    with open(log, "a") as out:
+        proc = subprocess.Popen(
+            [SKIFF, "serve", "--port", str(port), "--reload-seconds", "0.2", *flags],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("skiff")
+    built = publish_models(home, tmp_path_factory.mktemp("landing"))
+    (home / "experiments.json").write_text(json.dumps(EXPERIMENTS))
+    (home / "reports" / "monitoring").mkdir(parents=True)
+    (home / "reports" / "monitoring" / "drift.html").write_text("<h1>drift</h1>")
+    return {**built, "home": home}
+
+
+@pytest.fixture(scope="module")
+def server(state: dict) -> Iterator[str]:
+    home = state["home"]
+    flags = ["--experiments", str(home / "experiments.json")]
+    flags += ["--max-events", str(MAX_EVENTS), "--max-body-bytes", str(MAX_BODY)]
+    with serve(home, home / "server.log", *flags) as (url, _):
+        yield url
+
+
+def _events(n: int = 3) -> list[dict]:
+    kinds = [("pageview", None), ("event_product", "detail"), ("event_product", "add")]
+    return [
+        {
+            "event_type": kinds[i % 3][0],
+            "product_action": kinds[i % 3][1],
+            "product_sku": None if i % 3 == 0 else f"sku-{i}",
+            "event_at": 1_767_607_200_000 + 15_000 * i,
+            "category": "c1/c12",
+            "price_bucket": 1 + i % 10,
+        }
+        for i in range(n)
+    ]
+
+
+def _session_for(variant: str, start: int = 0) -> str:
+    """A session id the recommender experiment assigns to `variant` (computed locally)."""
+    i = start
+    while stats.assign("recs-ab", f"s-{i}", RECS_WEIGHTS) != variant:
+        i += 1
+    return f"s-{i}"
+
+
+def _log_records(home: Path) -> list[dict]:
+    records = []
+    for path in sorted((home / "serving").glob("events-*.jsonl")):
+        records += [json.loads(line) for line in path.read_text().splitlines()]
+    return records
+
+
+def test_scores_and_recommendations(server: str, state: dict):
+    versions = state["versions"]
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server}/readyz").json()
+    assert ready["ready"] and len(ready["models"]) == 4
+
+    # conversion: the champion answers; the number is the one this process computes locally
+    events = _events(5)
+    answer = httpx.post(
+        f"{server}/v1/conversion/score", json={"session_id": "buyer-1", "events": events}
+    ).json()
+    champion = load_version(state["published"], "conversion", "champion")
+    assert answer["model_version"] == versions[("conversion", "champion")]
+    assert answer["probability"] == pytest.approx(
+        conversion_probability(champion.model, events), abs=1e-9
+    )
+    assert (answer["experiment"], answer["variant"]) == ("conversion-shadow", "control")
+    assert len(answer["exposure_id"]) == 32
+    # events out of order are sorted by time first
+    shuffled = events[::-1]
+    again = httpx.post(
+        f"{server}/v1/conversion/score", json={"session_id": "buyer-1", "events": shuffled}
+    ).json()
+    assert again["probability"] == pytest.approx(answer["probability"], abs=1e-12)
+
+    # recommendations: the champion's model; the broken challenger falls back to the lookup
+    recommender = load_version(state["published"], "recommender", "champion")
+    viewed = state["sessions"][0][:3]
+    control = httpx.post(
+        f"{server}/v1/recommendations",
+        json={"session_id": _session_for("control"), "items": [*viewed, "never-seen"], "k": 7},
+    ).json()
+    assert control["path"] == "model" and control["variant"] == "control"
+    assert control["items"] == recommender.model.recommend(viewed, 7)
+    assert control["unknown_items"] == 1
+    assert control["model_version"] == versions[("recommender", "champion")]
+    treatment = httpx.post(
+        f"{server}/v1/recommendations",
+        json={"session_id": _session_for("treatment"), "items": viewed, "k": 5},
+    ).json()
+    challenger = load_version(state["published"], "recommender", "challenger")
+    assert treatment["path"] == "item_lookup" and treatment["variant"] == "treatment"
+    assert treatment["items"] == challenger.lookup[viewed[-1]][:5]
+    for items in ([], ["never-seen", "nor-this"]):
+        cold = httpx.post(
+            f"{server}/v1/recommendations", json={"session_id": "cold", "items": items, "k": 4}
+        ).json()
+        assert cold["path"] == "popularity"
+        assert cold["items"] == recommender.model.recommend([], 4) or cold["variant"] != "control"
+        assert cold["unknown_items"] == len(items)
+
+    # the precomputed list of one product
+    sku = viewed[0]
+    listed = httpx.get(f"{server}/v1/recommendations/products/{sku}", params={"k": 3}).json()
+    assert listed["items"] == recommender.lookup[sku][:3]
+    missing = httpx.get(f"{server}/v1/recommendations/products/never-seen")
+    assert missing.status_code == 404 and "never-seen" in missing.json()["message"]
+
+
+def test_assignment_over_http_is_stable_and_matches_the_hash(server: str, state: dict):
+    viewed = state["sessions"][1][:2]
+    seen = Counter()
+    with httpx.Client(base_url=server) as client:
+        for i in range(200):
+            body = {"session_id": f"visitor-{i}", "items": viewed, "k": 3}
+            first = client.post("/v1/recommendations", json=body).json()["variant"]
+            assert client.post("/v1/recommendations", json=body).json()["variant"] == first
+            assert first == stats.assign("recs-ab", f"visitor-{i}", RECS_WEIGHTS)
+            seen[first] += 1
+    assert 60 < seen["control"] < 140  # 50/50 (the 30k-id tolerance test is in test_serving)
+
+
+def test_feedback_and_the_log(server: str, state: dict):
+    home = state["home"]
+    shown = httpx.post(
+        f"{server}/v1/conversion/score", json={"session_id": "logged", "events": _events(2)}
+    ).json()
+    for action in ("click", "purchase"):
+        ack = httpx.post(
+            f"{server}/v1/feedback",
+            json={"exposure_id": shown["exposure_id"], "action": action, "item": "sku-1"},
+        )
+        assert ack.status_code == 200 and ack.json()["recorded"] is True
+    records = _log_records(home)
+    exposure = next(r for r in records if r.get("id") == shown["exposure_id"])
+    assert exposure["variant"] == "control" and exposure["session_id"] == "logged"
+    assert exposure["weights"] == {"control": 1.0}
+    deadline = time.monotonic() + 5  # the shadow score is written after the response
+    while not any(
+        r["kind"] == "shadow" and r["exposure_id"] == shown["exposure_id"]
+        for r in _log_records(home)
+    ):
+        assert time.monotonic() < deadline, "no shadow score logged"
+        time.sleep(0.1)
+    shadow = next(r for r in _log_records(home) if r.get("exposure_id") == shown["exposure_id"])
+    assert shadow["role"] == "challenger"
+    # what the server writes is what experiment_results reads
+    log = stats.read_log(home / "serving")
+    table = stats.sessions_table(log.exposures, log.feedback)
+    row = table[table["session_id"] == "logged"].iloc[0]
+    assert (row["exposures"], row["clicked"], row["purchased"]) == (1, 1, 1)
+
+
+def test_operations_endpoints(server: str, state: dict):
+    httpx.post(f"{server}/v1/recommendations", json={"session_id": "m", "items": ["x"], "k": 2})
+    text = httpx.get(f"{server}/metrics").text
+    champion = state["versions"][("recommender", "champion")]
+    for line in (
+        'skiff_http_requests_total{method="POST",route="/v1/recommendations",status="200"}',
+        'skiff_http_request_duration_seconds_bucket{route="/v1/recommendations",le="0.01"}',
+        'skiff_http_request_duration_seconds_bucket{route="/v1/conversion/score",le="+Inf"}',
+        'skiff_model_info{algorithm="sknn",problem="recommender",role="champion",'
+        f'version="{champion}"}} 1',
+        'skiff_recommendations_total{path="popularity"}',
+        'skiff_unknown_products_total{endpoint="recommendations"}',
+        'skiff_model_errors_total{problem="recommender",role="challenger"}',
+        'skiff_experiment_weight{experiment="recs-ab",problem="recommender",'
+        'variant="treatment"} 0.5',
+    ):
+        assert line in text, line
+    assert "# TYPE skiff_http_request_duration_seconds histogram" in text
+
+    assert httpx.get(f"{server}/docs").status_code == 200
+    schemas = httpx.get(f"{server}/openapi.json").json()["components"]["schemas"]
+    for name in ("ConversionRequest", "RecommendationRequest", "Feedback"):
+        assert schemas[name]["examples"], name
+
+    assert httpx.get(f"{server}/reports/monitoring/drift.html").text == "<h1>drift</h1>"
+    for sneaky in ("/reports/../experiments.json", "/reports/%2e%2e/experiments.json"):
+        request = httpx.Request("GET", server + sneaky)
+        request.url = httpx.URL(server + sneaky)  # keep the dots: no client-side normalization
+        with httpx.Client() as client:
+            assert client.send(request).status_code == 404, sneaky
+
+
+def _one(**changes: object) -> dict:
+    """A conversion request whose single product event has `changes`."""
+    return {"session_id": "s", "events": [{**_events(2)[1], **changes}]}
+
+
+SCORE, RECS, FEEDBACK = "/v1/conversion/score", "/v1/recommendations", "/v1/feedback"
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        (SCORE, {"session_id": "s", "events": []}, "events"),
+        (SCORE, {"session_id": "s"}, "events"),
+        (SCORE, {"session_id": 5, "events": _events(1)}, "session_id"),
+        (SCORE, _one(event_at="soon"), "events.0.event_at"),
+        (SCORE, _one(event_at="1969-12-31T23:00:00"), "events.0.event_at"),
+        (SCORE, _one(product_action="wish"), "events.0.product_action"),
+        (SCORE, _one(product_action="purchase"), "purchase"),
+        (SCORE, _one(price_bucket=11), "events.0.price_bucket"),
+        (SCORE, _one(colour="red"), "events.0.colour"),
+        (SCORE, {"session_id": "s", "events": _events(MAX_EVENTS + 1)}, "events: at most 50"),
+        (RECS, {"session_id": "s", "items": "abc"}, "items"),
+        (RECS, {"session_id": "s", "items": ["a"], "k": 0}, "k"),
+        (RECS, {"session_id": "s", "items": [""]}, "items.0"),
+        (RECS, {"session_id": "s", "items": ["a"] * (MAX_EVENTS + 1)}, "items: at most"),
+        (RECS, {"session_id": "s", "items": ["x" * 100] * 300}, "body: the request body is"),
+        (FEEDBACK, {"exposure_id": "not-an-id", "action": "click"}, "exposure_id"),
+        (FEEDBACK, {"exposure_id": "0" * 32, "action": "share"}, "action"),
+    ],
+)
+def test_bad_requests_get_a_422_naming_the_field(server: str, path: str, body: dict, field: str):
+    response = httpx.post(server + path, json=body)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["message"], response.json()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+EVENT = st.fixed_dictionaries(
+    {
+        "event_type": st.sampled_from(["pageview", "event_product"]) | JSON,
+        "event_at": st.integers(-(2**70), 2**70) | st.datetimes().map(str) | JSON,
+    },
+    optional={
+        "product_action": st.sampled_from(["detail", "add", "remove", "click", "purchase", None]),
+        "product_sku": st.text(max_size=200) | st.none(),
+        "category": st.text(max_size=300) | st.none(),
+        "price_bucket": st.integers(-5, 15) | st.floats() | st.none(),
+    },
+)
+BODIES = {
+    "/v1/conversion/score": st.fixed_dictionaries(
+        {"session_id": st.text(max_size=200) | JSON, "events": st.lists(EVENT, max_size=8) | JSON}
+    ),
+    "/v1/recommendations": st.fixed_dictionaries(
+        {
+            "session_id": st.text(max_size=200) | JSON,
+            "items": st.lists(st.text(max_size=40), max_size=8) | JSON,
+        },
+        optional={"k": st.integers(-10, 200) | JSON},
+    ),
+    "/v1/feedback": st.fixed_dictionaries(
+        {
+            "exposure_id": st.from_regex(r"[0-9a-f]{32}", fullmatch=True) | st.text(max_size=40),
+            "action": st.sampled_from(["click", "add", "purchase", "view"]) | JSON,
+        },
+        optional={"item": st.text(max_size=200) | JSON},
+    ),
+}
+
+
+@pytest.mark.parametrize("path", sorted(BODIES))
+def test_fuzzed_bodies_never_get_a_500(server: str, path: str):
+    """Schema-shaped bodies with every field sometimes wrong, and any JSON at all."""
+    with httpx.Client(base_url=server, timeout=10) as client:
+
+        @settings(
+            max_examples=120,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(body=BODIES[path] | JSON)
+        def check(body: object) -> None:
+            response = client.post(
+                path, content=json.dumps(body), headers={"content-type": "application/json"}
+            )
+            assert response.status_code in (200, 422), (body, response.text)
+
+        check()
+        for raw in (
+            b"",
+            b"{",
+            b"\xff\xfe",
+            b"[" * 5000,
+            b'{"session_id": NaN}',
+            b'{"session_id": "s", "events": [{"\\ud800": 1}], "\\udfff": 2}',
+        ):
+            response = client.post(path, content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 422, (raw[:20], response.text)
+    metrics = httpx.get(f"{server}/metrics").text
+    assert "skiff_http_errors_total{" not in metrics
+
+
+def test_feedback_survives_kill_9(state: dict):
+    """An acknowledged feedback is in the log after the server is killed without warning."""
+    home = state["home"]
+    exposure_id = "ab" * 16
+    with serve(home, home / "killed.log") as (url, proc):
+        ack = httpx.post(f"{url}/v1/feedback", json={"exposure_id": exposure_id, "action": "add"})
+        assert ack.status_code == 200
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    with serve(home, home / "restarted.log") as (url, _):
+        later = httpx.post(f"{url}/v1/feedback", json={"exposure_id": "cd" * 16, "action": "add"})
+        assert later.status_code == 200
+        records = _log_records(home)  # every line parses: nothing torn
+    ids = [r["exposure_id"] for r in records if r["kind"] == "feedback"]
+    assert exposure_id in ids and "cd" * 16 in ids
+
+
+def _load(server: str, stop: threading.Event, outcomes: list, versions: Counter, viewed) -> None:
+    with httpx.Client(base_url=server, timeout=10) as client:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                r = client.post(
+                    "/v1/recommendations",
+                    json={"session_id": _session_for("control", i % 50), "items": viewed},
+                )
+                outcomes.append(r.status_code)
+                if r.status_code == 200:
+                    versions[r.json()["model_version"]] += 1
+                s = client.post(
+                    "/v1/conversion/score", json={"session_id": f"c{i}", "events": _events(4)}
+                )
+                outcomes.append(s.status_code)
+            except httpx.HTTPError as exc:
+                outcomes.append(repr(exc))
+
+
+def test_hot_reload_under_load_and_a_tampered_artifact_is_refused(server: str, state: dict):
+    registry, published = state["registry"], state["published"]
+    viewed = state["sessions"][2][:3]
+    old = state["versions"][("recommender", "champion")]
+    stop, outcomes, versions = threading.Event(), [], Counter()
+    workers = [
+        threading.Thread(target=_load, args=(server, stop, outcomes, versions, viewed))
+        for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(1)
+        new = register_recommender(
+            registry, make_model("sknn", k_neighbors=20).fit(state["sessions"])
+        )
+        registry.assign("recommender", "champion", new, "hot reload test")
+        registry.publish("recommender", published, roles=("champion",))
+        deadline = time.monotonic() + 20
+        while versions[new] < 20:
+            assert time.monotonic() < deadline, f"never served {new}: {versions}"
+            time.sleep(0.1)
+
+        # a version whose lookup was altered after its manifest was written: refused
+        staging = state["home"] / "staging"
+        bad = register_recommender(
+            registry, make_model("sknn", k_neighbors=10).fit(state["sessions"])
+        )
+        registry.assign("recommender", "champion", bad, "tamper test")
+        registry.publish("recommender", staging, roles=("champion",))
+        with open(staging / "recommender" / bad / "next_items.parquet", "ab") as handle:
+            handle.write(b"tampered")
+        shutil.copytree(staging / "recommender" / bad, published / "recommender" / bad)
+        pointer = published / "recommender" / "champion.json.tmp"
+        shutil.copy(staging / "recommender" / "champion.json", pointer)
+        os.replace(pointer, published / "recommender" / "champion.json")
+        failure = 'skiff_model_reload_failures_total{problem="recommender",role="champion"} 1'
+        deadline = time.monotonic() + 20
+        while failure not in httpx.get(f"{server}/metrics").text:
+            assert time.monotonic() < deadline, "the tampered version was not refused"
+            time.sleep(0.1)
+        served_before = versions[new]
+        time.sleep(1)
+        assert versions[new] > served_before and versions[bad] == 0
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+    assert versions[old] > 0 and versions[new] > 0
+    failed = [o for o in outcomes if o != 200]
+    assert not failed and len(outcomes) > 200, (len(outcomes), Counter(map(str, failed)))
+    info = f'role="champion",version="{new}"}} 1'
+    assert info in httpx.get(f"{server}/metrics").text
+    assert (
+        load_published(published, "conversion")[0].version
+        == state["versions"][("conversion", "champion")]
+    )
