@@ -365,5 +365,14 @@ def serve(settings: Settings, config: ServeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings, config)
     log.info("published models: %s; event log: %s", settings.published, settings.home / "serving")
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
+    # Keep idle connections longer than a load balancer does (60 s on most), so the server
+    # never closes one just as the balancer sends a request on it.
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        access_log=False,
+        timeout_keep_alive=75,
+    )
     return 0

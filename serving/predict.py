@@ -43,10 +43,9 @@ def conversion_probability(model: Any, events: Sequence[Mapping[str, Any]]) -> f
 
 
 def _padded(items: list[str], k: int, popular: list[str]) -> list[str]:
-    if len(items) >= k:
-        return items[:k]
+    """`items`, then popular products not in it, up to k."""
     seen = set(items)
-    return items + [p for p in popular if p not in seen][: k - len(items)]
+    return (items + [p for p in popular if p not in seen])[:k]
 
 
 def recommend(
@@ -61,7 +60,6 @@ def recommend(
     model = loaded.model
     known = [sku for sku in viewed if sku in model.vocab]
     unknown = len(viewed) - len(known)
-    popular = model.recommend([], max(k, 20))
     if known:
         try:
             items = model.recommend(known, k)
@@ -73,6 +71,8 @@ def recommend(
                 _failed.add(loaded.version)
                 log.exception("recommender %s failed; falling back to the lookup", loaded.version)
         for sku in reversed(known):
-            if loaded.lookup.get(sku):
-                return _padded(list(loaded.lookup[sku]), k, popular), "item_lookup", unknown
-    return popular[:k], "popularity", unknown
+            listed = loaded.lookup.get(sku)
+            if listed:
+                popular = model.recommend([], k + len(listed))  # pads a list shorter than k
+                return _padded(list(listed), k, popular), "item_lookup", unknown
+    return model.recommend([], k), "popularity", unknown

@@ -81,11 +81,13 @@ def register_recommender(registry: Registry, model: Recommender, *, broken: bool
     return manifest.version
 
 
-def publish_models(home: Path, work: Path, *, challengers: bool = True) -> dict:
+def publish_models(
+    home: Path, work: Path, *, challengers: bool = True, days: int = 3, sessions: int = 500
+) -> dict:
     """Champions (logistic conversion, sknn recommender) and, with `challengers`, a majority
     conversion model and a broken sknn, registered and published under `home` the way the
     Dagster assets do. Returns versions and the training sessions."""
-    examples, sessions = training_data(work)
+    examples, views = training_data(work, days=days, sessions=sessions)
     registry = Registry(home / "artifacts" / "registry")
     published = home / "artifacts" / "published"
     batch = features.batch_from_frame(examples)
@@ -100,11 +102,11 @@ def publish_models(home: Path, work: Path, *, challengers: bool = True) -> dict:
         )
         registry.assign("conversion", role, manifest.version, "test")
         versions[("conversion", role)] = manifest.version
-    sknn = make_model("sknn").fit(sessions)
+    sknn = make_model("sknn").fit(views)
     versions[("recommender", "champion")] = register_recommender(registry, sknn)
     registry.assign("recommender", "champion", versions[("recommender", "champion")], "test")
     if challengers:
-        broken = make_model("sknn", k_neighbors=50).fit(sessions)
+        broken = make_model("sknn", k_neighbors=50).fit(views)
         versions[("recommender", "challenger")] = register_recommender(
             registry, broken, broken=True
         )
@@ -115,7 +117,7 @@ def publish_models(home: Path, work: Path, *, challengers: bool = True) -> dict:
         registry.publish(problem, published)
     return {
         "versions": versions,
-        "sessions": sessions,
+        "sessions": views,
         "examples": examples,
         "registry": registry,
         "published": published,

@@ -56,14 +56,16 @@ EXPERIMENTS = {
     },
 }
 RECS_WEIGHTS = [("control", 0.5), ("treatment", 0.5)]
+# the developer's own settings must not leak into the servers under test
+SERVER_VARIABLES = ("SKIFF_SERVE", "SKIFF_EXPERIMENTS", "SKIFF_CHALLENGER", "SKIFF_ARTIFACTS_URL")
 
 
 @contextlib.contextmanager
 def serve(home: Path, log: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """`skiff serve` on a free port until ready (/readyz 200); stopped (SIGINT) at exit."""
     port = free_port()
-    env = {**os.environ, "SKIFF_HOME": str(home), "SKIFF_ENV": "local"}
-    env.pop("SKIFF_ARTIFACTS_URL", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SERVER_VARIABLES)}
+    env |= {"SKIFF_HOME": str(home), "SKIFF_ENV": "local"}
     with open(log, "a") as out:
         proc = subprocess.Popen(
             [SKIFF, "serve", "--port", str(port), "--reload-seconds", "0.2", *flags],
