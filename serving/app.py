@@ -8,10 +8,11 @@ pipeline. Start it with `skiff serve`; the endpoints and their examples are at /
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import predict
+from serving.batching import MicroBatcher
 from serving.config import ServeConfig
 from serving.eventlog import EventLog
 from serving.experiments import Experiment, Variant, load_file
@@ -60,6 +62,7 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
         config.challenger_traffic,
     )  # fmt: skip
     events = EventLog(settings.home / "serving")
+    batcher = MicroBatcher(metrics)
 
     async def poll() -> None:
         while True:
@@ -120,6 +123,10 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
                 "too_long",
             )
 
+    async def score(served: Loaded, session: list[dict]) -> float:
+        batch = functools.partial(predict.conversion_probabilities, served.model)
+        return await batcher.submit(id(served.model), batch, session)
+
     def experiment_of(snapshot: Snapshot, problem: str) -> Experiment:
         experiment = snapshot.experiments.get(problem)
         if experiment is None:
@@ -155,13 +162,18 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
         metrics.inc("skiff_exposures_total", problem=served.problem, variant=variant.name)
         return exposure_id
 
-    def shadow(snapshot: Snapshot, experiment: Experiment, exposure_id: str, score) -> None:
+    async def shadow(
+        snapshot: Snapshot,
+        experiment: Experiment,
+        exposure_id: str,
+        answer_of: Callable[[Loaded], Awaitable[dict]],
+    ) -> None:
         """Score the shadow role after the response went out, and log it beside the exposure."""
         loaded = snapshot.model(experiment.problem, experiment.shadow or "")
         if loaded is None:
             return
         try:
-            answer = score(loaded)
+            answer = await answer_of(loaded)
         except Exception:
             metrics.inc("skiff_model_errors_total", problem=loaded.problem, role=loaded.role)
             log.exception("shadow %s %s failed", loaded.problem, loaded.version)
@@ -200,18 +212,16 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
         variant = experiment.assign(request.session_id)
         served = snapshot.model("conversion", variant.role)
         session = sorted((e.model_dump() for e in request.events), key=lambda e: e["event_at"])
-        probability = predict.conversion_probability(served.model, session)
+        probability = await score(served, session)
         exposure_id = expose(
             experiment, variant, served, request.session_id, {"probability": probability}
         )
         if experiment.shadow:
-            background.add_task(
-                shadow,
-                snapshot,
-                experiment,
-                exposure_id,
-                lambda m: {"probability": predict.conversion_probability(m.model, session)},
-            )
+
+            async def shadow_score(m: Loaded) -> dict:
+                return {"probability": await score(m, session)}
+
+            background.add_task(shadow, snapshot, experiment, exposure_id, shadow_score)
         return ConversionScore(
             probability=probability,
             model_version=served.version,
@@ -237,7 +247,9 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
         experiment = experiment_of(snapshot, "recommender")
         variant = experiment.assign(request.session_id)
         served = snapshot.model("recommender", variant.role)
-        items, path, unknown = predict.recommend(served, request.items, request.k, metrics)
+        items, path, unknown = await predict.recommend(
+            served, request.items, request.k, metrics, batcher
+        )
         metrics.inc("skiff_recommendations_total", path=path)
         if unknown:
             metrics.inc("skiff_unknown_products_total", unknown, endpoint="recommendations")
@@ -246,8 +258,10 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
         )
         if experiment.shadow:
 
-            def shadow_items(m: Loaded) -> dict:
-                shown, shadow_path, _ = predict.recommend(m, request.items, request.k, metrics)
+            async def shadow_items(m: Loaded) -> dict:
+                shown, shadow_path, _ = await predict.recommend(
+                    m, request.items, request.k, metrics, batcher
+                )
                 return {"items": shown, "path": shadow_path}
 
             background.add_task(shadow, snapshot, experiment, exposure_id, shadow_items)

@@ -34,6 +34,8 @@ COUNTERS = {
     "skiff_feedback_total": "Feedback records acknowledged by action.",
     "skiff_event_log_errors_total": "Writes to the event log that failed.",
     "skiff_rejected_requests_total": "Requests refused with a 422 by reason.",
+    "skiff_model_batches_total": "Batched model calls (see serving.batching).",
+    "skiff_model_batch_items_total": "Requests answered by batched model calls.",
 }
 
 

@@ -1,7 +1,8 @@
-"""One request's answer from a loaded model: a purchase probability, or next products.
+"""Answers from a loaded model: purchase probabilities, or next products; for a batch of
+requests at once (see `serving.batching`), or one.
 
 Features come from `ml.conversion.features.prefix_features`, the code training uses.
-scikit-learn models are scored on that feature row directly: their `predict_proba` wraps each
+scikit-learn models are scored on those feature rows directly: their `predict_proba` wraps each
 call in threadpoolctl's `threadpool_limits`, whose scan of the loaded libraries costs about
 6 ms a call, more than the whole prediction; the server limits OpenMP and BLAS to one thread
 once, at start (`single_threaded`), which is what that wrapper ensures for small batches.
@@ -9,6 +10,7 @@ once, at start (`single_threaded`), which is what that wrapper ensures for small
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ml.conversion import features
+from serving.batching import MicroBatcher
 from serving.metrics import Metrics
 from serving.store import Loaded
 
@@ -32,14 +35,28 @@ def single_threaded() -> None:
     threadpool_limits(limits=1)
 
 
-def conversion_probability(model: Any, events: Sequence[Mapping[str, Any]]) -> float:
-    """The purchase probability after `events` (time-ordered, no purchase)."""
+Events = Sequence[Mapping[str, Any]]
+
+
+def conversion_probabilities(model: Any, sessions: Sequence[Events]) -> list[float]:
+    """The purchase probability after each session's events (time-ordered, no purchase)."""
     estimator = getattr(model, "estimator", None)
     if estimator is not None and hasattr(estimator, "predict_proba"):
-        row = features.prefix_features(events)
-        matrix = np.fromiter(row.values(), dtype=np.float64, count=len(row)).reshape(1, -1)
-        return float(estimator.predict_proba(matrix)[0, 1])
-    return float(model.predict_proba(features.batch_from_events(events))[0])
+        rows = [list(features.prefix_features(events).values()) for events in sessions]
+        return estimator.predict_proba(np.asarray(rows, dtype=np.float64))[:, 1].tolist()
+    return [float(model.predict_proba(features.batch_from_events(e))[0]) for e in sessions]
+
+
+def conversion_probability(model: Any, events: Events) -> float:
+    return conversion_probabilities(model, [events])[0]
+
+
+def recommendation_lists(model: Any, requests: Sequence[tuple[list[str], int]]) -> list[list[str]]:
+    """Top-k lists for (known viewed products, k) requests in one `recommend_batch` call (a
+    longer list's first k are the k-list: rankings are fixed, ties broken by popularity)."""
+    k = max(k for _, k in requests)
+    lists = model.recommend_batch([items for items, _ in requests], k)
+    return [items[:k] for items, (_, k) in zip(lists, requests, strict=True)]
 
 
 def _padded(items: list[str], k: int, popular: list[str]) -> list[str]:
@@ -48,8 +65,8 @@ def _padded(items: list[str], k: int, popular: list[str]) -> list[str]:
     return (items + [p for p in popular if p not in seen])[:k]
 
 
-def recommend(
-    loaded: Loaded, viewed: Sequence[str], k: int, metrics: Metrics
+async def recommend(
+    loaded: Loaded, viewed: Sequence[str], k: int, metrics: Metrics, batcher: MicroBatcher
 ) -> tuple[list[str], str, int]:
     """Top-k next products, the path that answered and how many viewed products were unknown.
 
@@ -62,7 +79,8 @@ def recommend(
     unknown = len(viewed) - len(known)
     if known:
         try:
-            items = model.recommend(known, k)
+            batch = functools.partial(recommendation_lists, model)
+            items = await batcher.submit(id(model), batch, (known, k))
             if items:
                 return items[:k], "model", unknown
         except Exception:

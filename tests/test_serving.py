@@ -225,3 +225,41 @@ def test_report_url(settings, monkeypatch):
     )
     with pytest.raises(ValueError, match="not under"):
         report_url(settings, settings.home / "warehouse.duckdb")
+
+
+def test_micro_batches_answer_like_single_calls(tmp_path):
+    """Concurrent requests go to the model as one batch, and each gets what it alone would."""
+    import asyncio
+
+    from serving.batching import MicroBatcher
+    from serving.metrics import Metrics
+    from serving.predict import recommendation_lists
+
+    _, sessions = training_data(tmp_path, days=2, sessions=300)
+    model = make_model("sknn").fit(sessions)
+    requests = [(s[: 1 + i % 3], 5 + i % 7) for i, s in enumerate(sessions[:40]) if s]
+    calls: list[int] = []
+
+    def batch(items):
+        calls.append(len(items))
+        return recommendation_lists(model, items)
+
+    async def run(batcher: MicroBatcher):
+        return await asyncio.gather(*(batcher.submit("m", batch, r) for r in requests))
+
+    metrics = Metrics()
+    answers = asyncio.run(run(MicroBatcher(metrics, max_batch=16)))
+    assert answers == [model.recommend(items, k) for items, k in requests]
+    assert calls == [16, 16, len(requests) - 32]
+    assert metrics.value("skiff_model_batch_items_total") == len(requests)
+
+    def broken(items):
+        raise RuntimeError("model down")
+
+    async def fail():
+        batcher = MicroBatcher(metrics)
+        return await asyncio.gather(
+            *(batcher.submit("m", broken, r) for r in requests[:3]), return_exceptions=True
+        )
+
+    assert all(isinstance(e, RuntimeError) for e in asyncio.run(fail()))
