@@ -11,27 +11,31 @@ from serving.urls import serve_url
 from skiff.settings import Settings
 
 
-def _known_product(settings: Settings) -> str | None:
-    """A product of the published recommender's lookup (one the model knows), if any."""
+def _known_products(settings: Settings) -> list[str]:
+    """Two products the published recommender knows, one likely viewed after the other, so
+    that the model itself answers (one product alone is answered by its precomputed list)."""
     import pyarrow.parquet as pq
 
     try:
         _, folder = load_published(settings.published, "recommender")
     except ArtifactError:
-        return None
+        return []
     if not (folder / LOOKUP).exists():
-        return None
-    column = pq.read_table(folder / LOOKUP, columns=["product_sku_hash"]).column(0)
-    return str(column[0]) if len(column) else None
+        return []
+    for row in pq.read_table(folder / LOOKUP).slice(0, 100).to_pylist():
+        following = [sku for sku in row["next_items"] if sku != row["product_sku_hash"]]
+        if following:
+            return [row["product_sku_hash"], following[0]]
+    return []
 
 
 def serve_hint(settings: Settings) -> str:
     url = serve_url()
-    sku = _known_product(settings)
-    if sku is None:
+    skus = _known_products(settings)
+    if not skus:
         request = f"curl -s {url}/readyz"
     else:
-        payload = json.dumps({"session_id": "demo-session", "items": [sku], "k": 5})
+        payload = json.dumps({"session_id": "demo-session", "items": skus, "k": 5})
         request = (
             f"curl -s -X POST {url}/v1/recommendations -H 'content-type: application/json' "
             f"-d {shlex.quote(payload)}"

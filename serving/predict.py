@@ -70,13 +70,16 @@ async def recommend(
 ) -> tuple[list[str], str, int]:
     """Top-k next products, the path that answered and how many viewed products were unknown.
 
-    model: the model, on the viewed products it knows. item_lookup: the precomputed list of
-    the latest known product, when the model failed. popularity: no known product (an empty
-    or unseen history), or no list either.
+    model: the model, on the viewed products it knows. item_lookup: the version's precomputed
+    list (`next_items.parquet`, the model's own top 20 after each product alone) of the only
+    known product, or of the latest one when the model failed. popularity: no known product
+    (an empty or unseen history), or no list either.
     """
     model = loaded.model
     known = [sku for sku in viewed if sku in model.vocab]
     unknown = len(viewed) - len(known)
+    if len(known) == 1 and k <= len(loaded.lookup.get(known[0], ())):
+        return list(loaded.lookup[known[0]][:k]), "item_lookup", unknown
     if known:
         try:
             batch = functools.partial(recommendation_lists, model)

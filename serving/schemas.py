@@ -122,8 +122,9 @@ class RecommendationRequest(BaseModel):
 class Recommendations(BaseModel):
     items: list[str]
     path: Literal["model", "item_lookup", "popularity"] = Field(
-        description="What answered: the model; the precomputed list of the latest known "
-        "product (the model failed); or popular products (no known product in the history)."
+        description="What answered: the model; the precomputed list (the model's own answer "
+        "for one product) of the only known product, or of the latest one when the model "
+        "failed; or popular products (no known product in the history)."
     )
     unknown_items: int = Field(description="Viewed products the model does not know (skipped).")
     model_version: str

@@ -30,9 +30,10 @@ from hypothesis import strategies as st
 from ml import experiments as stats
 from ml.recommend.models import make_model
 from ml.registry import load_published
+from serving.demo import serve_hint
 from serving.predict import conversion_probability
 from serving.store import load_version
-from skiff.settings import REPO_ROOT
+from skiff.settings import REPO_ROOT, load_settings
 from tests.servers import free_port
 from tests.test_serving import publish_models, register_recommender
 
@@ -187,6 +188,12 @@ def test_scores_and_recommendations(server: str, state: dict):
     challenger = load_version(state["published"], "recommender", "challenger")
     assert treatment["path"] == "item_lookup" and treatment["variant"] == "treatment"
     assert treatment["items"] == challenger.lookup[viewed[-1]][:5]
+    single = httpx.post(
+        f"{server}/v1/recommendations",
+        json={"session_id": _session_for("control"), "items": ["never-seen", viewed[0]], "k": 6},
+    ).json()  # one known product: its precomputed list, which is the model's own answer
+    assert single["path"] == "item_lookup" and single["unknown_items"] == 1
+    assert single["items"] == recommender.model.recommend([viewed[0]], 6)
     for items in ([], ["never-seen", "nor-this"]):
         cold = httpx.post(
             f"{server}/v1/recommendations", json={"session_id": "cold", "items": items, "k": 4}
@@ -285,6 +292,18 @@ def _one(**changes: object) -> dict:
 
 
 SCORE, RECS, FEEDBACK = "/v1/conversion/score", "/v1/recommendations", "/v1/feedback"
+
+
+def test_the_demo_curl_line_works(server: str, state: dict, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SKIFF_SERVE_URL", server)
+    monkeypatch.setenv("SKIFF_HOME", str(state["home"]))
+    monkeypatch.delenv("SKIFF_ARTIFACTS_URL", raising=False)
+    hint = serve_hint(load_settings())
+    assert "skiff serve" in hint
+    curl = hint.splitlines()[-1].strip()
+    assert curl.startswith("curl ")
+    answer = json.loads(subprocess.run(curl, shell=True, capture_output=True, check=True).stdout)
+    assert answer["path"] == "model" and len(answer["items"]) == 5
 
 
 @pytest.mark.parametrize(
