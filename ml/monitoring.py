@@ -30,9 +30,10 @@ SEVERITIES: tuple[str, ...] = ("ok", "warn", "error")
 CATEGORICAL_INPUTS: tuple[str, ...] = ("category_top",)
 NUMERICAL_EXTRA: tuple[str, ...] = ("price_bucket",)
 # Normed Wasserstein for numbers: day-to-day variation of the behaviour counts in stable
-# synthetic traffic reaches about 0.12, so the threshold sits above it; 0.1 (Jensen-Shannon) is
-# Evidently's default for categories.
-NUMERICAL_THRESHOLD = 0.15
+# synthetic traffic reaches about 0.21 at 1,000 sessions a day (sparse counts such as
+# distinct_categories), so the threshold sits above it; 0.1 (Jensen-Shannon) is Evidently's
+# default for categories.
+NUMERICAL_THRESHOLD = 0.25
 CATEGORICAL_THRESHOLD = 0.1
 METHOD_NAMES = {"wasserstein": "Wasserstein (normed)", "jensenshannon": "Jensen-Shannon"}
 

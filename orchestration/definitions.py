@@ -6,13 +6,20 @@ so tests can build the same graph on a temporary SKIFF_HOME.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from dagster import (
     AssetSelection,
+    AssetSpec,
+    Backoff,
     DailyPartitionsDefinition,
     Definitions,
+    FreshnessPolicy,
+    RetryPolicy,
     define_asset_job,
     definitions,
     in_process_executor,
+    map_asset_specs,
     multiprocess_executor,
 )
 
@@ -20,14 +27,34 @@ from orchestration.assets.conversion import build_conversion_assets
 from orchestration.assets.dbt import build_dbt_assets, build_dbt_project
 from orchestration.assets.experiments import build_experiment_assets
 from orchestration.assets.ingestion import build_ingestion_assets
+from orchestration.assets.monitoring import build_monitoring_assets
 from orchestration.assets.recommendation import build_recommendation_assets
 from orchestration.resources import build_resources
+from orchestration.schedules import build_nightly_schedule
+from orchestration.sensors import (
+    RETRAIN_JOBS,
+    build_drift_sensor,
+    build_failure_sensor,
+    build_landing_sensor,
+)
 from skiff.settings import Settings, ensure_home, load_settings
 
 DAILY_REFRESH = "daily_refresh"
 TRAIN_MODELS = "train_models"
 SCORE_DAYS = "score_days"
+NIGHTLY = "nightly_refresh"
+MONITOR_DAYS = "monitor_days"
 DATA_GROUPS = ("ingestion", "staging", "intermediate", "marts")
+# Policy, in one place. Jobs that run unattended retry a failed step twice (1 then 2 minutes
+# later: a warehouse that was briefly unreachable, a lock); failures known to be permanent
+# (a missing landing folder, no champion) raise Failure(allow_retries=False) and stop at once.
+UNATTENDED_RETRIES = RetryPolicy(max_retries=2, delay=60, backoff=Backoff.EXPONENTIAL)
+# The nightly run lands every 24 hours: an hour late is a warning, six hours an error.
+DAILY_FRESHNESS = FreshnessPolicy.time_window(
+    fail_window=dt.timedelta(hours=30), warn_window=dt.timedelta(hours=25)
+)
+FRESH_GROUPS = ("marts",)
+FRESH_ASSETS = ("conversion_predictions",)
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -41,8 +68,10 @@ def build_definitions(settings: Settings) -> Definitions:
         build_dbt_assets(project, partitions),
         *build_conversion_assets(settings, partitions),
         *build_recommendation_assets(settings, partitions),
+        *build_monitoring_assets(settings, partitions),
         *build_experiment_assets(settings),
     ]
+    assets = map_asset_specs(_fresh, assets)
     data = AssetSelection.groups(*DATA_GROUPS)
     models = AssetSelection.groups("conversion", "recommendation")
     daily_refresh = define_asset_job(
@@ -60,20 +89,56 @@ def build_definitions(settings: Settings) -> Definitions:
         description="Train every candidate on a time split of the marts, evaluate, gate and "
         "promote the champions, publish them for the server.",
     )
+    retrain = [
+        define_asset_job(
+            RETRAIN_JOBS[problem],
+            selection=AssetSelection.groups(group) - scored,
+            op_retry_policy=UNATTENDED_RETRIES,
+            description=f"Retrain, evaluate and gate the {problem} candidates (what the drift "
+            "sensor requests); the champion changes only through the gates.",
+        )
+        for problem, group in (("conversion", "conversion"), ("recommender", "recommendation"))
+    ]
     score_days = define_asset_job(
         SCORE_DAYS,
         selection=scored,
         partitions_def=partitions,
         description="The champions' daily predictions for a day (or a range, in one run).",
     )
+    monitor_days = define_asset_job(
+        MONITOR_DAYS,
+        selection=AssetSelection.groups("monitoring"),
+        partitions_def=partitions,
+        description="Monitoring of one day against the champions (a range: one run per day).",
+    )
+    nightly = define_asset_job(
+        NIGHTLY,
+        selection=data | scored | AssetSelection.groups("monitoring"),
+        partitions_def=partitions,
+        op_retry_policy=UNATTENDED_RETRIES,
+        description="One day end to end, as the nightly schedule and the landing sensor run "
+        "it: ingestion, dbt marts, the champion's predictions, monitoring.",
+    )
     return Definitions(
         assets=assets,
-        jobs=[daily_refresh, train_models, score_days],
+        jobs=[daily_refresh, train_models, score_days, monitor_days, nightly, *retrain],
+        schedules=[build_nightly_schedule(settings, nightly)],
+        sensors=[
+            build_landing_sensor(settings, nightly),
+            build_drift_sensor(settings, retrain),
+            build_failure_sensor(settings),
+        ],
         resources=build_resources(settings, project),
         # Local: one process, steps in order; DuckDB has a single writer, and the in-process
         # executor spares each step the cost of re-importing the definitions.
         executor=in_process_executor if settings.env == "local" else multiprocess_executor,
     )
+
+
+def _fresh(spec: AssetSpec) -> AssetSpec:
+    if spec.group_name in FRESH_GROUPS or spec.key.to_user_string() in FRESH_ASSETS:
+        return spec.replace_attributes(freshness_policy=DAILY_FRESHNESS)
+    return spec
 
 
 def _partitioned_keys(assets: list) -> list:

@@ -90,6 +90,8 @@ def run_job(
     first: dt.date | None = None,
     last: dt.date | None = None,
     ops: dict | None = None,
+    tags: dict[str, str] | None = None,
+    partition: dt.date | None = None,
 ) -> bool:
     """Run one of the code location's jobs in process on the persistent instance (so the UI
     shows it), for days [first, last] in one run when the job is partitioned."""
@@ -102,9 +104,9 @@ def run_job(
     from orchestration.definitions import build_definitions
 
     job = build_definitions(settings).resolve_job_def(job_name)
-    tags = {}
+    tags = dict(tags or {})
     if first is not None:
-        tags = {
+        tags |= {
             ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
             ASSET_PARTITION_RANGE_END_TAG: (last or first).isoformat(),
         }
@@ -117,6 +119,7 @@ def run_job(
                 **({"ops": ops} if ops else {}),
             },
             tags=tags,
+            partition_key=partition.isoformat() if partition else None,
             raise_on_error=False,
         )
     if not result.success:
@@ -186,6 +189,148 @@ def _published(settings: Settings, problem: str) -> bool:
     return True
 
 
+def _demo_test_day(args: argparse.Namespace, days: list[dt.date]) -> dt.date:
+    """The last day the demo trains on: the day before the drift, or a few days before the
+    end, so that the days after it are monitored against the champion."""
+    if args.drift_from is not None and days[0] < args.drift_from <= days[-1]:
+        test_day = args.drift_from - dt.timedelta(days=1)
+        if (test_day - days[0]).days + 1 < MIN_TRAINING_DAYS:
+            raise ConfigError(
+                f"--drift-from {args.drift_from} leaves fewer than {MIN_TRAINING_DAYS} days "
+                "before it to train on: move it later or start earlier"
+            )
+        return test_day
+    return days[-1] - dt.timedelta(days=min(MONITORED_DAYS, len(days) - MIN_TRAINING_DAYS))
+
+
+def _demo_models(args: argparse.Namespace, settings: Settings, days: list[dt.date]) -> bool:
+    """Train on the days up to the test day, score every day, monitor the days after it, and
+    run the retraining the drift sensor asks for."""
+    from orchestration.definitions import MONITOR_DAYS, SCORE_DAYS, TRAIN_MODELS
+
+    first, last = days[0], days[-1]
+    test_day = _demo_test_day(args, days)
+    train_days = min(14, (test_day - first).days - 1)
+    windows = {
+        "conversion_training_set": {
+            "config": {"train_days": train_days, "test_day": test_day.isoformat()}
+        },
+        "recommender_training_set": {
+            "config": {"train_days": train_days, "end_day": test_day.isoformat()}
+        },
+    }
+    print(
+        f"training on {first} .. {test_day} (test day {test_day}), evaluating and promoting the "
+        "models (one Dagster run)...",
+        flush=True,
+    )
+    if not run_job(settings, TRAIN_MODELS, ops=windows):
+        return False
+    if not (_published(settings, "conversion") and _published(settings, "recommender")):
+        print("no champion for both problems (their gates did not pass): scoring skipped")
+        return True
+    print(f"scoring {first} .. {last} with the champion (one Dagster run)...", flush=True)
+    if not run_job(settings, SCORE_DAYS, first, last):
+        return False
+    watched = [d for d in days if d > test_day]
+    if not watched:
+        return True
+    print(f"monitoring {watched[0]} .. {watched[-1]} against the champions (a run per day)...")
+    for day in watched:
+        if not run_job(settings, MONITOR_DAYS, partition=day):
+            return False
+    print("\n" + monitoring_summary(settings, watched))
+    for request in drift_requests(settings):
+        print(
+            f"\nretraining requested by drift_retrain_sensor: job {request.job_name}, "
+            f"drift since {request.tags['skiff/drift_first_day']} "
+            f"({request.tags['skiff/drift_asset']}: {request.tags['skiff/drift_scores']})"
+        )
+        if args.no_retrain:
+            print("  not run (--no-retrain): turn on drift_retrain_sensor in the UI to run it")
+            continue
+        print("  running it as the sensor's run would (one Dagster run)...", flush=True)
+        if not run_job(
+            settings,
+            request.job_name,
+            ops=request.run_config["ops"],
+            tags={**request.tags, "dagster/run_key": request.run_key},
+        ):
+            return False
+        print("  " + _champion_line(settings, request.job_name))
+    return True
+
+
+MONITORED_DAYS = 3
+MONITORING_COLUMNS = (
+    ("conversion_feature_drift", "drift_share", "input drift share", "{:.2f}"),
+    ("conversion_prediction_drift", "drift_score", "score drift", "{:.3f}"),
+    ("conversion_quality", "roc_auc", "ROC AUC", "{:.3f}"),
+    ("conversion_quality", "calibration_ratio", "pred/obs rate", "{:.2f}"),
+    ("recommender_monitoring", "hr_at_20", "HR@20", "{:.3f}"),
+    ("recommender_monitoring", "unseen_request_share", "unseen requests", "{:.1%}"),
+)
+
+
+def monitoring_summary(settings: Settings, days: list[dt.date]) -> str:
+    """One line per monitored day from the monitoring assets' latest materializations."""
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    from ml.monitoring import worst
+
+    header = ["day", *(label for _, _, label, _ in MONITORING_COLUMNS), "severity"]
+    rows = []
+    with DagsterInstance.get() as instance:
+        for day in days:
+            row, severities = [day.isoformat()], []
+            cache: dict[str, dict] = {}
+            for asset_name, key, _, fmt in MONITORING_COLUMNS:
+                if asset_name not in cache:
+                    records = instance.fetch_materializations(
+                        AssetRecordsFilter(
+                            asset_key=AssetKey(asset_name), asset_partitions=[day.isoformat()]
+                        ),
+                        limit=1,
+                    ).records
+                    meta = records[0].asset_materialization.metadata if records else {}
+                    cache[asset_name] = {k: v.value for k, v in meta.items()}
+                    severities.append(cache[asset_name].get("severity", "ok"))
+                value = cache[asset_name].get(key)
+                row.append(fmt.format(value) if isinstance(value, int | float) else "-")
+            row.append(worst(*severities))
+            rows.append(row)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
+    return "monitoring (reports: $SKIFF_HOME/reports/monitoring/):\n" + "\n".join(lines)
+
+
+def drift_requests(settings: Settings) -> list:
+    """What drift_retrain_sensor asks for now, evaluated in process on the instance."""
+    from dagster import DagsterInstance, build_sensor_context
+
+    from orchestration.definitions import build_definitions
+
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def("drift_retrain_sensor")
+    with DagsterInstance.get() as instance:
+        result = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+    return list(result.run_requests or [])
+
+
+def _champion_line(settings: Settings, job_name: str) -> str:
+    from ml.registry import Registry
+
+    problem = "conversion" if job_name.endswith("conversion") else "recommender"
+    history = Registry(settings.registry).history(problem)
+    last = history[-1] if history else None
+    if last and last["role"] == "champion":
+        return f"{problem} champion now {last['version']}: {last['reason']}"
+    champion = Registry(settings.registry).role(problem, "champion")
+    return f"{problem} champion kept ({champion.version if champion else 'none'}): see the run"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = ensure_home(load_settings())
     began = time.perf_counter()
@@ -203,26 +348,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"\nmodels skipped: training needs at least {MIN_TRAINING_DAYS} days "
             "(training window, validation day, test day)"
         )
-    else:
-        from orchestration.definitions import SCORE_DAYS, TRAIN_MODELS
-
-        # the training windows end at the last day and fit inside the generated days
-        train_days = min(14, len(result.days) - 2)
-        windows = {
-            "conversion_training_set": {"config": {"train_days": train_days}},
-            "recommender_training_set": {"config": {"train_days": train_days}},
-        }
-        print("training, evaluating and promoting the models (one Dagster run)...", flush=True)
-        if not run_job(settings, TRAIN_MODELS, ops=windows):
-            print("training failed; open the UI (`skiff ui`) and look at the run's logs")
-            return 1
-        if _published(settings, "conversion"):
-            print(f"scoring {first} .. {last} with the champion (one Dagster run)...", flush=True)
-            if not run_job(settings, SCORE_DAYS, first, last):
-                print("scoring failed; open the UI (`skiff ui`) and look at the run's logs")
-                return 1
-        else:
-            print("no conversion champion yet (its gates did not pass): scoring skipped")
+    elif not _demo_models(args, settings, result.days):
+        print("a run failed; open the UI (`skiff ui`) and look at the run's logs")
+        return 1
     print()
     print(summarize(settings))
     for problem in ("conversion", "recommender"):
@@ -330,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(demo, days=21, sessions=5000)
     demo.add_argument(
         "--skip-models", action="store_true", help="stop after the marts (no training)"
+    )
+    demo.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="print the retraining the drift sensor requests instead of running it",
     )
     demo.set_defaults(func=cmd_demo)
 

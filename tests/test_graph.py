@@ -17,6 +17,8 @@ from ml.synthetic import GeneratorConfig, generate
 from orchestration.definitions import (
     DAILY_REFRESH,
     DATA_GROUPS,
+    MONITOR_DAYS,
+    NIGHTLY,
     SCORE_DAYS,
     TRAIN_MODELS,
     build_definitions,
@@ -53,6 +55,11 @@ EXPECTED_ASSETS = {
     ("recommendation", "recommender_evaluation"),
     ("recommendation", "recommender_champion"),
     ("recommendation", "recommender_next_items"),
+    ("monitoring", "conversion_feature_drift"),
+    ("monitoring", "conversion_prediction_drift"),
+    ("monitoring", "conversion_quality"),
+    ("monitoring", "recommender_monitoring"),
+    ("experiments", "experiment_results"),
 }
 
 
@@ -79,9 +86,46 @@ def test_graph_snapshot(settings):
         ("sessions", "assert_sessions_n_events_match_events"),
         ("sessions", "assert_session_events_on_session_day"),
     }
-    assert [job.name for job in defs.jobs] == [DAILY_REFRESH, TRAIN_MODELS, SCORE_DAYS]
+    assert [job.name for job in defs.jobs] == [
+        DAILY_REFRESH,
+        TRAIN_MODELS,
+        SCORE_DAYS,
+        MONITOR_DAYS,
+        NIGHTLY,
+        "retrain_conversion",
+        "retrain_recommender",
+    ]
     assert {k.to_user_string() for k in _job_keys(defs, SCORE_DAYS)} == {"conversion_predictions"}
     assert {graph.get(k).group_name for k in _job_keys(defs, DAILY_REFRESH)} == set(DATA_GROUPS)
+    # the nightly run: one day from landing files to monitoring, nothing trained
+    nightly = {graph.get(k).group_name for k in _job_keys(defs, NIGHTLY)}
+    assert nightly == {*DATA_GROUPS, "conversion", "monitoring"}
+    assert {
+        k.to_user_string()
+        for k in _job_keys(defs, NIGHTLY)
+        if graph.get(k).group_name == "conversion"
+    } == {"conversion_predictions"}
+    assert {graph.get(k).group_name for k in _job_keys(defs, "retrain_recommender")} == {
+        "recommendation"
+    }
+    assert [s.name for s in defs.schedules] == ["nightly"]
+    assert sorted(s.name for s in defs.sensors) == [
+        "drift_retrain_sensor",
+        "landing_sensor",
+        "run_failure_alert",
+    ]
+    # freshness expectations on the marts and the predictions, nowhere else
+    fresh = {
+        k.to_user_string()
+        for k in graph.materializable_asset_keys
+        if graph.get(k).freshness_policy is not None
+    }
+    assert fresh == {
+        "sessions",
+        "conversion_examples",
+        "session_sequences",
+        "conversion_predictions",
+    }
 
 
 def _job_keys(defs, name: str) -> set:

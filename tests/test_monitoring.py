@@ -9,7 +9,6 @@ import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ from dagster import (
 )
 
 from ml.monitoring import data_drift, drift_episode, grade
+from ml.recommend.behavior import GATES
 from ml.registry import Registry
 from ml.synthetic import GeneratorConfig, generate
 from orchestration.assets.monitoring import FEATURE_DRIFT, RECOMMENDER, WATCHES
@@ -35,12 +35,14 @@ from orchestration.definitions import (
     build_definitions,
 )
 from orchestration.schedules import previous_day
+from orchestration.sensors import RUN_KEY_TAG
 from skiff.cli import run_days
-from skiff.settings import load_settings
+from skiff.settings import ensure_home, load_settings
 
 START = dt.date(2026, 1, 5)
 # Small models: the test is about the loop, not about model quality.
 SMALL_MODELS = {
+    "conversion_model_hgb": {"max_iter": 20},
     "conversion_model_gru": {"epochs": 1, "hidden": 8},
     "conversion_evaluation": {"pr_auc_margin": -1.0, "max_calibration_error": 1.0},
     "recommender_candidate_gru": {"params_json": json.dumps({"epochs": 2})},
@@ -86,8 +88,8 @@ def _sensor_requests(defs, name: str = "drift_retrain_sensor"):
     return result.run_requests or []
 
 
-def _severities(day: dt.date) -> dict[str, str]:
-    """The severity each monitoring asset recorded for `day` (its latest materialization)."""
+def _recorded(day: dt.date) -> dict[str, dict]:
+    """What each monitoring asset recorded for `day` (its latest materialization's metadata)."""
     out = {}
     with DagsterInstance.get() as instance:
         for name in WATCHES:
@@ -96,8 +98,13 @@ def _severities(day: dt.date) -> dict[str, str]:
                 limit=1,
             ).records
             if records:
-                out[name] = records[0].asset_materialization.metadata["severity"].value
+                metadata = records[0].asset_materialization.metadata
+                out[name] = {key: value.value for key, value in metadata.items()}
     return out
+
+
+def _severities(day: dt.date) -> dict[str, str]:
+    return {name: metadata["severity"] for name, metadata in _recorded(day).items()}
 
 
 # --- pure rules -------------------------------------------------------------------------------
@@ -270,45 +277,106 @@ def test_run_failure_alert_logs_and_posts_to_webhook(settings, monkeypatch, capl
 
 # --- the loop ---------------------------------------------------------------------------------
 
+# 17 days: two stable weeks, in which the champions train on days 0..7 and days 8..13 are
+# monitored one by one (the false-alarm test); the world drifts from day 14 on and days 14..16
+# run through the nightly schedule's runs (the scenario test). One world for both keeps the
+# suite short.
+WORLD = _days(START, 17)
+DRIFT_FROM = WORLD[14]
+STABLE = WORLD[8:14]
+DRIFTED = WORLD[14:]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A SKIFF_HOME with the champions trained and the two stable weeks monitored, with the
+    drift sensor's requests after each monitored day."""
+    home = tmp_path_factory.mktemp("world") / "skiff"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKIFF_HOME", str(home))
+        patch.setenv("SKIFF_ENV", "local")
+        for name in ("DAGSTER_HOME", "SKIFF_DAGSTER_HOME", "SKIFF_ARTIFACTS_URL", "SKIFF_TIMEZONE"):
+            patch.delenv(name, raising=False)
+        settings = ensure_home(load_settings())
+        generate(
+            settings.landing,
+            GeneratorConfig(
+                days=len(WORLD), sessions_per_day=1000, seed=11, start=START, drift_from=DRIFT_FROM
+            ),
+        )
+        defs = build_definitions(settings)
+        assert run_days(settings, WORLD[0], STABLE[-1])
+        _train(defs, test_day=WORLD[7], train_days=5)
+        _execute(
+            defs,
+            SCORE_DAYS,
+            {},
+            tags={
+                "dagster/asset_partition_range_start": STABLE[0].isoformat(),
+                "dagster/asset_partition_range_end": STABLE[-1].isoformat(),
+            },
+        )
+        stable_requests = {}
+        for day in STABLE:
+            _execute(defs, MONITOR_DAYS, {}, partition_key=day.isoformat())
+            stable_requests[day] = _sensor_requests(defs)
+        yield settings, defs, stable_requests
+
 
 @pytest.mark.slow
-def test_drift_scenario_requests_exactly_one_retraining(settings):
-    """13 days, drift from day 10: the champion is trained on days 0..7; days 8..12 run
-    through the nightly job one by one with the drift sensor evaluated after each."""
-    days = _days(START, 13)
-    drift_day = days[10]
-    generate(
-        settings.landing,
-        GeneratorConfig(days=13, sessions_per_day=1000, seed=11, start=START, drift_from=drift_day),
-    )
-    defs = build_definitions(settings)
-    assert run_days(settings, days[0], days[7])
-    _train(defs, test_day=days[7], train_days=5)
+def test_stable_weeks_raise_no_false_alarm(world):
+    settings, _, stable_requests = world
+    assert all(not requests for requests in stable_requests.values()), stable_requests
+    errors = {d: s for d in STABLE if "error" in (s := _severities(d)).values()}
+    assert not errors
+    assert set(_severities(STABLE[-1])) == set(WATCHES)  # every asset graded every day
+    html = settings.reports / "monitoring" / FEATURE_DRIFT / f"{STABLE[-1]}.html"
+    assert html.stat().st_size > 100_000  # the self-contained Evidently report
+
+
+@pytest.mark.slow
+def test_drift_scenario_requests_exactly_one_retraining(world):
+    settings, defs, stable_requests = world
     registry = Registry(settings.registry)
     champion_before = registry.role("recommender", "champion")
     conversion_before = registry.role("conversion", "champion")
     assert champion_before is not None and conversion_before is not None
 
-    requested: dict[dt.date, list] = {}
-    for day in days[8:]:
-        _execute(defs, NIGHTLY, {}, partition_key=day.isoformat())
+    # the drifted days arrive one by one: each night the schedule's run, then the sensor
+    schedule = defs.resolve_schedule_def("nightly")
+    requested: dict[dt.date, list] = dict(stable_requests)
+    for day in DRIFTED:
+        tick = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(3), tzinfo=dt.UTC)
+        with DagsterInstance.get() as instance:
+            (run,) = schedule.evaluate_tick(
+                build_schedule_context(
+                    instance=instance,
+                    scheduled_execution_time=tick,
+                    repository_def=defs.get_repository_def(),
+                )
+            ).run_requests
+        assert run.partition_key == day.isoformat()
+        _execute(defs, NIGHTLY, {}, partition_key=run.partition_key, tags=run.tags)
         requested[day] = _sensor_requests(defs)
-    severities = {day: _severities(day) for day in days[8:]}
-    # drift is found on the right day: the first day any monitoring asset is not ok
-    flagged = [d for d in days[8:] if any(s != "ok" for s in severities[d].values())]
-    assert flagged and flagged[0] == drift_day, severities
-    assert severities[drift_day][RECOMMENDER] == "error"
-    assert severities[drift_day][FEATURE_DRIFT] in ("warn", "error")  # category mix moved
+    severities = {day: _severities(day) for day in WORLD[8:]}
+    # drift is found on the right day: the first day at ERROR, in every drifted day's inputs
+    flagged = [d for d in WORLD[8:] if "error" in severities[d].values()]
+    assert flagged == DRIFTED, severities
+    assert severities[DRIFT_FROM][RECOMMENDER] == "error"
+    for day in DRIFTED:
+        inputs = _recorded(day)[FEATURE_DRIFT]
+        assert inputs["severity"] != "ok" and inputs["most_drifted_column"] == "category_top"
     # exactly one retraining, requested when the episode reached three days
-    assert [d for d, r in requested.items() if r] == [days[12]], requested
-    (request,) = requested[days[12]]
+    assert [d for d, r in requested.items() if r] == [DRIFTED[2]], requested
+    (request,) = requested[DRIFTED[2]]
     assert request.job_name == "retrain_recommender"
-    assert request.run_key == f"drift-recommender-{drift_day}"
-    assert request.tags["skiff/drift_first_day"] == drift_day.isoformat()
-    assert request.tags["skiff/drift_day"] == days[12].isoformat()
+    assert request.run_key == f"drift-recommender-{DRIFT_FROM}"
+    assert request.tags["skiff/drift_first_day"] == DRIFT_FROM.isoformat()
+    assert request.tags["skiff/drift_day"] == DRIFTED[2].isoformat()
+    assert request.tags["skiff/drift_asset"] == RECOMMENDER
     assert "unseen_requests=" in request.tags["skiff/drift_scores"]
     window = request.run_config["ops"]["recommender_training_set"]["config"]
-    assert window["end_day"] == days[12].isoformat()
+    assert window["end_day"] == DRIFTED[2].isoformat()
 
     # run it as the daemon would, tagged with its run key
     run_config = {"ops": {**request.run_config["ops"]}}
@@ -316,23 +384,18 @@ def test_drift_scenario_requests_exactly_one_retraining(settings):
         "config": SMALL_MODELS["recommender_candidate_gru"]
     }
     result = _execute(
-        defs,
-        request.job_name,
-        run_config,
-        tags={**request.tags, "dagster/run_key": request.run_key},
+        defs, request.job_name, run_config, tags={**request.tags, RUN_KEY_TAG: request.run_key}
     )
     newest = registry.versions("recommender")[-1]
     assert newest.version != champion_before.version
     # the new candidates are trained on a window that includes post-drift days
-    assert dt.date.fromisoformat(newest.training_window["train_end"]) >= drift_day
+    assert dt.date.fromisoformat(newest.training_window["train_end"]) >= DRIFT_FROM
     # the champion changes only through the gates
     checks = {
         e.check_name: e.passed
         for e in result.get_asset_check_evaluations()
         if e.asset_key == AssetKey("recommender_evaluation")
     }
-    from ml.recommend.behavior import GATES
-
     gates_passed = all(checks[name] for name, gate in GATES.items() if gate.gating)
     champion_after = registry.role("recommender", "champion")
     if champion_after.version != champion_before.version:
@@ -340,30 +403,6 @@ def test_drift_scenario_requests_exactly_one_retraining(settings):
     if not gates_passed:
         assert champion_after.version == champion_before.version
     assert registry.role("conversion", "champion").version == conversion_before.version
-    # the same episode is never requested again
+    # the same episode is never requested again, even when its last day is monitored again
+    _execute(defs, MONITOR_DAYS, {}, partition_key=DRIFTED[2].isoformat())
     assert _sensor_requests(defs) == []
-
-
-@pytest.mark.slow
-def test_stable_weeks_raise_no_false_alarm(settings):
-    days = _days(START, 14)
-    generate(settings.landing, GeneratorConfig(days=14, sessions_per_day=1000, seed=5, start=START))
-    defs = build_definitions(settings)
-    assert run_days(settings, days[0], days[-1])
-    _train(defs, test_day=days[6], train_days=4)
-    _execute(
-        defs,
-        SCORE_DAYS,
-        {},
-        tags={
-            "dagster/asset_partition_range_start": days[7].isoformat(),
-            "dagster/asset_partition_range_end": days[-1].isoformat(),
-        },
-    )
-    for day in days[7:]:
-        _execute(defs, MONITOR_DAYS, {}, partition_key=day.isoformat())
-    errors = {d: s for d in days[7:] if "error" in (s := _severities(d)).values()}
-    assert not errors
-    assert _sensor_requests(defs) == []
-    report = Path(settings.reports / "monitoring" / FEATURE_DRIFT / f"{days[-1]}.html")
-    assert report.exists()
