@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -267,6 +268,15 @@ def start_server(home: Path, log: Path) -> tuple[str, subprocess.Popen]:
     raise SystemExit(f"the server did not get ready:\n{log.read_text()[-3000:]}")
 
 
+def measured(server: psutil.Process, *run) -> dict:
+    """`load(*run)`'s summary, with the server's CPU time per request and the load average at
+    the end: a busy machine slows every request, a slow server costs CPU."""
+    before = sum(server.cpu_times()[:2])
+    result = summary(load(*run))
+    spent = sum(server.cpu_times()[:2]) - before
+    return {**result, "server_cpu_ms": spent * 1000 / max(result["requests"], 1), "load": loadavg()}
+
+
 def server_errors(url: str) -> int:
     """5xx answers the server counted over the whole run (its /metrics)."""
     text = httpx.get(f"{url}/metrics").text
@@ -305,18 +315,19 @@ def main() -> None:
             flush=True,
         )
         url, proc = start_server(home, Path(tmp) / "server.log")
+        server = psutil.Process(proc.pid)
         try:
             load("closed", url, requests["noop"], 8, 1)  # warm-up
             rows = []
             for concurrency in (1, 8, 32):
                 floor = None
                 for name in ("noop", "recommendations", "conversion", "products", "feedback"):
-                    s = summary(load("closed", url, requests[name], concurrency, args.seconds))
+                    s = measured(server, "closed", url, requests[name], concurrency, args.seconds)
                     floor = floor or s["rps"]
                     rows.append((name, concurrency, s, s["rps"] / floor))
                     print(f"  {name} c={concurrency}: {s}", flush=True)
             opened = {
-                name: summary(load("open", url, requests[name], args.rate, args.open_seconds))
+                name: measured(server, "open", url, requests[name], args.rate, args.open_seconds)
                 for name in ("recommendations", "conversion")
             }
             soak = soak_with_reload(url, requests, state, args)
@@ -360,22 +371,27 @@ def soak_with_reload(url: str, requests: dict, state: dict, args) -> dict:
 def report(rows: list, opened: dict, soak: dict, args, server_log: str) -> None:
     print(f"\nload average after: {loadavg()} (2 cores)\n")
     print(
-        "| endpoint | concurrency | requests | req/s | ratio to no-op | p50 ms | p99 ms | errors |"
+        "| endpoint | concurrency | requests | req/s | ratio to no-op | p50 ms | p99 ms "
+        "| server CPU ms/req | errors |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, concurrency, s, ratio in rows:
         print(
             f"| {name} | {concurrency} | {s['requests']:,} | {s['rps']:,.0f} | {ratio:.2f} "
-            f"| {s['p50']:.2f} | {s['p99']:.2f} | {s['errors']} |"
+            f"| {s['p50']:.2f} | {s['p99']:.2f} | {s['server_cpu_ms']:.2f} | {s['errors']} |"
         )
     print(f"\nOpen loop at {args.rate:.0f} req/s for {args.open_seconds:.0f} s each:\n")
-    print("| endpoint | requests | achieved req/s | p50 ms | p99 ms | target p99 | met | errors |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    print(
+        "| endpoint | requests | achieved req/s | p50 ms | p99 ms | target p99 | met "
+        "| server CPU ms/req | load average | errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---:|---|---:|")
     for name, s in opened.items():
         target = TARGETS_MS[name]
         print(
             f"| {name} | {s['requests']:,} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} "
-            f"| < {target:.0f} ms | {'yes' if s['p99'] < target else 'NO'} | {s['errors']} |"
+            f"| < {target:.0f} ms | {'yes' if s['p99'] < target else 'NO'} "
+            f"| {s['server_cpu_ms']:.2f} | {s['load']} | {s['errors']} |"
         )
     reloads = server_log.count("loaded recommender champion")
     print(
