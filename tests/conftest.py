@@ -13,6 +13,15 @@ from ml import contract
 from skiff.settings import Settings, ensure_home, load_settings
 
 DAY = dt.date(2026, 1, 5)
+# A developer's own automation settings must not leak into the tests' instances.
+AUTOMATION_VARIABLES = (
+    "SKIFF_TIMEZONE",
+    "SKIFF_NIGHTLY_CRON",
+    "SKIFF_DRIFT_PERSISTENCE_DAYS",
+    "SKIFF_RETRAIN_TRAIN_DAYS",
+    "SKIFF_ALERT_WEBHOOK_URL",
+    "SKIFF_SERVE_URL",
+)
 
 
 @pytest.fixture
@@ -26,6 +35,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         "DAGSTER_HOME",
         "SKIFF_DAGSTER_HOME",
         "SKIFF_ARTIFACTS_URL",
+        *AUTOMATION_VARIABLES,
     )
     for name in cleared:
         monkeypatch.delenv(name, raising=False)

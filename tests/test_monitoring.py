@@ -38,6 +38,7 @@ from orchestration.schedules import previous_day
 from orchestration.sensors import RUN_KEY_TAG
 from skiff.cli import run_days
 from skiff.settings import ensure_home, load_settings
+from tests.conftest import AUTOMATION_VARIABLES
 
 START = dt.date(2026, 1, 5)
 # Small models: the test is about the loop, not about model quality.
@@ -295,7 +296,8 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SKIFF_HOME", str(home))
         patch.setenv("SKIFF_ENV", "local")
-        for name in ("DAGSTER_HOME", "SKIFF_DAGSTER_HOME", "SKIFF_ARTIFACTS_URL", "SKIFF_TIMEZONE"):
+        cleared = ("DAGSTER_HOME", "SKIFF_DAGSTER_HOME", "SKIFF_ARTIFACTS_URL")
+        for name in (*cleared, *AUTOMATION_VARIABLES):
             patch.delenv(name, raising=False)
         settings = ensure_home(load_settings())
         generate(
@@ -330,8 +332,27 @@ def test_stable_weeks_raise_no_false_alarm(world):
     errors = {d: s for d in STABLE if "error" in (s := _severities(d)).values()}
     assert not errors
     assert set(_severities(STABLE[-1])) == set(WATCHES)  # every asset graded every day
-    html = settings.reports / "monitoring" / FEATURE_DRIFT / f"{STABLE[-1]}.html"
-    assert html.stat().st_size > 100_000  # the self-contained Evidently report
+    day = STABLE[-1]
+    for name, metadata in _recorded(day).items():
+        # the full report is saved, and linked from the materialization for the UI
+        html = settings.reports / "monitoring" / name / f"{day}.html"
+        assert html.stat().st_size > 100_000  # self-contained Evidently HTML
+        assert metadata["report_path"] == str(html)
+        assert metadata["report"] == f"http://127.0.0.1:8000/reports/monitoring/{name}/{day}.html"
+        # what the Plots tab draws are numbers, not text
+        assert isinstance(metadata["severity_level"], int)
+    numbers = {
+        FEATURE_DRIFT: ("drift_share", "drifted_columns", "max_column_score"),
+        RECOMMENDER: ("hr_at_20", "mrr_at_20", "unseen_request_share", "popularity_bias"),
+        "conversion_quality": ("roc_auc", "calibration_ratio", "observed_rate"),
+        "conversion_prediction_drift": ("drift_score", "mean_probability"),
+    }
+    recorded = _recorded(day)
+    for name, keys in numbers.items():
+        for key in keys:
+            value = recorded[name][key]
+            assert isinstance(value, int | float) and value == value, (name, key, value)
+    assert "| `" in recorded[FEATURE_DRIFT]["most_drifted"]  # the markdown table of columns
 
 
 @pytest.mark.slow

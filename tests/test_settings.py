@@ -14,7 +14,33 @@ def test_everything_lives_under_skiff_home(settings):
     assert settings.warehouse_path.parent == settings.home
     config = yaml.safe_load((settings.dagster_home / "dagster.yaml").read_text())
     assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert config["freshness"]["enabled"] is True  # freshness policies shown in the UI
     ensure_home(settings)  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SKIFF_TIMEZONE", "Mars/Olympus", "is not an IANA time zone"),
+        ("SKIFF_NIGHTLY_CRON", "at three", "is not a five-field cron"),
+        ("SKIFF_DRIFT_PERSISTENCE_DAYS", "0", "at least 1"),
+        ("SKIFF_RETRAIN_TRAIN_DAYS", "two weeks", "at least 1"),
+    ],
+)
+def test_automation_settings_are_checked_at_start(settings, monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_settings()
+    assert name in str(err.value)
+
+
+def test_automation_settings_from_the_environment(settings, monkeypatch):
+    monkeypatch.setenv("SKIFF_TIMEZONE", "Europe/Berlin")
+    monkeypatch.setenv("SKIFF_NIGHTLY_CRON", "30 4 * * *")
+    monkeypatch.setenv("SKIFF_DRIFT_PERSISTENCE_DAYS", "2")
+    automation = load_settings().automation
+    assert (automation.timezone, automation.nightly_cron) == ("Europe/Berlin", "30 4 * * *")
+    assert automation.drift_persistence_days == 2 and automation.retrain_train_days == 14
 
 
 def test_prod_without_credentials_lists_what_is_missing(monkeypatch):
