@@ -275,8 +275,9 @@ def failure_message(context: RunFailureSensorContext) -> str:
         else str(event.step_key)
         for event in context.get_step_failure_events()
     ]
-    days = run.tags.get("dagster/partition") or "-".join(
-        v for k, v in sorted(run.tags.items()) if k.startswith("dagster/asset_partition_range")
+    first = run.tags.get("dagster/asset_partition_range_start")
+    days = run.tags.get("dagster/partition") or (
+        f"{first} .. {run.tags.get('dagster/asset_partition_range_end')}" if first else ""
     )
     lines = [
         f"Skiff run FAILED: job {run.job_name}, run {run.run_id}"
