@@ -98,12 +98,19 @@ class Warehouse(ConfigurableResource):
         schema = schema or self.schema_name
         setup = [f"create schema if not exists {schema}", _ddl(schema, table, columns)]
         delete = f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})"
-        self._replace(setup, delete, schema, table, frame[list(columns)])
+        self._replace(setup, delete, schema, table, frame[list(columns)], columns)
 
     def _replace(
-        self, setup: list[str], delete: str, schema: str, table: str, frame: pd.DataFrame
+        self,
+        setup: list[str],
+        delete: str,
+        schema: str,
+        table: str,
+        frame: pd.DataFrame,
+        columns: dict[str, str],
     ) -> None:
-        """Run `setup`; then, in one transaction, `delete` and append `frame`."""
+        """Run `setup`; then, in one transaction, `delete` and append `frame` (its columns'
+        portable SQL types in `columns`)."""
         raise NotImplementedError
 
     def query(self, sql: str) -> pd.DataFrame:
@@ -134,7 +141,13 @@ class DuckDBWarehouse(Warehouse):
         return duckdb.connect(self.path)
 
     def _replace(
-        self, setup: list[str], delete: str, schema: str, table: str, frame: pd.DataFrame
+        self,
+        setup: list[str],
+        delete: str,
+        schema: str,
+        table: str,
+        frame: pd.DataFrame,
+        columns: dict[str, str],
     ) -> None:
         names = ", ".join(frame.columns)
         with self._connect() as con:
@@ -196,7 +209,13 @@ class SnowflakeWarehouse(Warehouse):
         )
 
     def _replace(
-        self, setup: list[str], delete: str, schema: str, table: str, frame: pd.DataFrame
+        self,
+        setup: list[str],
+        delete: str,
+        schema: str,
+        table: str,
+        frame: pd.DataFrame,
+        columns: dict[str, str],
     ) -> None:
         with self._resource().get_connection() as con:
             cur = con.cursor()
@@ -205,18 +224,22 @@ class SnowflakeWarehouse(Warehouse):
             cur.execute("begin")
             cur.execute(delete)
             if len(frame):
-                self._load(con, schema, table, frame)
+                self._load(con, schema, table, frame, columns)
             cur.execute("commit")
 
-    def _load(self, con, schema: str, table: str, frame: pd.DataFrame) -> None:
+    def _load(
+        self, con, schema: str, table: str, frame: pd.DataFrame, columns: dict[str, str]
+    ) -> None:
         if self.load_method == "write_pandas":
             from snowflake.connector.pandas_tools import write_pandas
 
+            dates = [name for name, kind in columns.items() if kind == "date"]
+            frame = frame.assign(**{name: _bindable(frame[name], "date") for name in dates})
             write_pandas(con, frame.rename(columns=str.upper), table.upper(), schema=schema.upper())
             return
         names = ", ".join(frame.columns)
         marks = ", ".join(["%s"] * len(frame.columns))
-        rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+        rows = zip(*(_bindable(frame[name], columns[name]) for name in frame.columns), strict=True)
         batch: list[tuple] = []
         for row in rows:
             batch.append(row)
@@ -232,8 +255,48 @@ class SnowflakeWarehouse(Warehouse):
 
     def query(self, sql: str) -> pd.DataFrame:
         with self._resource().get_connection() as con:
-            frame = con.cursor().execute(sql).fetch_pandas_all()
+            cursor = con.cursor().execute(sql)
+            return _like_duckdb(cursor.fetch_pandas_all(), cursor.description)
+
+
+def _bindable(values: pd.Series, kind: str) -> list:
+    """A column as the Python values the Snowflake connector binds: `datetime.date` for a date
+    column (whether the frame holds dates, datetime64 or ISO text), `datetime.datetime` for a
+    timestamp column (it cannot bind pandas' Timestamp), None for every kind of null."""
+    if kind == "date":
+        return [None if pd.isna(v) else v.date() for v in pd.to_datetime(values)]
+    if kind.startswith("timestamp"):
+        return [None if pd.isna(v) else v.to_pydatetime() for v in pd.to_datetime(values)]
+    return [None if pd.isna(v) else v for v in values.astype(object)]
+
+
+def _like_duckdb(frame: pd.DataFrame, description: Sequence[Any]) -> pd.DataFrame:
+    """`fetch_pandas_all`'s frame with the names and dtypes DuckDB's `fetchdf` gives for the
+    same columns, so Python assets see one kind of frame whatever the warehouse.
+
+    The connector returns upper-case names, DATE as `datetime.date` objects, whole NUMBER
+    columns with nulls as float64, NUMBER with a scale as `Decimal` objects and BOOLEAN with
+    nulls as objects; DuckDB gives lower-case names, datetime64, nullable integers, float64 and
+    nullable booleans.
+    """
+    from snowflake.connector.constants import FIELD_ID_TO_NAME
+
+    columns = []
+    for position, meta in enumerate(description):
+        values = frame.iloc[:, position]
+        kind = FIELD_ID_TO_NAME[meta.type_code]
+        if kind == "DATE" or (kind.startswith("TIMESTAMP") and values.dtype == object):
+            values = pd.to_datetime(values)
+        elif kind == "FIXED" and meta.scale:
+            values = values.astype("float64")
+        elif kind == "FIXED" and not pd.api.types.is_integer_dtype(values.dtype):
+            values = values.astype("Int64")
+        elif kind == "BOOLEAN" and values.dtype == object:
+            values = values.astype("boolean")
+        columns.append(values.rename(meta.name.lower()))
+    if not columns:
         return frame.rename(columns=str.lower)
+    return pd.concat(columns, axis=1)
 
 
 def build_warehouse(settings: Settings) -> Warehouse:
