@@ -2,11 +2,12 @@
 
 For each size (events in the monitored day) a fresh process generates two reference days and
 the day, builds the conversion examples (the pandas twin of the mart), fits the champions'
-stand-ins on the reference days (logistic regression, session-kNN), then times what the four
-monitoring assets compute for the day: model inputs of every prefix (sampled to 30k, whole
-sessions), the input drift report, the score and label drift, the recommender on the day's
-sessions and its drift, each HTML report written. Warehouse reads are not included (they are
-the same `select ... where session_day = ...` a nightly run does anyway). The floor is
+stand-ins on the reference days (logistic regression, session-kNN) and scores the day (what
+`conversion_predictions` holds before monitoring runs), then times what the four monitoring
+assets compute for the day: model inputs of every prefix (sampled to 20k, whole sessions), the
+input drift report, the score and label drift with the day's quality, the recommender on the
+day's sessions and its drift, each HTML report written. Warehouse reads are not included (the
+same `select ... where session_day = ...` a nightly run does anyway). The floor is
 Evidently's `DataDriftPreset` run directly on the very frames our code hands it, without
 writing HTML. Example:
 
@@ -47,7 +48,8 @@ def _run(events: int, queue: mp.Queue) -> None:
         generate(Path(tmp), GeneratorConfig(days=3, sessions_per_day=sessions, write_truth=False))
         reference_examples = dataset.examples_from_landing(Path(tmp), days[:2])
         day_examples = dataset.examples_from_landing(Path(tmp), days[2:])
-        day_events = sum(1 for _ in open(Path(tmp) / days[2].isoformat() / "browsing_events.csv"))
+        day_file = Path(tmp) / days[2].isoformat() / "browsing_events.csv"
+        day_events = day_file.read_bytes().count(b"\n") - 1  # the header
 
         def sequences(examples: pd.DataFrame) -> list[list[str]]:
             views = examples[examples["product_action"] == "detail"]
@@ -56,7 +58,7 @@ def _run(events: int, queue: mp.Queue) -> None:
 
         # the champions' stand-ins and the references (cached per version in production)
         began = time.perf_counter()
-        ref_batch = features.batch_from_frame(mon.sample_sessions(reference_examples, 30_000))
+        ref_batch = features.batch_from_frame(mon.sample_sessions(reference_examples, 20_000))
         model = models.make_model("logistic").fit(ref_batch, dataset.labels(ref_batch.events))
         reference = mon.conversion_inputs(ref_batch)
         reference["purchase_probability"] = model.predict_proba(ref_batch)
@@ -74,19 +76,21 @@ def _run(events: int, queue: mp.Queue) -> None:
         ).points
         reference_seconds = time.perf_counter() - began
 
-        # one day's monitoring, as the assets compute it
+        # the day's scores: conversion_predictions has them before monitoring runs
+        full_batch = features.batch_from_frame(day_examples)
+        scored = mon.conversion_inputs(full_batch)[["session_key", "will_purchase"]]
+        scored["purchase_probability"] = model.predict_proba(full_batch)
+
+        # one day's monitoring, as the four assets compute it
         out = Path(tmp) / "reports"
         numerical = [*mon.monitored_features(), *mon.NUMERICAL_EXTRA]
         began = time.perf_counter()
-        batch = features.batch_from_frame(mon.sample_sessions(day_examples, 30_000))
+        batch = features.batch_from_frame(mon.sample_sessions(day_examples, 20_000))
         current = mon.conversion_inputs(batch)
         feature_drift = mon.data_drift(
             reference, current, numerical=numerical, categorical=mon.CATEGORICAL_INPUTS
         )
         feature_drift.save_html(out / "features.html")
-        full_batch = features.batch_from_frame(day_examples)
-        scored = mon.conversion_inputs(full_batch)
-        scored["purchase_probability"] = model.predict_proba(full_batch)
         mon.data_drift(reference, scored, numerical=["purchase_probability"]).save_html(
             out / "scores.html"
         )
@@ -124,7 +128,7 @@ def _run(events: int, queue: mp.Queue) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(
         {
-            "events": day_events - 1,
+            "events": day_events,
             "prefixes": len(day_examples),
             "ours": ours,
             "floor": floor,

@@ -23,6 +23,7 @@ References are computed once per model version and cached under
 """
 
 import datetime as dt
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,11 +128,14 @@ class RecommenderMonitoringConfig(Config):
         default=0.10, description="WARN when HR@20 is this fraction below the champion's test HR."
     )
     error_hr_drop: float = Field(default=0.25, description="ERROR past this relative HR drop.")
-    warn_unseen_share: float = Field(
-        default=0.2,
-        description="WARN when this share of requests ends on an item the model never saw.",
+    warn_unseen_increase: float = Field(
+        default=0.1,
+        description="WARN when the share of requests ending on an item the model never saw is "
+        "this much above its share on the champion's test days (0.1 = 10 points).",
     )
-    error_unseen_share: float = Field(default=0.3, description="ERROR past this unseen share.")
+    error_unseen_increase: float = Field(
+        default=0.2, description="ERROR past this increase of the unseen share."
+    )
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -593,7 +597,8 @@ def build_recommender_monitoring_asset(settings: Settings, partitions: Partition
                 "unseen_requests",
                 asset=RECOMMENDER,
                 description="Share of requests whose last item the champion never saw: WARN "
-                "past warn_unseen_share, ERROR past error_unseen_share.",
+                "past warn_unseen_increase above its share on the champion's test days, ERROR "
+                "past error_unseen_increase.",
             ),
         ],
         description="The published recommender on the day's sessions (t+1 from 1..t): HR@20, "
@@ -629,14 +634,19 @@ def build_recommender_monitoring_asset(settings: Settings, partitions: Partition
             return recommender_day(sessions, model.recommend_batch, known, popularity)
 
         today = measure(day, day)
+        # the champion on its own test days: the baseline of the shares and the distributions
         path = reference_dir(settings) / f"recommender-{manifest.version}.parquet"
-        if path.exists():
+        baseline_path = path.with_suffix(".json")
+        if path.exists() and baseline_path.exists():
             reference = pd.read_parquet(path)
+            baseline = json.loads(baseline_path.read_text())
         else:
             window = manifest.extra["test_window"]
-            reference = measure(window["start"], window["end"]).points
+            measured = measure(window["start"], window["end"])
+            reference, baseline = measured.points, measured.metrics
             path.parent.mkdir(parents=True, exist_ok=True)
             reference.to_parquet(path, index=False)
+            baseline_path.write_text(json.dumps(baseline))
         drift = data_drift(
             reference,
             today.points,
@@ -648,8 +658,9 @@ def build_recommender_monitoring_asset(settings: Settings, partitions: Partition
         test_hr = float(manifest.metrics["hr_at_20"])
         hr_drop = 1 - m["hr_at_20"] / test_hr if test_hr > 0 else math.nan
         hr_severity = grade(hr_drop, config.warn_hr_drop, config.error_hr_drop)
+        unseen_increase = m["unseen_request_share"] - baseline["unseen_request_share"]
         unseen_severity = grade(
-            m["unseen_request_share"], config.warn_unseen_share, config.error_unseen_share
+            unseen_increase, config.warn_unseen_increase, config.error_unseen_increase
         )
         severity = worst(hr_severity, unseen_severity)
         context.log.info(
@@ -664,11 +675,13 @@ def build_recommender_monitoring_asset(settings: Settings, partitions: Partition
                     html,
                     {
                         "hr_drop": (hr_severity, hr_drop),
-                        "unseen_requests": (unseen_severity, m["unseen_request_share"]),
+                        "unseen_requests": (unseen_severity, unseen_increase),
                     },
                 ),
                 **{k: float(v) for k, v in m.items()},
                 "test_hr_at_20": test_hr,
+                "reference_unseen_request_share": float(baseline["unseen_request_share"]),
+                "unseen_increase": float(unseen_increase),
                 "hr_drop": float(hr_drop),
                 "drift_share": float(drift.drift_share),
                 "drifted_columns": drift.n_drifted,
@@ -688,9 +701,12 @@ def build_recommender_monitoring_asset(settings: Settings, partitions: Partition
             RECOMMENDER,
             "unseen_requests",
             unseen_severity,
-            f"{m['unseen_request_share']:.1%} of requests end on an item the champion never saw "
-            f"(warn > {config.warn_unseen_share:.0%}, error > {config.error_unseen_share:.0%})",
+            f"{m['unseen_request_share']:.1%} of requests end on an item the champion never saw, "
+            f"against {baseline['unseen_request_share']:.1%} on its test days (increase "
+            f"{unseen_increase:+.1%}; warn > {config.warn_unseen_increase:.0%}, error > "
+            f"{config.error_unseen_increase:.0%})",
             unseen_request_share=float(m["unseen_request_share"]),
+            unseen_increase=float(unseen_increase),
         )
 
     return recommender_monitoring
