@@ -63,12 +63,6 @@ WATCHES: dict[str, str] = {
 }
 # Prefixes of a training window kept as the reference (whole sessions, seeded sample).
 REFERENCE_ROWS = 20_000
-CHECKS: dict[str, tuple[str, ...]] = {
-    FEATURE_DRIFT: ("feature_drift",),
-    PREDICTION_DRIFT: ("prediction_drift",),
-    QUALITY: ("auc_drop", "calibration"),
-    RECOMMENDER: ("hr_drop", "unseen_requests"),
-}
 
 
 # --- configuration: the thresholds ------------------------------------------------------------
@@ -267,23 +261,40 @@ def _conversion_reference(
 # --- assets -----------------------------------------------------------------------------------
 
 
-def build_feature_drift_asset(settings: Settings, partitions: PartitionsDefinition):
-    @asset(
-        name=FEATURE_DRIFT,
-        deps=[AssetKey("conversion_examples"), AssetKey("conversion_champion")],
+def _monitoring_asset(
+    name: str,
+    partitions: PartitionsDefinition,
+    *,
+    deps: list[AssetKey],
+    checks: dict[str, str],
+    description: str,
+):
+    """What every monitoring asset shares: daily partitions (one run per day), the group, the
+    warehouse pool, and its checks, described."""
+    return asset(
+        name=name,
+        deps=deps,
         group_name=GROUP,
         partitions_def=partitions,
         kinds={"evidently", "python"},
         pool="warehouse",
         required_resource_keys={"warehouse"},
         check_specs=[
-            AssetCheckSpec(
-                "feature_drift",
-                asset=FEATURE_DRIFT,
-                description="Share of the conversion model's input columns that drifted from "
-                "its training window: WARN past warn_drift_share, ERROR past error_drift_share.",
-            )
+            AssetCheckSpec(check, asset=name, description=text) for check, text in checks.items()
         ],
+        description=description,
+    )
+
+
+def build_feature_drift_asset(settings: Settings, partitions: PartitionsDefinition):
+    @_monitoring_asset(
+        FEATURE_DRIFT,
+        partitions,
+        deps=[AssetKey("conversion_examples"), AssetKey("conversion_champion")],
+        checks={
+            "feature_drift": "Share of the conversion model's input columns that drifted from "
+            "its training window: WARN past warn_drift_share, ERROR past error_drift_share.",
+        },
         description="Evidently data drift of the day's conversion model inputs (every session "
         "prefix) against the champion's training window.",
     )
@@ -390,23 +401,15 @@ def _scored_day(context: AssetExecutionContext, day: dt.date) -> tuple[pd.DataFr
 
 
 def build_prediction_drift_asset(settings: Settings, partitions: PartitionsDefinition):
-    @asset(
-        name=PREDICTION_DRIFT,
+    @_monitoring_asset(
+        PREDICTION_DRIFT,
+        partitions,
         deps=[AssetKey("conversion_predictions")],
-        group_name=GROUP,
-        partitions_def=partitions,
-        kinds={"evidently", "python"},
-        pool="warehouse",
-        required_resource_keys={"warehouse"},
-        check_specs=[
-            AssetCheckSpec(
-                "prediction_drift",
-                asset=PREDICTION_DRIFT,
-                description="Normed Wasserstein distance of the day's purchase probabilities "
-                "from the model's scores on its held-out days: WARN past warn_score, ERROR "
-                "past error_score.",
-            )
-        ],
+        checks={
+            "prediction_drift": "Normed Wasserstein distance of the day's purchase "
+            "probabilities from the model's scores on its held-out days: WARN past warn_score, "
+            "ERROR past error_score.",
+        },
         description="Evidently drift of the day's conversion scores (conversion_predictions) "
         "against the scores the same model version gave its held-out validation and test days.",
     )
@@ -458,28 +461,16 @@ def build_prediction_drift_asset(settings: Settings, partitions: PartitionsDefin
 
 
 def build_quality_asset(settings: Settings, partitions: PartitionsDefinition):
-    @asset(
-        name=QUALITY,
+    @_monitoring_asset(
+        QUALITY,
+        partitions,
         deps=[AssetKey("conversion_predictions"), AssetKey("conversion_examples")],
-        group_name=GROUP,
-        partitions_def=partitions,
-        kinds={"evidently", "python"},
-        pool="warehouse",
-        required_resource_keys={"warehouse"},
-        check_specs=[
-            AssetCheckSpec(
-                "auc_drop",
-                asset=QUALITY,
-                description="The day's ROC AUC below the model's test-day AUC: WARN past "
-                "warn_auc_drop, ERROR past error_auc_drop.",
-            ),
-            AssetCheckSpec(
-                "calibration",
-                asset=QUALITY,
-                description="Predicted over observed purchase rate: WARN beyond "
-                "warn_calibration_ratio (either way), ERROR beyond error_calibration_ratio.",
-            ),
-        ],
+        checks={
+            "auc_drop": "The day's ROC AUC below the model's test-day AUC: WARN past "
+            "warn_auc_drop, ERROR past error_auc_drop.",
+            "calibration": "Predicted over observed purchase rate: WARN beyond "
+            "warn_calibration_ratio (either way), ERROR beyond error_calibration_ratio.",
+        },
         description="The conversion champion on the day's labels (complete once the day is "
         "landed): ROC AUC, PR AUC, calibration, and drift of the purchase rate itself.",
     )
@@ -578,29 +569,17 @@ def _sessions(warehouse: Any, first: dt.date | str, last: dt.date | str) -> list
 
 
 def build_recommender_monitoring_asset(settings: Settings, partitions: PartitionsDefinition):
-    @asset(
-        name=RECOMMENDER,
+    @_monitoring_asset(
+        RECOMMENDER,
+        partitions,
         deps=[AssetKey("session_sequences"), AssetKey("recommender_champion")],
-        group_name=GROUP,
-        partitions_def=partitions,
-        kinds={"evidently", "python"},
-        pool="warehouse",
-        required_resource_keys={"warehouse"},
-        check_specs=[
-            AssetCheckSpec(
-                "hr_drop",
-                asset=RECOMMENDER,
-                description="HR@20 on the day relative to the champion's test HR@20: WARN past "
-                "warn_hr_drop, ERROR past error_hr_drop.",
-            ),
-            AssetCheckSpec(
-                "unseen_requests",
-                asset=RECOMMENDER,
-                description="Share of requests whose last item the champion never saw: WARN "
-                "past warn_unseen_increase above its share on the champion's test days, ERROR "
-                "past error_unseen_increase.",
-            ),
-        ],
+        checks={
+            "hr_drop": "HR@20 on the day relative to the champion's test HR@20: WARN past "
+            "warn_hr_drop, ERROR past error_hr_drop.",
+            "unseen_requests": "Share of requests whose last item the champion never saw: WARN "
+            "past warn_unseen_increase above its share on the champion's test days, ERROR "
+            "past error_unseen_increase.",
+        },
         description="The published recommender on the day's sessions (t+1 from 1..t): HR@20, "
         "MRR@20, requests for unseen items, popularity of the recommendations; Evidently drift "
         "of those per-request columns against the champion's test days.",
