@@ -27,8 +27,10 @@ lint: setup
 	# the dbt templater opens the profile's DuckDB file: a scratch SKIFF_HOME of its own
 	mkdir -p .skiff/lint && SKIFF_HOME=$(CURDIR)/.skiff/lint $(BIN)/sqlfluff lint dbt_project
 
+# Two workers, one test file each (module fixtures are built once): the suite waits on dbt,
+# servers and subprocesses as much as it computes, so two cores take about half the time.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # Everything but the slow and end-to-end tests, for a quick loop while editing.
 test-fast: setup

@@ -303,7 +303,7 @@ def world(tmp_path_factory):
         generate(
             settings.landing,
             GeneratorConfig(
-                days=len(WORLD), sessions_per_day=1000, seed=11, start=START, drift_from=DRIFT_FROM
+                days=len(WORLD), sessions_per_day=700, seed=11, start=START, drift_from=DRIFT_FROM
             ),
         )
         defs = build_definitions(settings)
@@ -427,3 +427,6 @@ def test_drift_scenario_requests_exactly_one_retraining(world):
     # the same episode is never requested again, even when its last day is monitored again
     _execute(defs, MONITOR_DAYS, {}, partition_key=DRIFTED[2].isoformat())
     assert _sensor_requests(defs) == []
+    if champion_after.version != champion_before.version:
+        # a champion that knows the new products is not alarmed by them
+        assert _severities(DRIFTED[2])[RECOMMENDER] != "error"
