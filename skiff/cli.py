@@ -337,6 +337,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"SKIFF_HOME={settings.home}")
     result = _generate(args, settings, settings.landing)
     first, last = result.days[0], result.days[-1]
+    if not args.skip_models and len(result.days) >= MIN_TRAINING_DAYS:
+        _demo_test_day(args, result.days)  # a --drift-from too early fails now, not after the marts
     print(f"materializing {first} .. {last} through the marts (one Dagster run)...", flush=True)
     if not run_days(settings, first, last):
         print("the run failed; open the UI (`skiff ui`) and look at the run's logs")
