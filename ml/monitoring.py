@@ -265,13 +265,8 @@ def recommender_day(
     the champion's own evaluation, next items the model cannot know are left out of HR/MRR
     and counted instead (`unseen_target_share`), so the day's HR compares with the champion's.
     """
-    from ml.recommend.evaluate import evaluate, prediction_points
+    from ml.recommend.evaluate import evaluate
 
-    every = prediction_points(sessions)
-    n = len(every)
-    last = [prefix[-1] for prefix in every.prefixes]
-    unseen_input = np.fromiter((item not in known_items for item in last), bool, n)
-    unseen_target = np.fromiter((t not in known_items for t in every.targets), bool, n)
     result = evaluate(
         sessions,
         recommend_batch=recommend_batch,
@@ -279,20 +274,24 @@ def recommender_day(
         popularity=dict(popularity),
         known_items=known_items,
     )
+    # the shares count every request of the day; `result.points` holds only the requests
+    # whose next item the model can know (the ones HR and the drift columns are about)
+    steps = [(s[t - 1], s[t]) for s in sessions for t in range(1, len(s))]
+    n = len(steps)
+    unseen_input = np.fromiter((last not in known_items for last, _ in steps), bool, n)
+    unseen_target = np.fromiter((nxt not in known_items for _, nxt in steps), bool, n)
     log_pop = {item: math.log1p(count) for item, count in popularity.items()}
-    kept = ~unseen_target
+    last = [prefix[-1] for prefix in result.points.prefixes]
     shown = [
         np.mean([log_pop.get(i, 0.0) for i in recs]) if recs else 0.0
         for recs in result.recommendations
     ]
     frame = pd.DataFrame(
         {
-            "session_length": every.session_length[kept].astype(float),
-            "position": every.position[kept].astype(float),
-            "input_log_popularity": [
-                log_pop.get(i, 0.0) for i, k_ in zip(last, kept, strict=True) if k_
-            ],
-            "input_unseen": np.where(unseen_input[kept], "unseen", "known"),
+            "session_length": result.points.session_length.astype(float),
+            "position": result.points.position.astype(float),
+            "input_log_popularity": [log_pop.get(i, 0.0) for i in last],
+            "input_unseen": ["known" if i in known_items else "unseen" for i in last],
             "recommended_log_popularity": np.asarray(shown, dtype=float),
             "hit": np.where(result.ranks > 0, "hit", "miss"),
         }
