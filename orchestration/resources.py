@@ -17,6 +17,7 @@ from dagster import ConfigurableResource
 from dagster_dbt import DbtProject
 
 from orchestration.assets.dbt import dbt_cli
+from orchestration.sql import days_sql
 from skiff.settings import Settings
 
 # Raw tables written by the ingestion assets. Types are portable (DuckDB and Snowflake).
@@ -67,11 +68,6 @@ def _ddl(schema: str, table: str, columns: dict[str, str]) -> str:
     return f"create table if not exists {schema}.{table} ({spec})"
 
 
-def _days_sql(days: Sequence[dt.date]) -> str:
-    """A SQL list of date literals; dates are typed, so nothing can be injected."""
-    return ", ".join(f"cast('{day.isoformat()}' as date)" for day in days) or "null"
-
-
 class Warehouse(ConfigurableResource):
     """What Python assets need from a warehouse. Implementations below."""
 
@@ -97,7 +93,7 @@ class Warehouse(ConfigurableResource):
         columns = columns or RAW_TABLES[table]
         schema = schema or self.schema_name
         setup = [f"create schema if not exists {schema}", _ddl(schema, table, columns)]
-        delete = f"delete from {schema}.{table} where {day_column} in ({_days_sql(days)})"
+        delete = f"delete from {schema}.{table} where {day_column} in ({days_sql(days)})"
         self._replace(setup, delete, schema, table, frame[list(columns)], columns)
 
     def _replace(

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from ml.conversion import gates
 from orchestration.assets.ingestion import partition_days
+from orchestration.sql import date_sql
 from skiff.settings import Settings
 
 GROUP = "conversion"
@@ -149,10 +150,6 @@ class EvaluationConfig(Config):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _date_sql(day: dt.date) -> str:
-    return f"cast('{day.isoformat()}' as date)"
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise Failure(description=f"{path} is missing: materialize its upstream asset first.")
@@ -253,8 +250,8 @@ def build_training_set_asset(settings: Settings) -> AssetsDefinition:
         )
         first = test_day - dt.timedelta(days=config.train_days + 1)
         frame = warehouse.query(
-            f"select * from {table} where session_day between {_date_sql(first)}"
-            f" and {_date_sql(test_day)}"
+            f"select * from {table} where session_day between {date_sql(first)}"
+            f" and {date_sql(test_day)}"
         )
         context.log.info(f"read {len(frame):,} prefixes of {table} for {first} .. {test_day}")
         try:
@@ -637,7 +634,7 @@ def build_predictions_asset(
         for day in partition_days(context):
             frame = warehouse.query(
                 f"select * from {warehouse.models_schema}.conversion_examples"
-                f" where session_day = {_date_sql(day)}"
+                f" where session_day = {date_sql(day)}"
             )
             batch = features.batch_from_frame(frame)
             scored = batch.events.assign(

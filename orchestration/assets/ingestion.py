@@ -29,6 +29,7 @@ from dagster import (
 )
 
 from ml import contract
+from orchestration.sql import date_sql
 
 # A day whose quarantined share passes this is flagged (warning) on the asset's page.
 MAX_QUARANTINE_SHARE = 0.05
@@ -164,9 +165,7 @@ def build_landing_asset(
             metadata={"days": MetadataValue.text(day_range), "dagster/row_count": rows_quarantined},
         )
 
-        in_run = (
-            f"{table.day_column} between cast('{days[0]}' as date) and cast('{days[-1]}' as date)"
-        )
+        in_run = f"{table.day_column} between {date_sql(days[0])} and {date_sql(days[-1])}"
         counted = warehouse.query(
             f"select (select count(*) from {warehouse.schema_name}.{table.name}"
             f" where {in_run}) as loaded,"

@@ -47,6 +47,7 @@ from dagster import (
 from pydantic import Field
 
 from orchestration.assets.ingestion import partition_days
+from orchestration.sql import date_sql
 from skiff.settings import Settings
 
 GROUP = "monitoring"
@@ -154,10 +155,6 @@ def _one_day(context: AssetExecutionContext) -> dt.date:
     return days[0]
 
 
-def _date_sql(day: dt.date | str) -> str:
-    return f"cast('{day}' as date)"
-
-
 def _published(settings: Settings, problem: str) -> tuple[Any, Path]:
     from ml.registry import ArtifactError, load_published
 
@@ -214,7 +211,7 @@ def _common_metadata(
 def _examples(warehouse: Any, first: dt.date | str, last: dt.date | str) -> pd.DataFrame:
     return warehouse.query(
         f"select * from {warehouse.models_schema}.conversion_examples"
-        f" where session_day between {_date_sql(first)} and {_date_sql(last)}"
+        f" where session_day between {date_sql(first)} and {date_sql(last)}"
     )
 
 
@@ -382,7 +379,7 @@ def _day_predictions(warehouse: Any, day: dt.date) -> pd.DataFrame:
         f" e.will_purchase from {schema}.conversion_predictions p"
         f" join {schema}.conversion_examples e"
         " on e.session_key = p.session_key and e.prefix_length = p.prefix_length"
-        f" where p.session_day = {_date_sql(day)} and e.session_day = {_date_sql(day)}"
+        f" where p.session_day = {date_sql(day)} and e.session_day = {date_sql(day)}"
     )
 
 
@@ -562,7 +559,7 @@ def build_quality_asset(settings: Settings, partitions: PartitionsDefinition):
 def _sessions(warehouse: Any, first: dt.date | str, last: dt.date | str) -> list[list[str]]:
     frame = warehouse.query(
         f"select product_skus from {warehouse.models_schema}.session_sequences"
-        f" where session_day between {_date_sql(first)} and {_date_sql(last)}"
+        f" where session_day between {date_sql(first)} and {date_sql(last)}"
         " order by first_view_at, session_key"
     )
     return [s.split(" ") for s in frame["product_skus"]]

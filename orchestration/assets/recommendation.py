@@ -42,6 +42,7 @@ from dagster import (
     asset,
 )
 
+from orchestration.sql import date_sql
 from skiff.settings import Settings
 
 PROBLEM = "recommender"
@@ -121,7 +122,7 @@ def build_recommendation_assets(settings: Settings, partitions_def: PartitionsDe
         first = split - dt.timedelta(days=config.train_days)
         frame = warehouse.query(
             f"select session_day, product_skus from {table}"
-            f" where session_day between cast('{first}' as date) and cast('{last}' as date)"
+            f" where session_day between {date_sql(first)} and {date_sql(last)}"
             " order by first_view_at, session_key"
         )
         days = frame["session_day"].astype(str).str[:10]
