@@ -7,8 +7,8 @@ import shlex
 
 from ml.registry import ArtifactError, load_published
 from serving.store import LOOKUP
-from serving.urls import serve_url
 from skiff.settings import Settings
+from skiff.urls import serve_url
 
 
 def _known_products(settings: Settings) -> list[str]:

@@ -24,7 +24,7 @@ from orchestration.assets.conversion import (
     leaderboard_path,
 )
 from orchestration.definitions import build_definitions
-from skiff.cli import run_days
+from orchestration.runs import run_days
 
 START = dt.date(2026, 1, 5)
 DAYS = [START + dt.timedelta(days=i) for i in range(10)]

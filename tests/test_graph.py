@@ -23,7 +23,7 @@ from orchestration.definitions import (
     TRAIN_MODELS,
     build_definitions,
 )
-from skiff.cli import run_days
+from orchestration.runs import run_days
 from skiff.settings import REPO_ROOT
 
 START = dt.date(2026, 1, 5)

@@ -34,9 +34,9 @@ from orchestration.definitions import (
     TRAIN_MODELS,
     build_definitions,
 )
+from orchestration.runs import run_days
 from orchestration.schedules import previous_day
 from orchestration.sensors import RUN_KEY_TAG
-from skiff.cli import run_days
 from skiff.settings import ensure_home, load_settings
 from tests.conftest import AUTOMATION_VARIABLES
 

@@ -21,7 +21,7 @@ from ml.registry import Registry, load_published
 from ml.synthetic import GeneratorConfig, generate
 from orchestration.assets.recommendation import GATE_NAMES, build_recommendation_assets
 from orchestration.definitions import build_definitions
-from skiff.cli import run_days
+from orchestration.runs import run_days
 
 START = dt.date(2026, 1, 5)
 JOB = "recommender_refresh"

@@ -24,8 +24,8 @@ from ml.registry import Registry
 from ml.synthetic import GeneratorConfig, generate
 from serving.experiments import Experiment, Variant, parse, resolve
 from serving.predict import conversion_probability
-from serving.urls import report_url
 from skiff.settings import ConfigError
+from skiff.urls import report_url
 
 START = dt.date(2026, 1, 5)
 WINDOW = {"train_start": "2026-01-05", "train_end": "2026-01-07"}

@@ -42,7 +42,7 @@ from orchestration.assets.conversion import (
 from orchestration.assets.dbt import build_dbt_project, dbt_cli
 from orchestration.definitions import SCORE_DAYS, build_definitions
 from orchestration.resources import build_warehouse
-from skiff.cli import SUMMARY_TABLES, run_days
+from orchestration.runs import SUMMARY_TABLES, run_days
 from skiff.settings import Settings, ensure_home, load_settings
 from tests.servers import free_port, running, wait_for_port
 

@@ -25,8 +25,8 @@ from dagster import (
 from pydantic import Field
 
 from ml import experiments as stats
-from serving.urls import report_url
 from skiff.settings import Settings
+from skiff.urls import report_url
 
 GROUP = "experiments"
 RESULTS = "experiment_results"

@@ -169,7 +169,7 @@ def _published(settings: Settings, problem: str) -> tuple[Any, Path]:
 
 
 def _report_url(settings: Settings, path: Path) -> str:
-    from serving.urls import report_url
+    from skiff.urls import report_url
 
     return report_url(settings, path)
 

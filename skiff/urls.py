@@ -1,7 +1,8 @@
 """Links to what the server serves, for code that must not import it (Dagster metadata).
 
-Dependency-free on purpose: `orchestration` imports this module to link the HTML reports it
-writes under `$SKIFF_HOME/reports/`, which `skiff serve` serves read-only under `/reports/`.
+Part of the `skiff` leaf on purpose: `orchestration` imports this module to link the HTML
+reports it writes under `$SKIFF_HOME/reports/`, which `skiff serve` serves read-only under
+`/reports/`.
 """
 
 from __future__ import annotations

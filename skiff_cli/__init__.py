@@ -1,0 +1,1 @@
+"""The `skiff` command line: argument parsing on top of orchestration, serving and ml."""
