@@ -5,7 +5,8 @@ process (so peak memory is the phase's own):
 
   generate   `ml.synthetic.generate` writes the landing days;
   run        the `daily_refresh` job over the whole day range in ONE Dagster run, as
-             `skiff run` / `orchestration.runs.run_days` does it (persistent instance under SKIFF_HOME);
+             `skiff run` / `orchestration.runs.run_days` does it (persistent instance under
+             SKIFF_HOME);
              ingest and dbt times are the steps' STEP_START -> STEP_SUCCESS times from the
              run's event log; peak RSS of the Dagster process and of its children (dbt);
   floor      one DuckDB scan-and-group of the same landing CSVs in a fresh in-memory database:
@@ -160,7 +161,7 @@ def _metadata_seconds(metadata) -> float:
 
 
 def phase_run(first: str, last: str) -> dict:
-    """`orchestration.runs.run_days`, replicated so the run's id, events and timestamps are at hand."""
+    """`orchestration.runs.run_days`, replicated so the run's id, events and times are at hand."""
     settings = _settings()
     began = time.perf_counter()
     from dagster import DagsterEventType, DagsterInstance
