@@ -2,7 +2,9 @@
 
 One module fixture loads two hand-built landing days into `raw`, then runs real `dbt build`s in
 order (day 1, day 2, day 1 again, no vars, day 2 after it was re-ingested empty) and keeps a
-copy of the warehouse after each, so the tests below only read.
+copy of the warehouse after each, so the tests below only read. The marts' invariants are the
+dbt project's own tests, run by every build; here a damaged copy of the tables shows that each
+of them can fail.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,42 +328,111 @@ def test_conversion_examples_and_sequences_content(stages: dict[str, Stage]) -> 
     }
 
 
-INVARIANTS = {
-    "example_is_purchase_or_after_first_purchase": """
-        select count(*) as n from main.conversion_examples as e
-        inner join main.sessions as s on e.session_key = s.session_key
-        where e.product_action = 'purchase' or e.event_at >= s.first_purchase_at
-    """,
-    "n_events_differs_from_event_count": """
-        select count(*) as n from main.sessions as s
-        full outer join (
-            select session_key, count(*) as n_events
-            from main.int_events_sessionized group by session_key
-        ) as e on s.session_key = e.session_key
-        where s.n_events is distinct from e.n_events
-    """,
-    "negative_duration": "select count(*) as n from main.sessions where duration_seconds < 0",
-    "event_off_session_day": """
-        select count(*) as n from main.int_events_sessionized as e
-        inner join main.sessions as s on e.session_key = s.session_key
-        where cast(e.event_at as date) != s.session_day
-    """,
-    "duplicate_example_key": """
-        select count(*) - count(distinct (session_key, prefix_length)) as n
-        from main.conversion_examples
-    """,
-    "orphan_sequence": """
-        select count(*) as n from main.session_sequences
-        where session_key not in (select session_key from main.sessions)
-    """,
-}
+@dataclass(frozen=True)
+class Damage:
+    """One fault a model bug could leave in a built table, and the dbt tests that state the
+    invariant it breaks (each fails on one row per damage)."""
+
+    sql: str
+    caught_by: tuple[str, ...]
+
+
+DAMAGES = (
+    Damage(  # the first purchase leaks into its visit's examples
+        """insert into main.conversion_examples (session_key, session_id, session_day,
+               prefix_length, event_type, product_action, product_sku, event_at, will_purchase)
+           values ('sa-20260106-1', 'sa', '2026-01-06', 3, 'event_product', 'purchase', 'p2',
+               '2026-01-06 09:01:00', true)""",
+        (
+            "assert_conversion_examples_before_first_purchase",
+            "accepted_values_conversion_examples_product_action__detail__add__remove__click",
+        ),
+    ),
+    Damage(  # a duplicate example key; prefixes 1, 1, 3, 4 still count up to their maximum
+        """update main.conversion_examples set prefix_length = 1
+           where session_key = 'sa-20260105-1' and prefix_length = 2""",
+        ("unique_combination_of_columns_conversion_examples_session_key__prefix_length",),
+    ),
+    Damage(  # a visit's examples no longer start at its first event
+        """delete from main.conversion_examples
+           where session_key = 'sb-20260105-2' and prefix_length = 1""",
+        ("assert_conversion_prefixes_are_contiguous",),
+    ),
+    Damage(  # a visit crosses its gap: 31 minutes between two of its events
+        """update main.int_events_sessionized
+           set event_ms = event_ms + 26 * 60000, seconds_since_prev = seconds_since_prev + 26 * 60
+           where session_key = 'sc-20260105-1' and event_index = 2""",
+        ("assert_visits_split_on_session_gap",),
+    ),
+    Damage(  # a visit split off although only 15 minutes passed since the previous one
+        """update main.int_events_sessionized set event_ms = event_ms - 30 * 60000
+           where session_key = 'sb-20260105-2'""",
+        ("assert_visits_split_on_session_gap",),
+    ),
+    Damage(  # sessions counts an event the sessionized events no longer have
+        """delete from main.int_events_sessionized
+           where session_key = 'sd-20260106-1' and event_index = 2""",
+        ("assert_sessions_n_events_match_events",),
+    ),
+    Damage(
+        """update main.sessions set duration_seconds = -duration_seconds
+           where session_key = 'sa-20260105-1'""",
+        ("sessions_duration_is_non_negative",),
+    ),
+    Damage(  # an event of the visit a day before the visit's day
+        """update main.int_events_sessionized set event_at = event_at - interval 1 day
+           where session_key = 'sb-20260105-1' and event_index = 1""",
+        ("assert_session_events_on_session_day",),
+    ),
+    Damage(
+        "insert into main.sessions select * from main.sessions where session_key = 'sc-20260105-1'",
+        ("unique_sessions_session_key",),
+    ),
+    Damage(
+        "update main.sessions set purchased = false where session_key = 'sd-20260106-1'",
+        ("sessions_purchase_fields_agree",),
+    ),
+    Damage(  # a sequence of a visit that does not exist
+        """insert into main.session_sequences
+           select 'sz-20260105-1', session_id, session_day, n_views, product_skus, first_view_at,
+               last_view_at
+           from main.session_sequences where session_key = 'sb-20260105-1'""",
+        (
+            "relationships_session_sequences_session_key__session_key__ref_sessions_",
+            "assert_session_sequences_match_detail_views",
+        ),
+    ),
+    Damage(  # a viewed SKU dropped from its sequence
+        "update main.session_sequences set product_skus = 'p1' where session_key = 'sa-20260105-1'",
+        ("assert_session_sequences_match_detail_views",),
+    ),
+)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(INVARIANTS))
-def test_mart_invariants_hold_in_sql(stages: dict[str, Stage], name: str) -> None:
-    for stage in ("day1", "day1_again", "full", "day2_emptied"):
-        assert stages[stage].query(INVARIANTS[name]).n[0] == 0, f"{name} after {stage}"
+def test_damaged_tables_fail_exactly_the_dbt_tests_that_state_the_invariant(
+    stages: dict[str, Stage],
+) -> None:
+    """The marts' invariants are stated once, as dbt tests, and run in every build above; this
+    shows they read the built tables and can fail."""
+    home, full = stages["home"], stages["full"]
+    shutil.copyfile(full.warehouse, home / "warehouse.duckdb")
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        for damage in DAMAGES:
+            con.execute(damage.sql)
+    # same project, vars and profile as the full build: dbt can reuse its parse
+    (home / "target_damaged").mkdir()
+    partial_parse = "partial_parse.msgpack"
+    shutil.copyfile(full.target / partial_parse, home / "target_damaged" / partial_parse)
+
+    proc, target, _ = run_dbt(home, "damaged", "test", "--select", "test_type:data")
+    assert proc.returncode == 1, proc.stdout[-6000:]
+    results = json.loads((target / "run_results.json").read_text())["results"]
+    assert {r["unique_id"] for r in results} == {
+        r["unique_id"] for r in full.results if r["unique_id"].startswith("test.")
+    }
+    failed = {r["unique_id"].split(".")[2]: r["failures"] for r in results if r["status"] != "pass"}
+    assert failed == Counter(name for damage in DAMAGES for name in damage.caught_by)
 
 
 @pytest.mark.slow
