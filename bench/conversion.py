@@ -3,7 +3,7 @@ throughput, and the quality table against the generator's answer key.
 
 A size is the number of sessions in the training window (10 days); one validation and one
 test day of the same daily volume follow. Examples are built straight from the generated
-landing files by `ml.conversion.dataset.examples_from_landing` (the dbt mart's logic in pandas;
+landing files by `bench/conversion_examples.py` (the dbt mart's logic in pandas;
 tests/test_conversion_assets.py checks the two agree) and featurized by the one shared batch
 builder: the full Dagster + dbt pipeline at a million sessions would measure dbt, not the
 models. Each algorithm trains in a fresh process, so its peak RSS is its own. Example:
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
 
+from bench.conversion_examples import examples_from_landing
 from ml.conversion import dataset, features, metrics, models
 from ml.synthetic import TRUTH_DIR, GeneratorConfig, generate
 
@@ -69,7 +70,7 @@ def prepare(sessions: int, folder: Path, seed: int) -> dict:
     )
     generated = time.perf_counter() - began
     began = time.perf_counter()
-    frame = dataset.examples_from_landing(folder / "landing", days)
+    frame = examples_from_landing(folder / "landing", days)
     split = dataset.time_split(frame, TRAIN_DAYS, days[-1])
     examples = time.perf_counter() - began
     for name in ("train", "validation", "test"):

@@ -36,6 +36,7 @@ def _run(events: int, queue: mp.Queue) -> None:
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
+    from bench.conversion_examples import examples_from_landing
     from ml import monitoring as mon
     from ml.conversion import dataset, features, models
     from ml.recommend.models import make_model
@@ -46,8 +47,8 @@ def _run(events: int, queue: mp.Queue) -> None:
     days = [start + dt.timedelta(days=i) for i in range(3)]
     with tempfile.TemporaryDirectory(prefix="skiff-bench-") as tmp:
         generate(Path(tmp), GeneratorConfig(days=3, sessions_per_day=sessions, write_truth=False))
-        reference_examples = dataset.examples_from_landing(Path(tmp), days[:2])
-        day_examples = dataset.examples_from_landing(Path(tmp), days[2:])
+        reference_examples = examples_from_landing(Path(tmp), days[:2])
+        day_examples = examples_from_landing(Path(tmp), days[2:])
         day_file = Path(tmp) / days[2].isoformat() / "browsing_events.csv"
         day_events = day_file.read_bytes().count(b"\n") - 1  # the header
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.conversion_examples import examples_from_landing
 from ml import contract
 from ml.conversion import dataset, features, gates, metrics, models
 from ml.registry import ArtifactError, Registry
@@ -33,7 +34,7 @@ def landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def examples(landing: Path) -> pd.DataFrame:
-    return dataset.examples_from_landing(landing, _days(6))
+    return examples_from_landing(landing, _days(6))
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +225,10 @@ def test_metrics_and_threshold():
     s = metrics.scores(y, p, metrics.choose_threshold(y, p))
     assert s["roc_auc"] == 1.0 and s["pr_auc"] == 1.0 and s["f1"] == 1.0
     assert s["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert s["log_loss"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert metrics.scores(y[:3], p[:3], 0.5)["log_loss"] == pytest.approx(
+        -np.log(0.85 * 0.8 * 0.9) / 3
+    )
     table = metrics.calibration_table(y, p, bins=4)
     assert table["n"].sum() == len(y)
     evaluation = metrics.evaluate(
@@ -251,7 +256,7 @@ def test_hgb_and_gru_find_the_known_signal(tmp_path):
     """
     days = _days(8)
     generate(tmp_path, GeneratorConfig(days=8, sessions_per_day=5000, seed=13, start=START))
-    split = dataset.time_split(dataset.examples_from_landing(tmp_path, days), train_days=6)
+    split = dataset.time_split(examples_from_landing(tmp_path, days), train_days=6)
     train = features.batch_from_frame(split.train)
     validation = features.batch_from_frame(split.validation)
     test = features.batch_from_frame(split.test)

@@ -12,7 +12,7 @@ import pytest
 from dagster import AssetKey, materialize
 
 from ml import experiments as stats
-from orchestration.assets.experiments import RESULTS, SRM_CHECK, build_experiment_assets
+from orchestration.experiments.assets import RESULTS, SRM_CHECK, build_experiment_assets
 from serving.eventlog import EventLog
 
 
@@ -59,8 +59,10 @@ def test_lift_detects_a_real_difference():
 
 
 def test_sample_ratio_mismatch():
-    _, p = stats.srm({"a": 50_800, "b": 49_200}, {"a": 0.5, "b": 0.5})
-    assert p < 1e-6
+    statistic, p = stats.srm({"a": 50_800, "b": 49_200}, {"a": 0.5, "b": 0.5})
+    # two variants: 800**2 / 50_000 twice, and one degree of freedom, where chi2.sf = erfc
+    assert statistic == pytest.approx(25.6, rel=1e-12)
+    assert p == pytest.approx(math.erfc(math.sqrt(25.6 / 2)), rel=1e-9) and p < 1e-6
     _, p = stats.srm({"a": 50_100, "b": 49_900}, {"a": 0.5, "b": 0.5})
     assert p > 0.1
     _, p = stats.srm({"a": 900}, {"a": 0.9, "b": 0.1})  # a variant that got nothing

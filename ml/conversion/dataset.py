@@ -9,30 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ml import contract
 from ml.conversion.features import ordered_events
-
-EXAMPLE_COLUMNS: tuple[str, ...] = (
-    "session_key",
-    "session_id",
-    "session_day",
-    "prefix_length",
-    "event_type",
-    "product_action",
-    "product_sku",
-    "event_at",
-    "seconds_since_prev",
-    "category",
-    "category_top",
-    "price_bucket",
-    "will_purchase",
-)
-SESSION_GAP_MS = 30 * 60 * 1000  # dbt var session_gap_minutes
 
 
 @dataclass(frozen=True)
@@ -122,91 +103,3 @@ def select_prefixes(frame: pd.DataFrame, max_per_session: int | None, seed: int)
 
 def labels(frame: pd.DataFrame) -> np.ndarray:
     return frame["will_purchase"].astype(bool).to_numpy(dtype=np.int64)
-
-
-def examples_from_events(events: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
-    """The `conversion_examples` mart computed in pandas from validated landing rows.
-
-    For benchmarks and unit tests that skip the warehouse; the dbt model is the source of
-    truth, and tests/test_conversion_assets.py checks the two agree. `events` and `products`
-    are `ml.contract.validate_events` / `validate_products` output (`good`), any days.
-    """
-    e = pd.DataFrame(
-        {
-            "session_id": events["session_id_hash"].astype(object),
-            "event_type": events["event_type"].astype(object),
-            "product_action": events["product_action"].astype(object),
-            "product_sku": events["product_sku_hash"].astype(object),
-            "event_ms": events["server_timestamp_epoch_ms"].astype("int64"),
-            "url": events["hashed_url"].astype(object),
-            "event_day": pd.to_datetime(events["event_day"]).dt.date,
-        }
-    )
-    e.loc[e["event_type"] != "event_product", "product_action"] = None
-    e = e.drop_duplicates().reset_index(drop=True)
-    details = e.loc[
-        (e["event_type"] == "event_product") & (e["product_action"] == "detail"),
-        ["session_id", "event_ms", "url"],
-    ].drop_duplicates()
-    twin = (
-        e.reset_index()
-        .merge(details, on=["session_id", "event_ms", "url"])
-        .loc[lambda f: f["event_type"] == "pageview", "index"]
-    )
-    e = e.drop(index=twin)
-    e = e.sort_values(
-        [
-            "session_id",
-            "event_day",
-            "event_ms",
-            "event_type",
-            "product_action",
-            "product_sku",
-            "url",
-        ],
-        na_position="first",
-        kind="stable",
-    ).reset_index(drop=True)
-    same = (e["session_id"] == e["session_id"].shift()) & (e["event_day"] == e["event_day"].shift())
-    new_visit = ~same | (e["event_ms"] - e["event_ms"].shift() > SESSION_GAP_MS)
-    visit = new_visit.astype(int).groupby([e["session_id"], e["event_day"]]).cumsum()
-    day_key = pd.to_datetime(e["event_day"]).dt.strftime("%Y%m%d")
-    e["session_key"] = e["session_id"] + "-" + day_key + "-" + visit.astype(str)
-    e["prefix_length"] = e.groupby("session_key").cumcount() + 1
-    gap = e["event_ms"].diff() / 1000
-    e["seconds_since_prev"] = gap.where(~new_visit)
-
-    catalogue = products.sort_values("snapshot_day").drop_duplicates(
-        "product_sku_hash", keep="last"
-    )
-    catalogue = pd.DataFrame(
-        {
-            "product_sku": catalogue["product_sku_hash"].astype(object),
-            "category": catalogue["category_hash"].astype(object),
-            "price_bucket": catalogue["price_bucket"].astype("Int64"),
-        }
-    )
-    catalogue["category_top"] = catalogue["category"].str.split("/", n=1).str[0]
-    e = e.merge(catalogue, on="product_sku", how="left")
-
-    first_purchase = e[e["product_action"] == "purchase"].groupby("session_key")["event_ms"].min()
-    cut = e["session_key"].map(first_purchase)
-    e["will_purchase"] = cut.notna()
-    e = e[cut.isna() | (e["event_ms"] < cut)]
-    e = e.assign(
-        session_day=e["event_day"],
-        event_at=pd.to_datetime(e["event_ms"], unit="ms"),
-    )
-    return ordered_events(e[list(EXAMPLE_COLUMNS)])
-
-
-def examples_from_landing(landing: Path, days: list[dt.date]) -> pd.DataFrame:
-    """`examples_from_events` over landing folders (each row checked by `ml.contract`)."""
-    events, products = [], []
-    for day in days:
-        folder = Path(landing) / day.isoformat()
-        raw = contract.read_landing_csv(folder / contract.EVENTS_FILE, contract.EVENT_COLUMNS)
-        events.append(contract.validate_events(raw, day).good)
-        raw = contract.read_landing_csv(folder / contract.PRODUCTS_FILE, contract.PRODUCT_COLUMNS)
-        products.append(contract.validate_products(raw, day).good)
-    return examples_from_events(pd.concat(events), pd.concat(products))

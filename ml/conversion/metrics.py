@@ -67,18 +67,25 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = CALIBRA
 
 def scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     """Every headline metric of one set of predictions (NaN where a metric is undefined)."""
-    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        roc_auc_score,
+    )
 
     y = np.asarray(y, dtype=np.int64)
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     both = len(y) > 0 and y.min() != y.max()
+    # sklearn clips at machine epsilon; 1e-15 keeps a saturated wrong prediction's cost as it was
     q = np.clip(p, _EPS, 1 - _EPS)
     predicted = p >= threshold
     return {
         "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
         "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
-        "log_loss": float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))) if len(y) else 0.0,
-        "brier": float(np.mean((p - y) ** 2)) if len(y) else 0.0,
+        "log_loss": float(log_loss(y, q, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p, pos_label=1)),
         "f1": float(f1_score(y, predicted, zero_division=0)),
         "precision": float((y[predicted] == 1).mean()) if predicted.any() else 0.0,
         "recall": float(predicted[y == 1].mean()) if (y == 1).any() else 0.0,
