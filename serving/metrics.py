@@ -1,110 +1,101 @@
-"""Prometheus metrics in the text exposition format (0.0.4), written by hand: a few counters,
-one latency histogram per route, and gauges read from the model store when scraped.
+"""Prometheus metrics (prometheus_client): counters, one latency histogram by route, the
+process's own metrics, and the model store's gauges read at scrape time.
 
-Label values come from a closed set (route templates, problems, roles, versions, outcomes),
-never from request data, so a flood of odd URLs cannot grow the series without bound.
+Each app has its own `CollectorRegistry`, so several apps in one process (the tests) count
+apart. Label values come from a closed set (route templates, problems, roles, versions,
+outcomes), never from request data, so a flood of odd URLs cannot grow the series without bound.
+
+`skiff serve` is one process; replicas are scraped one by one. Under several worker processes
+(gunicorn, `uvicorn --workers`) prometheus_client's multiprocess mode would be needed
+(`PROMETHEUS_MULTIPROC_DIR` and a `MultiProcessCollector` at scrape time), and it supports
+neither custom collectors (the store's gauges) nor the process collector.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterable
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Labels = tuple[tuple[str, str], ...]
+# The `*_created` series would double the count of series for timestamps nobody reads.
+prometheus_client.disable_created_metrics()
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_PLAIN_0_0_4
 
-COUNTERS = {
-    "skiff_http_requests_total": "HTTP requests by route, method and status code.",
-    "skiff_http_errors_total": "Requests that failed in the server (status 5xx) by route.",
-    "skiff_model_reloads_total": "Published models loaded (startup and hot reloads).",
-    "skiff_model_reload_failures_total": "Published models refused (failed verification or "
-    "loading); the previous model kept serving.",
-    "skiff_model_errors_total": "Model calls that raised (the request fell back or failed).",
-    "skiff_recommendations_total": "Recommendation answers by the path that answered.",
-    "skiff_unknown_products_total": "Products in requests that the serving model does not know.",
-    "skiff_exposures_total": "Exposures logged by problem and variant.",
-    "skiff_shadow_scores_total": "Shadow scores computed (not shown) by problem and role.",
-    "skiff_feedback_total": "Feedback records acknowledged by action.",
-    "skiff_event_log_errors_total": "Writes to the event log that failed.",
-    "skiff_rejected_requests_total": "Requests refused with a 422 by reason.",
-    "skiff_model_batches_total": "Batched model calls (see serving.batching).",
-    "skiff_model_batch_items_total": "Requests answered by batched model calls.",
-}
-
-
-def _labels(**labels: object) -> Labels:
-    return tuple(sorted((k, str(v)) for k, v in labels.items()))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _format(labels: Labels, extra: Labels = ()) -> str:
-    pairs = labels + extra
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "skiff_http_requests_total": (
+        "HTTP requests by route, method and status code.", ("route", "method", "status")
+    ),
+    "skiff_http_errors_total": (
+        "Requests that failed in the server (status 5xx) by route.", ("route",)
+    ),
+    "skiff_model_reloads_total": (
+        "Published models loaded (startup and hot reloads).", ("problem", "role")
+    ),
+    "skiff_model_reload_failures_total": (
+        "Published models refused (failed verification or loading); the previous model kept "
+        "serving.",
+        ("problem", "role"),
+    ),
+    "skiff_model_errors_total": (
+        "Model calls that raised (the request fell back or failed).", ("problem", "role")
+    ),
+    "skiff_recommendations_total": (
+        "Recommendation answers by the path that answered.", ("path",)
+    ),
+    "skiff_unknown_products_total": (
+        "Products in requests that the serving model does not know.", ("endpoint",)
+    ),
+    "skiff_exposures_total": ("Exposures logged by problem and variant.", ("problem", "variant")),
+    "skiff_shadow_scores_total": (
+        "Shadow scores computed (not shown) by problem and role.", ("problem", "role")
+    ),
+    "skiff_feedback_total": ("Feedback records acknowledged by action.", ("action",)),
+    "skiff_event_log_errors_total": ("Writes to the event log that failed.", ()),
+    "skiff_rejected_requests_total": ("Requests refused with a 422 by reason.", ("reason",)),
+    "skiff_model_batches_total": ("Batched model calls (see serving.batching).", ()),
+    "skiff_model_batch_items_total": ("Requests answered by batched model calls.", ()),
+}  # fmt: skip
 
 
 class Metrics:
+    """The app's registry, and its counters by name (`inc` checks the labels they declare)."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[str, dict[Labels, float]] = {n: defaultdict(float) for n in COUNTERS}
-        self._buckets: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, int] = defaultdict(int)
+        self.registry = CollectorRegistry()
+        self._counters = {
+            name: Counter(name, help_text, labels, registry=self.registry)
+            for name, (help_text, labels) in COUNTERS.items()
+        }
+        self._latency = Histogram(
+            "skiff_http_request_duration_seconds",
+            "Time from request to the end of the response, by route.",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        prometheus_client.GCCollector(registry=self.registry)
 
     def inc(self, name: str, value: float = 1, **labels: object) -> None:
-        with self._lock:
-            self._counters[name][_labels(**labels)] += value
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(value)
 
     def value(self, name: str, **labels: object) -> float:
-        return self._counters[name].get(_labels(**labels), 0.0)
+        found = self.registry.get_sample_value(name, {k: str(v) for k, v in labels.items()})
+        return found or 0.0
 
     def observe(self, route: str, seconds: float) -> None:
-        with self._lock:
-            counts = self._buckets.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 1))
-            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self._sums[route] += seconds
-            self._counts[route] += 1
+        self._latency.labels(route).observe(seconds)
 
-    def render(self, gauges: Iterable[tuple[str, str, dict[str, object], float]] = ()) -> str:
-        """The exposition text; `gauges` are (name, help, labels, value) read at scrape time."""
-        lines: list[str] = []
-        with self._lock:
-            for name, help_text in COUNTERS.items():
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-                for labels, value in sorted(self._counters[name].items()):
-                    lines.append(f"{name}{_format(labels)} {value:g}")
-            name = "skiff_http_request_duration_seconds"
-            lines += [
-                f"# HELP {name} Time from request to the end of the response, by route.",
-                f"# TYPE {name} histogram",
-            ]
-            for route, counts in sorted(self._buckets.items()):
-                labels = _labels(route=route)
-                cumulative = 0
-                for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), counts, strict=True):
-                    cumulative += count
-                    le = (("le", f"{bound:g}" if bound != "+Inf" else bound),)
-                    lines.append(f"{name}_bucket{_format(labels, le)} {cumulative}")
-                lines.append(f"{name}_sum{_format(labels)} {self._sums[route]:.6f}")
-                lines.append(f"{name}_count{_format(labels)} {self._counts[route]}")
-        declared: set[str] = set()
-        for name, help_text, labels, value in gauges:
-            if name not in declared:
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-                declared.add(name)
-            lines.append(f"{name}{_format(_labels(**labels))} {value:g}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The text exposition format 0.0.4 (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
 
 
 _PLAIN_ROUTES = {"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
+from prometheus_client.core import GaugeMetricFamily
 
 from ml.registry import ROLES, Manifest, load_published
 from serving.experiments import Experiment, resolve
@@ -159,47 +160,27 @@ class ModelStore:
                 out[problem] = experiment
         return out
 
-    def gauges(self) -> list[tuple[str, str, dict[str, object], float]]:
-        """What /metrics reads at scrape time: the versions served, whether loaded, traffic."""
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauges /metrics reads at scrape time (a prometheus_client collector): the
+        versions served, whether loaded, traffic weights."""
         snapshot = self.snapshot
-        out: list[tuple[str, str, dict[str, object], float]] = []
+        loaded_help = "1 when the role's published model is loaded."
+        info_help = "The version (and algorithm) each role serves; always 1."
+        weight_help = "Traffic weight of each variant of the running experiment."
+        loaded = GaugeMetricFamily("skiff_model_loaded", loaded_help, labels=("problem", "role"))
+        info = GaugeMetricFamily(
+            "skiff_model_info", info_help, labels=("problem", "role", "version", "algorithm")
+        )
+        weight = GaugeMetricFamily(
+            "skiff_experiment_weight", weight_help, labels=("problem", "experiment", "variant")
+        )
         for problem in self.problems:
             for role in ROLES:
-                loaded = snapshot.model(problem, role)
-                out.append(
-                    (
-                        "skiff_model_loaded",
-                        "1 when the role's published model is loaded.",
-                        {"problem": problem, "role": role},
-                        1.0 if loaded else 0.0,
-                    )
-                )
-                if loaded:
-                    out.append(
-                        (
-                            "skiff_model_info",
-                            "The version (and algorithm) each role serves; always 1.",
-                            {
-                                "problem": problem,
-                                "role": role,
-                                "version": loaded.version,
-                                "algorithm": loaded.manifest.algorithm,
-                            },
-                            1.0,
-                        )
-                    )
+                model = snapshot.model(problem, role)
+                loaded.add_metric((problem, role), 1.0 if model else 0.0)
+                if model:
+                    info.add_metric((problem, role, model.version, model.manifest.algorithm), 1.0)
             experiment = snapshot.experiments.get(problem)
             for variant in experiment.variants if experiment else ():
-                out.append(
-                    (
-                        "skiff_experiment_weight",
-                        "Traffic weight of each variant of the running experiment.",
-                        {
-                            "problem": problem,
-                            "experiment": experiment.name,
-                            "variant": variant.name,
-                        },
-                        variant.weight,
-                    )
-                )
-        return out
+                weight.add_metric((problem, experiment.name, variant.name), variant.weight)
+        yield from (loaded, info, weight)

@@ -165,9 +165,9 @@ def _automation() -> Automation:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError(f"SKIFF_TIMEZONE={timezone!r} is not an IANA time zone") from exc
-    cron = os.environ.get("SKIFF_NIGHTLY_CRON", "").strip() or "0 3 * * *"
-    if len(cron.split()) != 5:
-        raise ConfigError(f"SKIFF_NIGHTLY_CRON={cron!r} is not a five-field cron expression")
+    cron = os.environ.get("SKIFF_NIGHTLY_CRON", "").strip() or Automation.nightly_cron
+    if cron != Automation.nightly_cron:
+        _check_cron(cron)
     return Automation(
         timezone=timezone,
         nightly_cron=cron,
@@ -175,6 +175,20 @@ def _automation() -> Automation:
         retrain_train_days=_positive_int("SKIFF_RETRAIN_TRAIN_DAYS", 14),
         alert_webhook=os.environ.get("SKIFF_ALERT_WEBHOOK_URL", "").strip() or None,
     )
+
+
+def _check_cron(cron: str) -> None:
+    """Dagster's own schedule validation, so a value is refused here, named, rather than when
+    the definitions load. Imported only for a value other than the default: Dagster takes about
+    a second to import, which processes that never schedule (`skiff serve`) need not pay."""
+    from dagster import DagsterInvalidDefinitionError, ScheduleDefinition
+
+    try:
+        ScheduleDefinition(name="nightly", cron_schedule=cron, job_name="nightly")
+    except DagsterInvalidDefinitionError as exc:
+        raise ConfigError(
+            f"SKIFF_NIGHTLY_CRON={cron!r} is not a five-field cron expression"
+        ) from exc
 
 
 def ensure_home(settings: Settings) -> Settings:

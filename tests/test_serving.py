@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bench.conversion_examples import examples_from_landing
 from ml import experiments as stats
 from ml.conversion import dataset, features, models
 from ml.recommend.importers import landing_sessions
@@ -39,7 +40,7 @@ def training_data(out: Path, days: int = 3, sessions: int = 500, seed: int = 5):
     result = generate(
         out, GeneratorConfig(days=days, sessions_per_day=sessions, seed=seed, start=START)
     )
-    examples = dataset.examples_from_landing(out, result.days)
+    examples = examples_from_landing(out, result.days)
     by_day = landing_sessions(out, result.days)
     return examples, [s for d in result.days for s in by_day[d]]
 
@@ -263,3 +264,25 @@ def test_micro_batches_answer_like_single_calls(tmp_path):
         )
 
     assert all(isinstance(e, RuntimeError) for e in asyncio.run(fail()))
+
+
+def test_each_app_has_its_own_metrics(settings):
+    """Two apps in one process count apart; the exposition parses, with a real histogram and
+    the process's metrics; a counter refuses labels it does not declare."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.app import create_app
+    from serving.config import ServeConfig
+
+    first, second = (create_app(settings, ServeConfig()).state.service.metrics for _ in "ab")
+    first.inc("skiff_feedback_total", action="click")
+    first.observe("/v1/feedback", 0.004)
+    assert first.value("skiff_feedback_total", action="click") == 1
+    assert second.value("skiff_feedback_total", action="click") == 0
+    families = {f.name: f for f in text_string_to_metric_families(first.render().decode())}
+    latency = families["skiff_http_request_duration_seconds"]
+    buckets = {s.labels["le"]: s.value for s in latency.samples if s.name.endswith("_bucket")}
+    assert (buckets["0.0025"], buckets["0.005"], buckets["+Inf"]) == (0, 1, 1)
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    with pytest.raises(ValueError, match="label"):
+        first.inc("skiff_feedback_total", verdict="click")

@@ -260,8 +260,8 @@ def test_operations_endpoints(server: str, state: dict):
     champion = state["versions"][("recommender", "champion")]
     for line in (
         'skiff_http_requests_total{method="POST",route="/v1/recommendations",status="200"}',
-        'skiff_http_request_duration_seconds_bucket{route="/v1/recommendations",le="0.01"}',
-        'skiff_http_request_duration_seconds_bucket{route="/v1/conversion/score",le="+Inf"}',
+        'skiff_http_request_duration_seconds_bucket{le="0.01",route="/v1/recommendations"}',
+        'skiff_http_request_duration_seconds_bucket{le="+Inf",route="/v1/conversion/score"}',
         'skiff_model_info{algorithm="sknn",problem="recommender",role="champion",'
         f'version="{champion}"}} 1',
         'skiff_recommendations_total{path="popularity"}',
@@ -272,6 +272,8 @@ def test_operations_endpoints(server: str, state: dict):
     ):
         assert line in text, line
     assert "# TYPE skiff_http_request_duration_seconds histogram" in text
+    for process in ("process_cpu_seconds_total ", "process_resident_memory_bytes ", "python_info{"):
+        assert process in text, process
 
     assert httpx.get(f"{server}/docs").status_code == 200
     schemas = httpx.get(f"{server}/openapi.json").json()["components"]["schemas"]

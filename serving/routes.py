@@ -1,0 +1,170 @@
+"""The endpoints: scoring (`scoring`) and operations (`operations`); each reads the app's
+`Service` (state of `create_app`) through the `app_service` dependency."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from serving import predict
+from serving.experiments import Variant
+from serving.metrics import CONTENT_TYPE
+from serving.schemas import (
+    ConversionRequest,
+    ConversionScore,
+    Feedback,
+    FeedbackAck,
+    ProductRecommendations,
+    RecommendationRequest,
+    Recommendations,
+)
+from serving.service import Service, Unavailable, now
+
+log = logging.getLogger("skiff.serving")
+
+REFUSALS = {422: {"description": "Refused: `message` names the field and what is wrong."}}
+UNAVAILABLE = {503: {"description": "No model of this problem is published yet."}}
+
+
+async def app_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(app_service)]
+scoring = APIRouter()
+operations = APIRouter(tags=["operations"])
+
+
+@scoring.post(
+    "/v1/conversion/score",
+    response_model=ConversionScore,
+    responses={**REFUSALS, **UNAVAILABLE},
+    tags=["conversion"],
+)
+async def score_conversion(
+    request: ConversionRequest, background: BackgroundTasks, service: ServiceDep
+) -> ConversionScore:
+    """The probability that a session ends in a purchase, from its events so far (the
+    features are built by the same code as in training)."""
+    service.at_most("events", len(request.events))
+    session = sorted((e.model_dump() for e in request.events), key=lambda e: e["event_at"])
+    exposure = await service.exposed(
+        "conversion",
+        request.session_id,
+        background,
+        lambda model: service.probability(model, session),
+        lambda p: {"probability": p},
+    )
+    return ConversionScore(probability=exposure.answer, **exposure.fields())
+
+
+@scoring.post(
+    "/v1/recommendations",
+    response_model=Recommendations,
+    responses={**REFUSALS, **UNAVAILABLE},
+    tags=["recommendations"],
+)
+async def recommend(
+    request: RecommendationRequest, background: BackgroundTasks, service: ServiceDep
+) -> Recommendations:
+    """The k products a session is most likely to view next, from the products it viewed.
+    Unknown products are skipped and counted; with no known product, popular products."""
+    service.at_most("items", len(request.items))
+    exposure = await service.exposed(
+        "recommender",
+        request.session_id,
+        background,
+        lambda model: predict.recommend(
+            model, request.items, request.k, service.metrics, service.batcher
+        ),
+        lambda answer: {"items": answer[0], "path": answer[1]},
+    )
+    items, path, unknown = exposure.answer
+    service.metrics.inc("skiff_recommendations_total", path=path)
+    if unknown:
+        service.metrics.inc("skiff_unknown_products_total", unknown, endpoint="recommendations")
+    return Recommendations(items=items, path=path, unknown_items=unknown, **exposure.fields())
+
+
+@scoring.get(
+    "/v1/recommendations/products/{sku}",
+    response_model=ProductRecommendations,
+    responses={404: {"description": "The champion does not know this product."}},
+    tags=["recommendations"],
+)
+async def product_list(
+    service: ServiceDep,
+    sku: str = Path(min_length=1, max_length=128),
+    k: int = Query(20, ge=1, le=100),
+) -> ProductRecommendations | JSONResponse:
+    """The champion's precomputed next products after this one (next_items.parquet of the
+    published version). Outside any experiment; the exposure is logged for feedback."""
+    served = service.store.snapshot.model("recommender", "champion")
+    if served is None:
+        raise Unavailable("recommender")
+    items = served.lookup.get(sku)
+    if not items:
+        service.metrics.inc("skiff_unknown_products_total", endpoint="products")
+        return JSONResponse(
+            {
+                "message": f"sku: {sku!r} is not in the lookup of {served.version}",
+                "detail": [{"loc": ["path", "sku"], "msg": "unknown product"}],
+            },
+            status_code=404,
+        )
+    champion = Variant("champion", "champion", 1.0)
+    items = list(items[:k])
+    answer = {"items": items, "path": "item_lookup"}
+    exposure_id = service.expose(None, champion, served, None, answer)
+    return ProductRecommendations(
+        sku=sku, items=items, model_version=served.version, exposure_id=exposure_id
+    )
+
+
+@scoring.post("/v1/feedback", response_model=FeedbackAck, responses=REFUSALS, tags=["experiments"])
+async def feedback(request: Feedback, service: ServiceDep) -> FeedbackAck | JSONResponse:
+    """What the user did with a response (click, add, purchase). Acknowledged only once
+    the record is on disk (fsync). Exposure ids are checked offline, by experiment_results,
+    since the exposure may come from another replica."""
+    record = {"kind": "feedback", "at": now(), **request.model_dump()}
+    try:
+        await service.events.write_durable(record)
+    except OSError:
+        service.metrics.inc("skiff_event_log_errors_total")
+        log.exception("could not record feedback for %s", request.exposure_id)
+        return JSONResponse({"message": "the feedback could not be recorded"}, 503)
+    service.metrics.inc("skiff_feedback_total", action=request.action)
+    return FeedbackAck(recorded=True, exposure_id=request.exposure_id, action=request.action)
+
+
+@operations.get("/healthz")
+async def healthz() -> dict:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@operations.get("/readyz", responses={503: {"description": "Not ready."}})
+async def readyz(service: ServiceDep) -> JSONResponse:
+    """Ready once the champion of every required problem (SKIFF_SERVE_REQUIRE) is loaded."""
+    snapshot = service.store.snapshot
+    loaded = {f"{p}/{r}": m.version for (p, r), m in sorted(snapshot.models.items())}
+    missing = [p for p in service.config.require if snapshot.model(p, "champion") is None]
+    status = 503 if missing else 200
+    return JSONResponse(
+        {"ready": not missing, "models": loaded, "missing_champions": missing}, status
+    )
+
+
+@operations.get("/metrics", response_class=PlainTextResponse)
+async def prometheus(service: ServiceDep) -> PlainTextResponse:
+    """Prometheus text format: requests, latency, errors, model versions, reloads."""
+    return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@operations.get("/noop")
+async def noop() -> dict:
+    """Does nothing: the benchmark's floor for this server."""
+    return {}

@@ -1,0 +1,184 @@
+"""What every route shares: the model store, event log, metrics and batcher of one app, and
+the experiment flow of a scoring request (assign a variant -> answer -> log the exposure ->
+score the shadow role after the response)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from fastapi import BackgroundTasks
+
+from serving import predict
+from serving.batching import MicroBatcher
+from serving.config import PROBLEMS, ServeConfig
+from serving.eventlog import EventLog
+from serving.experiments import Experiment, Variant, load_file
+from serving.limits import Rejected
+from serving.metrics import Metrics
+from serving.store import Loaded, ModelStore, Snapshot
+from skiff.settings import Settings
+
+log = logging.getLogger("skiff.serving")
+
+A = TypeVar("A")
+AnswerOf = Callable[[Loaded], Awaitable[A]]
+
+
+def now() -> str:
+    """The time of a log record: UTC, ISO 8601, milliseconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Unavailable(Exception):
+    """No model of this problem is published yet (a 503)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Exposure(Generic[A]):
+    """A logged answer: what answered (model, experiment, variant) and the answer itself."""
+
+    served: Loaded
+    experiment: Experiment
+    variant: Variant
+    exposure_id: str
+    answer: A
+
+    def fields(self) -> dict[str, str]:
+        """The fields every scoring response carries besides its answer."""
+        return {
+            "model_version": self.served.version,
+            "algorithm": self.served.manifest.algorithm,
+            "experiment": self.experiment.name,
+            "variant": self.variant.name,
+            "exposure_id": self.exposure_id,
+        }
+
+
+@dataclass(frozen=True)
+class Service:
+    config: ServeConfig
+    store: ModelStore
+    events: EventLog
+    metrics: Metrics
+    batcher: MicroBatcher
+
+    @classmethod
+    def build(cls, settings: Settings, config: ServeConfig) -> Service:
+        metrics = Metrics()
+        configured = load_file(config.experiments_file) if config.experiments_file else {}
+        store = ModelStore(
+            settings.published, PROBLEMS, metrics, configured, config.challenger_traffic
+        )
+        metrics.registry.register(store)  # its gauges are read at each scrape
+        events = EventLog(settings.home / "serving")
+        return cls(config, store, events, metrics, MicroBatcher(metrics))
+
+    def at_most(self, field: str, count: int) -> None:
+        if count > self.config.max_events:
+            raise Rejected(
+                ["body", field],
+                f"at most {self.config.max_events} per request (SKIFF_SERVE_MAX_EVENTS), "
+                f"got {count}",
+                "too_long",
+            )
+
+    async def probability(self, served: Loaded, session: list[dict]) -> float:
+        batch = functools.partial(predict.conversion_probabilities, served.model)
+        return await self.batcher.submit(id(served.model), batch, session)
+
+    async def exposed(
+        self,
+        problem: str,
+        session_id: str | None,
+        background: BackgroundTasks,
+        answer_of: AnswerOf[A],
+        logged: Callable[[A], dict[str, Any]],
+    ) -> Exposure[A]:
+        """Answer with the model of the session's variant and log the exposure (`logged` gives
+        the answer's fields in the log); a shadow role answers after the response went out."""
+        snapshot = self.store.snapshot
+        experiment = snapshot.experiments.get(problem)
+        if experiment is None:
+            raise Unavailable(problem)
+        variant = experiment.assign(session_id)
+        served = snapshot.model(problem, variant.role)
+        answer = await answer_of(served)
+        exposure_id = self.expose(experiment, variant, served, session_id, logged(answer))
+        if experiment.shadow:
+            background.add_task(self._shadow, snapshot, experiment, exposure_id, answer_of, logged)
+        return Exposure(served, experiment, variant, exposure_id, answer)
+
+    def expose(
+        self,
+        experiment: Experiment | None,
+        variant: Variant,
+        served: Loaded,
+        session_id: str | None,
+        answer: dict[str, Any],
+    ) -> str:
+        exposure_id = uuid.uuid4().hex
+        record = {
+            "kind": "exposure",
+            "id": exposure_id,
+            "at": now(),
+            "problem": served.problem,
+            "experiment": experiment.name if experiment else None,
+            "session_id": session_id,
+            "variant": variant.name,
+            "role": variant.role,
+            "model_version": served.version,
+            "weights": experiment.weights if experiment else None,
+            **answer,
+        }
+        try:
+            self.events.write(record)
+        except OSError:  # serving outlives its log; the failure is counted and logged
+            self.metrics.inc("skiff_event_log_errors_total")
+            log.exception("could not log exposure %s", exposure_id)
+        self.metrics.inc("skiff_exposures_total", problem=served.problem, variant=variant.name)
+        return exposure_id
+
+    async def _shadow(
+        self,
+        snapshot: Snapshot,
+        experiment: Experiment,
+        exposure_id: str,
+        answer_of: AnswerOf[A],
+        logged: Callable[[A], dict[str, Any]],
+    ) -> None:
+        """Score the shadow role after the response went out, and log it beside the exposure."""
+        loaded = snapshot.model(experiment.problem, experiment.shadow or "")
+        if loaded is None:
+            return
+        try:
+            answer = logged(await answer_of(loaded))
+        except Exception:
+            self.metrics.inc("skiff_model_errors_total", problem=loaded.problem, role=loaded.role)
+            log.exception("shadow %s %s failed", loaded.problem, loaded.version)
+            return
+        try:
+            self.events.write(
+                {
+                    "kind": "shadow",
+                    "exposure_id": exposure_id,
+                    "at": now(),
+                    "problem": loaded.problem,
+                    "role": loaded.role,
+                    "model_version": loaded.version,
+                    **answer,
+                }
+            )
+        except OSError:
+            self.metrics.inc("skiff_event_log_errors_total")
+            log.exception("could not log the shadow score of %s", exposure_id)
+        self.metrics.inc("skiff_shadow_scores_total", problem=loaded.problem, role=loaded.role)
