@@ -18,6 +18,7 @@ RUN pip install torch==2.13.0
 
 COPY pyproject.toml README.md ./
 COPY skiff ./skiff
+COPY skiff_cli ./skiff_cli
 COPY ml ./ml
 COPY orchestration ./orchestration
 COPY serving ./serving

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.skiff-installed
 
-.PHONY: setup demo test test-fast lint ui bench manifest clean
+.PHONY: setup demo test test-fast lint snapshot ui bench manifest clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test: lint
 # Everything but the slow and end-to-end tests, for a quick loop while editing.
 test-fast: setup
 	$(BIN)/pytest -m "not slow and not e2e"
+
+# Rewrite the graph snapshot (tests/__snapshots__/) after an intended change of the graph;
+# the diff of the .ambr file is what changed, for the review.
+snapshot: setup
+	$(BIN)/pytest -p no:xdist tests/test_graph_snapshot.py --snapshot-update
 
 ui: setup
 	$(BIN)/skiff ui

@@ -165,12 +165,9 @@ def phase_run(first: str, last: str) -> dict:
     settings = _settings()
     began = time.perf_counter()
     from dagster import DagsterEventType, DagsterInstance
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
 
     from orchestration.definitions import DAILY_REFRESH, build_definitions
+    from orchestration.runs import partition_range_tags
 
     job = build_definitions(settings).resolve_job_def(DAILY_REFRESH)
     defs_seconds = time.perf_counter() - began
@@ -178,10 +175,7 @@ def phase_run(first: str, last: str) -> dict:
         result = job.execute_in_process(
             instance=instance,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: first,
-                ASSET_PARTITION_RANGE_END_TAG: last,
-            },
+            tags=partition_range_tags(dt.date.fromisoformat(first), dt.date.fromisoformat(last)),
             raise_on_error=False,
         )
         records = instance.all_logs(result.run_id)

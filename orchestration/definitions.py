@@ -1,42 +1,34 @@
 """The Skiff code location: `dagster dev` (via workspace.yaml) loads `defs` from here.
 
-Everything is assembled in `build_definitions`, from settings read once from the environment,
-so tests can build the same graph on a temporary SKIFF_HOME.
+`build_definitions` assembles the domains (one package each), applies the policy of
+`orchestration/policy.py`, and defines the jobs that cut across them. Settings are read once
+from the environment, so tests can build the same graph on a temporary SKIFF_HOME.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-
 from dagster import (
     AssetSelection,
-    AssetSpec,
-    Backoff,
-    DailyPartitionsDefinition,
     Definitions,
-    FreshnessPolicy,
-    RetryPolicy,
     define_asset_job,
     definitions,
     in_process_executor,
-    map_asset_specs,
     multiprocess_executor,
 )
 
-from orchestration.assets.conversion import build_conversion_assets
-from orchestration.assets.dbt import build_dbt_assets, build_dbt_project
-from orchestration.assets.experiments import build_experiment_assets
-from orchestration.assets.ingestion import build_ingestion_assets
-from orchestration.assets.monitoring import build_monitoring_assets
-from orchestration.assets.recommendation import build_recommendation_assets
+from orchestration import policy
+from orchestration.automation import build_failure_sensor, build_nightly_schedule
+from orchestration.conversion.assets import build_conversion_assets
+from orchestration.dbt.assets import build_dbt_assets
+from orchestration.dbt.project import build_dbt_project
+from orchestration.experiments.assets import build_experiment_assets
+from orchestration.ingestion.assets import build_ingestion_assets
+from orchestration.ingestion.sensors import build_landing_sensor
+from orchestration.monitoring.assets import build_monitoring_assets
+from orchestration.monitoring.sensors import RETRAIN_JOBS, build_drift_sensor
+from orchestration.partitions import daily_partitions
+from orchestration.recommendation.assets import build_recommendation_assets
 from orchestration.resources import build_resources
-from orchestration.schedules import build_nightly_schedule
-from orchestration.sensors import (
-    RETRAIN_JOBS,
-    build_drift_sensor,
-    build_failure_sensor,
-    build_landing_sensor,
-)
 from skiff.settings import Settings, ensure_home, load_settings
 
 DAILY_REFRESH = "daily_refresh"
@@ -45,33 +37,22 @@ SCORE_DAYS = "score_days"
 NIGHTLY = "nightly_refresh"
 MONITOR_DAYS = "monitor_days"
 DATA_GROUPS = ("ingestion", "staging", "intermediate", "marts")
-# Policy, in one place. Jobs that run unattended retry a failed step twice (1 then 2 minutes
-# later: a warehouse that was briefly unreachable, a lock); failures known to be permanent
-# (a missing landing folder, no champion) raise Failure(allow_retries=False) and stop at once.
-UNATTENDED_RETRIES = RetryPolicy(max_retries=2, delay=60, backoff=Backoff.EXPONENTIAL)
-# The nightly run lands every 24 hours: an hour late is a warning, six hours an error.
-DAILY_FRESHNESS = FreshnessPolicy.time_window(
-    fail_window=dt.timedelta(hours=30), warn_window=dt.timedelta(hours=25)
-)
-FRESH_GROUPS = ("marts",)
-FRESH_ASSETS = ("conversion_predictions",)
 
 
 def build_definitions(settings: Settings) -> Definitions:
-    partitions = DailyPartitionsDefinition(
-        start_date=settings.partitions_start.isoformat(), timezone="UTC"
-    )
+    partitions = daily_partitions(settings)
     project = build_dbt_project(settings)
-    kind = "duckdb" if settings.env == "local" else "snowflake"
-    assets = [
-        *build_ingestion_assets(partitions, settings.landing, kind),
-        build_dbt_assets(project, partitions),
-        *build_conversion_assets(settings, partitions),
-        *build_recommendation_assets(settings, partitions),
-        *build_monitoring_assets(settings, partitions),
-        *build_experiment_assets(settings),
-    ]
-    assets = map_asset_specs(_fresh, assets)
+    assets = policy.apply(
+        [
+            *build_ingestion_assets(partitions, settings.landing),
+            build_dbt_assets(project, partitions),
+            *build_conversion_assets(settings, partitions),
+            *build_recommendation_assets(settings),
+            *build_monitoring_assets(settings, partitions),
+            *build_experiment_assets(settings),
+        ],
+        settings.env,
+    )
     data = AssetSelection.groups(*DATA_GROUPS)
     models = AssetSelection.groups("conversion", "recommendation")
     daily_refresh = define_asset_job(
@@ -93,7 +74,6 @@ def build_definitions(settings: Settings) -> Definitions:
         define_asset_job(
             RETRAIN_JOBS[problem],
             selection=AssetSelection.groups(group) - scored,
-            op_retry_policy=UNATTENDED_RETRIES,
             description=f"Retrain, evaluate and gate the {problem} candidates (what the drift "
             "sensor requests); the champion changes only through the gates.",
         )
@@ -115,7 +95,6 @@ def build_definitions(settings: Settings) -> Definitions:
         NIGHTLY,
         selection=data | scored | AssetSelection.groups("monitoring"),
         partitions_def=partitions,
-        op_retry_policy=UNATTENDED_RETRIES,
         description="One day end to end, as the nightly schedule and the landing sensor run "
         "it: ingestion, dbt marts, the champion's predictions, monitoring.",
     )
@@ -133,12 +112,6 @@ def build_definitions(settings: Settings) -> Definitions:
         # executor spares each step the cost of re-importing the definitions.
         executor=in_process_executor if settings.env == "local" else multiprocess_executor,
     )
-
-
-def _fresh(spec: AssetSpec) -> AssetSpec:
-    if spec.group_name in FRESH_GROUPS or spec.key.to_user_string() in FRESH_ASSETS:
-        return spec.replace_attributes(freshness_policy=DAILY_FRESHNESS)
-    return spec
 
 
 def _partitioned_keys(assets: list) -> list:

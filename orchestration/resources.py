@@ -16,7 +16,7 @@ import pandas as pd
 from dagster import ConfigurableResource
 from dagster_dbt import DbtProject
 
-from orchestration.assets.dbt import dbt_cli
+from orchestration.dbt.project import dbt_cli
 from orchestration.sql import days_sql
 from skiff.settings import Settings
 

@@ -32,6 +32,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     cleared = (
         "SKIFF_DBT_TARGET",
         "SKIFF_RAW_SCHEMA",
+        "SKIFF_PARTITIONS_START",
         "DAGSTER_HOME",
         "SKIFF_DAGSTER_HOME",
         "SKIFF_ARTIFACTS_URL",

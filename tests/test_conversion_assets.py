@@ -12,17 +12,12 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from ml.conversion import dataset, features, models
+from bench.conversion_examples import examples_from_landing
+from ml.conversion import features, models
 from ml.registry import Registry, load_published
 from ml.synthetic import GeneratorConfig, generate
-from orchestration.assets.conversion import (
-    CHAMPION,
-    CHECKS,
-    EVALUATION,
-    PREDICTIONS,
-    TRAINING_SET,
-    leaderboard_path,
-)
+from orchestration.conversion.config import CHAMPION, CHECKS, EVALUATION, PREDICTIONS, TRAINING_SET
+from orchestration.conversion.files import leaderboard_path
 from orchestration.definitions import build_definitions
 from orchestration.runs import run_days
 
@@ -136,7 +131,7 @@ def test_conversion_assets_end_to_end(settings):
     assert predictions["purchase_probability"].between(0, 1).all()
 
     # the pandas stand-in of the mart that the unit tests and the benchmark use agrees with dbt
-    local = dataset.examples_from_landing(settings.landing, DAYS)
+    local = examples_from_landing(settings.landing, DAYS)
     mart = features.ordered_events(mart)
     assert len(local) == len(mart)
     for column in ("session_key", "prefix_length", "will_purchase", "product_sku", "category"):

@@ -9,7 +9,7 @@ import pytest
 from dagster import DagsterInstance, DailyPartitionsDefinition, materialize
 
 from ml import contract
-from orchestration.assets.ingestion import build_ingestion_assets
+from orchestration.ingestion.assets import build_ingestion_assets
 from orchestration.resources import build_warehouse
 from tests.conftest import DAY, ms, write_day
 
@@ -34,7 +34,7 @@ PRODUCTS = [["p1", "c1/c11", "3", "", ""], ["p2", "", "", "", ""], ["", "c1/c12"
 
 
 def _materialize(settings, day: dt.date = DAY, instance=None):
-    assets = build_ingestion_assets(PARTITIONS, settings.landing, "duckdb")
+    assets = build_ingestion_assets(PARTITIONS, settings.landing)
     return materialize(
         assets,
         resources={"warehouse": build_warehouse(settings)},
@@ -125,3 +125,5 @@ def test_missing_day_folder_fails_clearly(settings):
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert f"No landing folder for {DAY}" in str(failure.event_specific_data.error)
+    # the step retries on other errors (orchestration/policy.py), not on this permanent one
+    assert failure.step_key and not [e for e in result.all_events if e.is_step_up_for_retry]

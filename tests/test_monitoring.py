@@ -26,7 +26,7 @@ from ml.monitoring import data_drift, drift_episode, grade
 from ml.recommend.behavior import GATES
 from ml.registry import Registry
 from ml.synthetic import GeneratorConfig, generate
-from orchestration.assets.monitoring import FEATURE_DRIFT, RECOMMENDER, WATCHES
+from orchestration.automation import previous_day
 from orchestration.definitions import (
     MONITOR_DAYS,
     NIGHTLY,
@@ -34,9 +34,9 @@ from orchestration.definitions import (
     TRAIN_MODELS,
     build_definitions,
 )
+from orchestration.monitoring.config import FEATURE_DRIFT, RECOMMENDER, WATCHES
+from orchestration.monitoring.sensors import RUN_KEY_TAG
 from orchestration.runs import run_days
-from orchestration.schedules import previous_day
-from orchestration.sensors import RUN_KEY_TAG
 from skiff.settings import ensure_home, load_settings
 from tests.conftest import AUTOMATION_VARIABLES
 

@@ -12,15 +12,14 @@ import pytest
 from dagster import (
     AssetSelection,
     DagsterInstance,
-    DailyPartitionsDefinition,
     Definitions,
     define_asset_job,
 )
 
 from ml.registry import Registry, load_published
 from ml.synthetic import GeneratorConfig, generate
-from orchestration.assets.recommendation import GATE_NAMES, build_recommendation_assets
 from orchestration.definitions import build_definitions
+from orchestration.recommendation.config import GATE_NAMES
 from orchestration.runs import run_days
 
 START = dt.date(2026, 1, 5)
@@ -29,18 +28,8 @@ FAST = {"ops": {"recommender_candidate_gru": {"config": {"params_json": '{"epoch
 
 
 def _definitions(settings) -> Definitions:
-    base = build_definitions(settings)
-    graph = base.resolve_asset_graph()
-    extra = []
-    if not any(
-        graph.get(k).group_name == "recommendation" for k in graph.materializable_asset_keys
-    ):
-        partitions = DailyPartitionsDefinition(
-            start_date=settings.partitions_start.isoformat(), timezone="UTC"
-        )
-        extra = build_recommendation_assets(settings, partitions)
     job = define_asset_job(JOB, selection=AssetSelection.groups("recommendation"))
-    return Definitions.merge(base, Definitions(assets=extra, jobs=[job]))
+    return Definitions.merge(build_definitions(settings), Definitions(jobs=[job]))
 
 
 def _materialize(settings, run_config: dict):

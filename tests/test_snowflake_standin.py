@@ -23,26 +23,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from ml.registry import load_published
 from ml.synthetic import GeneratorConfig, generate
-from orchestration.assets.conversion import (
+from orchestration.conversion.config import (
     CHAMPION,
     CHECKS,
     EVALUATION,
     GROUP,
     PREDICTIONS,
     TRAINING_SET,
-    work_dir,
 )
-from orchestration.assets.dbt import build_dbt_project, dbt_cli
+from orchestration.conversion.files import training_set_dir
+from orchestration.dbt.project import build_dbt_project, dbt_cli
 from orchestration.definitions import SCORE_DAYS, build_definitions
 from orchestration.resources import build_warehouse
-from orchestration.runs import SUMMARY_TABLES, run_days
+from orchestration.runs import SUMMARY_TABLES, partition_range_tags, run_days
 from skiff.settings import Settings, ensure_home, load_settings
 from tests.servers import free_port, running, wait_for_port
 
@@ -89,7 +85,7 @@ def _conversion(settings: Settings) -> dict:
         assert champion.metadata["promoted"].value, champion.metadata["reason"].value
         scored = defs.resolve_job_def(SCORE_DAYS).execute_in_process(
             instance=instance,
-            tags={ASSET_PARTITION_RANGE_START_TAG: day, ASSET_PARTITION_RANGE_END_TAG: day},
+            tags=partition_range_tags(dt.date.fromisoformat(day), dt.date.fromisoformat(day)),
             raise_on_error=False,
         )
         _succeeded(scored, f"{SCORE_DAYS} {day} ({settings.env})")
@@ -102,7 +98,7 @@ def _conversion(settings: Settings) -> dict:
         f"select count(*) as n from {warehouse.models_schema}.conversion_examples"
         f" where session_day = cast('{day}' as date)"
     )
-    folder = work_dir(settings) / "training_set"
+    folder = training_set_dir(settings)
     test_part = pd.read_parquet(folder / "test.parquet")
     return {
         "split": json.loads((folder / "split.json").read_text()),

@@ -5,12 +5,9 @@ The dbt models are daily-partitioned like the raw tables. A run passes its day r
 nightly run costs one day and a backfill of many days is one dbt invocation.
 """
 
-import fcntl
 import json
 import shutil
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -22,59 +19,14 @@ from dagster import (
 )
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from orchestration.assets.ingestion import partition_days
-from skiff.settings import DBT_PROJECT_DIR, Settings
-
-# Raw tables keep the asset keys of the ingestion assets that write them.
-RAW_SOURCE = "skiff_raw"
-
-
-def build_dbt_project(settings: Settings) -> DbtProject:
-    return DbtProject(
-        project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR, target=settings.dbt_target
-    )
-
-
-def dbt_cli(project: DbtProject) -> DbtCliResource:
-    """The venv's own dbt, so nothing depends on the venv being activated (PATH)."""
-    return DbtCliResource(
-        project_dir=project,
-        target=project.target,
-        dbt_executable=str(Path(sys.executable).parent / "dbt"),
-    )
-
-
-def _dbt_sources_newer_than(manifest: Path) -> bool:
-    newest = max(
-        (
-            p.stat().st_mtime
-            for p in DBT_PROJECT_DIR.rglob("*")
-            if p.suffix in {".sql", ".yml"} and "target" not in p.relative_to(DBT_PROJECT_DIR).parts
-        ),
-        default=0.0,
-    )
-    return newest > manifest.stat().st_mtime
-
-
-def ensure_manifest(project: DbtProject) -> Path:
-    """Parse the dbt project when its manifest is missing or older than a model or yml file.
-
-    Cheaper than `prepare_if_dev()`, which re-parses in every process `dg`/`dagster dev`
-    starts (each run worker too). A file lock keeps concurrent processes from parsing at once.
-    """
-    manifest = project.manifest_path
-    if manifest.exists() and not _dbt_sources_newer_than(manifest):
-        return manifest
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest.parent / ".skiff-parse.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not manifest.exists() or _dbt_sources_newer_than(manifest):
-            dbt_cli(project).cli(["--quiet", "parse"], target_path=project.target_path).wait()
-    return manifest
+from orchestration.dbt.project import ensure_manifest
+from orchestration.partitions import partition_days
+from orchestration.policy import RETRIES, WAREHOUSE_POOL
 
 
 class SkiffDbtTranslator(DagsterDbtTranslator):
-    """Sources map onto the ingestion assets; groups follow the dbt folders."""
+    """Sources keep the asset keys of the ingestion assets that write them; groups follow the
+    dbt folders."""
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
         if dbt_resource_props["resource_type"] == "source":
@@ -96,7 +48,8 @@ def build_dbt_assets(project: DbtProject, partitions_def: PartitionsDefinition) 
         dagster_dbt_translator=SkiffDbtTranslator(),
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        pool="warehouse",
+        pool=WAREHOUSE_POOL,
+        retry_policy=RETRIES,
         name="skiff_dbt_models",
     )
     def skiff_dbt_models(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator:

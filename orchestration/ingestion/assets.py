@@ -29,6 +29,8 @@ from dagster import (
 )
 
 from ml import contract
+from orchestration.partitions import partition_days
+from orchestration.policy import WAREHOUSE_STEP
 from orchestration.sql import date_sql
 
 # A day whose quarantined share passes this is flagged (warning) on the asset's page.
@@ -63,13 +65,6 @@ PRODUCTS = LandingTable(
 )
 
 
-def partition_days(context: AssetExecutionContext) -> list[dt.date]:
-    """The days of this run: one partition, or a whole range in a single-run backfill."""
-    window = context.partition_time_window
-    first, end = window.start.date(), window.end.date()
-    return [first + dt.timedelta(days=i) for i in range((end - first).days)]
-
-
 def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> pd.DataFrame:
     folder = landing / day.isoformat()
     if not folder.is_dir():
@@ -96,7 +91,7 @@ def _reason_table(reasons: pd.Series) -> str:
 
 
 def build_landing_asset(
-    table: LandingTable, partitions_def: PartitionsDefinition, landing: Path, kind: str
+    table: LandingTable, partitions_def: PartitionsDefinition, landing: Path
 ) -> AssetsDefinition:
     rejected_name = f"{table.name}_rejected"
     reconcile = AssetCheckSpec(
@@ -113,20 +108,19 @@ def build_landing_asset(
     @multi_asset(
         name=f"ingest_{table.name}",
         specs=[
-            AssetSpec(table.name, description=table.description, kinds={"python", kind}),
+            AssetSpec(table.name, description=table.description, kinds={"python"}),
             AssetSpec(
                 rejected_name,
                 description=f"Quarantine of {table.name}: rows as read, with `row_number` "
                 "and the `reason` they were refused.",
-                kinds={"python", kind},
+                kinds={"python"},
             ),
         ],
         check_specs=[reconcile, quarantine],
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
         group_name="ingestion",
-        pool="warehouse",
-        required_resource_keys={"warehouse"},
+        **WAREHOUSE_STEP,
     )
     def _ingest(context: AssetExecutionContext) -> Iterator:
         warehouse = context.resources.warehouse
@@ -195,6 +189,6 @@ def build_landing_asset(
 
 
 def build_ingestion_assets(
-    partitions_def: PartitionsDefinition, landing: Path, kind: str
+    partitions_def: PartitionsDefinition, landing: Path
 ) -> list[AssetsDefinition]:
-    return [build_landing_asset(t, partitions_def, landing, kind) for t in (EVENTS, PRODUCTS)]
+    return [build_landing_asset(t, partitions_def, landing) for t in (EVENTS, PRODUCTS)]

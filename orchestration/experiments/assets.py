@@ -20,11 +20,11 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
-    asset,
 )
 from pydantic import Field
 
 from ml import experiments as stats
+from orchestration.policy import asset
 from skiff.settings import Settings
 from skiff.urls import report_url
 

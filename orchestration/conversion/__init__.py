@@ -1,0 +1,2 @@
+"""Session conversion: training set, candidates, evaluation with its gates, champion, daily
+predictions."""

@@ -1,0 +1,1 @@
+"""Online experiments: what the server's champion/challenger traffic showed."""

@@ -1,0 +1,1 @@
+"""Landing files -> raw warehouse tables (checked, quarantined), and the landing sensor."""

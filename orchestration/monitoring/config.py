@@ -1,0 +1,84 @@
+"""Monitoring: names of the assets, which models each watches, and the thresholds (the run
+configuration of each asset)."""
+
+from dagster import Config
+from pydantic import Field
+
+GROUP = "monitoring"
+FEATURE_DRIFT = "conversion_feature_drift"
+PREDICTION_DRIFT = "conversion_prediction_drift"
+QUALITY = "conversion_quality"
+RECOMMENDER = "recommender_monitoring"
+# Which models each monitoring asset watches: what the drift sensor retrains.
+WATCHES: dict[str, str] = {
+    FEATURE_DRIFT: "conversion",
+    PREDICTION_DRIFT: "conversion",
+    QUALITY: "conversion",
+    RECOMMENDER: "recommender",
+}
+# Prefixes of a training window kept as the reference (whole sessions, seeded sample).
+REFERENCE_ROWS = 20_000
+
+
+class FeatureDriftConfig(Config):
+    warn_drift_share: float = Field(
+        default=0.0,
+        description="WARN when the share of drifted input columns passes this (0: any column).",
+    )
+    error_drift_share: float = Field(
+        default=0.2, description="ERROR when the share of drifted input columns passes this."
+    )
+    numerical_threshold: float = Field(
+        default=0.25,
+        description="A numerical column drifts at this normed Wasserstein distance.",
+    )
+    categorical_threshold: float = Field(
+        default=0.1, description="A categorical column drifts at this Jensen-Shannon distance."
+    )
+    max_rows: int = Field(
+        default=20_000, description="The day's prefixes compared (whole sessions, seeded sample)."
+    )
+
+
+class PredictionDriftConfig(Config):
+    warn_score: float = Field(
+        default=0.15, description="WARN past this normed Wasserstein distance of the scores."
+    )
+    error_score: float = Field(
+        default=0.3, description="ERROR past this normed Wasserstein distance of the scores."
+    )
+
+
+class QualityConfig(Config):
+    warn_auc_drop: float = Field(
+        default=0.03, description="WARN when ROC AUC is this far below the model's test AUC."
+    )
+    error_auc_drop: float = Field(default=0.08, description="ERROR past this ROC AUC drop.")
+    warn_calibration_ratio: float = Field(
+        default=1.25,
+        description="WARN when predicted/observed purchase rate is above this or below its "
+        "inverse.",
+    )
+    error_calibration_ratio: float = Field(
+        default=1.6, description="ERROR past this ratio (or below its inverse)."
+    )
+    min_buying_sessions: int = Field(
+        default=50,
+        description="Fewer buying sessions than this on the day: too few labels to grade it "
+        "(the metrics are still recorded).",
+    )
+
+
+class RecommenderMonitoringConfig(Config):
+    warn_hr_drop: float = Field(
+        default=0.10, description="WARN when HR@20 is this fraction below the champion's test HR."
+    )
+    error_hr_drop: float = Field(default=0.25, description="ERROR past this relative HR drop.")
+    warn_unseen_increase: float = Field(
+        default=0.1,
+        description="WARN when the share of requests ending on an item the model never saw is "
+        "this much above its share on the champion's test days (0.1 = 10 points).",
+    )
+    error_unseen_increase: float = Field(
+        default=0.2, description="ERROR past this increase of the unseen share."
+    )

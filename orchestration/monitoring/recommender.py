@@ -1,0 +1,145 @@
+"""Monitoring of the recommender champion: `recommender_monitoring` grades each day's sessions
+(t+1 from 1..t) against what the champion did on its own test days."""
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterator
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    Failure,
+    MetadataValue,
+    PartitionsDefinition,
+)
+
+from orchestration.monitoring.config import RECOMMENDER, RecommenderMonitoringConfig
+from orchestration.monitoring.grading import Grade, graded_day, monitoring_asset
+from orchestration.monitoring.inputs import one_day, published, reference_dir, sessions
+from skiff.settings import Settings
+
+
+def build_recommender_monitoring_asset(
+    settings: Settings, partitions: PartitionsDefinition
+) -> AssetsDefinition:
+    @monitoring_asset(
+        RECOMMENDER,
+        partitions,
+        deps=[AssetKey("session_sequences"), AssetKey("recommender_champion")],
+        checks={
+            "hr_drop": "HR@20 on the day relative to the champion's test HR@20: WARN past "
+            "warn_hr_drop, ERROR past error_hr_drop.",
+            "unseen_requests": "Share of requests whose last item the champion never saw: WARN "
+            "past warn_unseen_increase above its share on the champion's test days, ERROR "
+            "past error_unseen_increase.",
+        },
+        description="The published recommender on the day's sessions (t+1 from 1..t): HR@20, "
+        "MRR@20, requests for unseen items, popularity of the recommendations; Evidently drift "
+        "of those per-request columns against the champion's test days.",
+    )
+    def recommender_monitoring(
+        context: AssetExecutionContext, config: RecommenderMonitoringConfig
+    ) -> Iterator:
+        from ml.monitoring import (
+            RECOMMENDER_CATEGORICAL,
+            RECOMMENDER_NUMERICAL,
+            data_drift,
+            grade,
+            recommender_day,
+        )
+        from ml.recommend.models import Recommender
+
+        day = one_day(context)
+        warehouse = context.resources.warehouse
+        manifest, folder = published(settings, "recommender")
+        model = Recommender.load(folder)
+        known = set(model.vocab.items[1:])
+        popularity = dict(zip(model.vocab.items[1:], model.popularity[1:].tolist(), strict=True))
+
+        def measure(first: dt.date | str, last: dt.date | str):
+            requests = [s for s in sessions(warehouse, first, last) if len(s) >= 2]
+            if not requests:
+                raise Failure(
+                    description=f"session_sequences has no session of 2+ views in {first} .. {last}"
+                )
+            return recommender_day(requests, model.recommend_batch, known, popularity)
+
+        today = measure(day, day)
+        # the champion on its own test days: the baseline of the shares and the distributions
+        path = reference_dir(settings) / f"recommender-{manifest.version}.parquet"
+        baseline_path = path.with_suffix(".json")
+        if path.exists() and baseline_path.exists():
+            reference = pd.read_parquet(path)
+            baseline = json.loads(baseline_path.read_text())
+        else:
+            window = manifest.extra["test_window"]
+            measured = measure(window["start"], window["end"])
+            reference, baseline = measured.points, measured.metrics
+            path.parent.mkdir(parents=True, exist_ok=True)
+            reference.to_parquet(path, index=False)
+            baseline_path.write_text(json.dumps(baseline))
+        drift = data_drift(
+            reference,
+            today.points,
+            numerical=RECOMMENDER_NUMERICAL,
+            categorical=RECOMMENDER_CATEGORICAL,
+        )
+        m = today.metrics
+        test_hr = float(manifest.metrics["hr_at_20"])
+        hr_drop = 1 - m["hr_at_20"] / test_hr if test_hr > 0 else math.nan
+        hr_severity = grade(hr_drop, config.warn_hr_drop, config.error_hr_drop)
+        unseen_increase = m["unseen_request_share"] - baseline["unseen_request_share"]
+        unseen_severity = grade(
+            unseen_increase, config.warn_unseen_increase, config.error_unseen_increase
+        )
+        yield from graded_day(
+            context,
+            settings,
+            RECOMMENDER,
+            day,
+            report=drift,
+            grades=[
+                Grade(
+                    "hr_drop",
+                    hr_severity,
+                    hr_drop,
+                    f"HR@20 {m['hr_at_20']:.3f} against {test_hr:.3f} on the test days (relative "
+                    f"drop {hr_drop:.1%}; warn > {config.warn_hr_drop:.0%}, error > "
+                    f"{config.error_hr_drop:.0%})",
+                    {"hr_drop": float(hr_drop)},
+                ),
+                Grade(
+                    "unseen_requests",
+                    unseen_severity,
+                    unseen_increase,
+                    f"{m['unseen_request_share']:.1%} of requests end on an item the champion "
+                    f"never saw, against {baseline['unseen_request_share']:.1%} on its test days "
+                    f"(increase {unseen_increase:+.1%}; warn > {config.warn_unseen_increase:.0%}, "
+                    f"error > {config.error_unseen_increase:.0%})",
+                    {
+                        "unseen_request_share": float(m["unseen_request_share"]),
+                        "unseen_increase": float(unseen_increase),
+                    },
+                ),
+            ],
+            summary=lambda severity: (
+                f"HR@20 {m['hr_at_20']:.3f} (test {test_hr:.3f}), unseen requests "
+                f"{m['unseen_request_share']:.2%}: {severity}"
+            ),
+            metadata={
+                **{k: float(v) for k, v in m.items()},
+                "test_hr_at_20": test_hr,
+                "reference_unseen_request_share": float(baseline["unseen_request_share"]),
+                "unseen_increase": float(unseen_increase),
+                "hr_drop": float(hr_drop),
+                "drift_share": float(drift.drift_share),
+                "drifted_columns": drift.n_drifted,
+                "most_drifted": MetadataValue.md(drift.markdown()),
+                "champion_version": MetadataValue.text(manifest.version),
+            },
+        )
+
+    return recommender_monitoring

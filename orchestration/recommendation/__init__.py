@@ -1,0 +1,2 @@
+"""Next-item recommendation: training set, candidates, evaluation with behavioral checks,
+champion, batch predictions."""

@@ -1,0 +1,71 @@
+"""Next-item recommendation: names of the assets and checks, and the run configuration."""
+
+import datetime as dt
+
+from dagster import Config
+
+PROBLEM = "recommender"
+GROUP = "recommendation"
+TRAINING_SET = "recommender_training_set"
+EVALUATION = "recommender_evaluation"
+CHAMPION = "recommender_champion"
+NEXT_ITEMS = "recommender_next_items"
+ALGORITHMS = ("pop", "sknn", "gru")
+K = 20
+LOOKUP = "next_items.parquet"
+GATE_NAMES = (
+    "beats_pop",
+    "unseen_items",
+    "similar_item_stability",
+    "shuffle_stability",
+    "tail_hit_rate",
+)
+# What the registry records of each candidate's evaluation.
+REGISTERED_METRICS = (
+    "hr_at_20",
+    "mrr_at_20",
+    "ndcg_at_20",
+    "coverage",
+    "popularity_bias",
+    "predictions",
+    "train_seconds",
+)
+NEXT_ITEMS_COLUMNS = {
+    "product_sku_hash": "varchar",
+    "rank": "integer",
+    "next_sku": "varchar",
+    "model_version": "varchar",
+    "as_of_day": "date",
+}
+
+
+def candidate_asset_name(algorithm: str) -> str:
+    return f"recommender_candidate_{algorithm}"
+
+
+class TrainingSetConfig(Config):
+    train_days: int = 14
+    test_days: int = 1
+    end_day: str = ""  # last test day (YYYY-MM-DD); empty = the latest day in the mart
+
+
+class CandidateConfig(Config):
+    params_json: str = ""  # hyper-parameters over ml.recommend.compare.DEFAULT_PARAMS, as JSON
+
+
+class ChampionConfig(Config):
+    candidate: str = ""  # propose this algorithm's candidate; empty = the evaluation's best
+
+
+def split_window(first: dt.date, split: dt.date, last: dt.date) -> dict[str, str]:
+    """Training days [first, split), test days [split, last], as the registry records them."""
+    return {
+        "train_start": first.isoformat(),
+        "train_end": (split - dt.timedelta(days=1)).isoformat(),
+        "test_start": split.isoformat(),
+        "test_end": last.isoformat(),
+    }
+
+
+def test_window(window: dict) -> dict:
+    return {"start": window["test_start"], "end": window["test_end"]}
