@@ -7,7 +7,28 @@ from __future__ import annotations
 
 import datetime as dt
 
+from dagster import DagsterInstance, RunRequest
+
+from orchestration.definitions import DAILY_REFRESH, build_definitions
+from orchestration.resources import build_warehouse
 from skiff.settings import Settings
+
+# The tags the sensor daemon puts on a run it launches: the sensor sees the run key as done on
+# its next tick, and the UI lists the run under the sensor.
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+
+
+def partition_range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
+    """The run tags that make one run cover the daily partitions [first, last]."""
+    # Dagster has no public API for running a partition range in process: execute_in_process and
+    # materialize take a single partition_key (dagster-io/dagster#14905). These two tags are how
+    # the UI's launchpad and the single-run backfill ask for a range, so they are spelled out
+    # here rather than imported from the private dagster._core.storage.tags.
+    return {
+        "dagster/asset_partition_range_start": first.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat(),
+    }
 
 
 def run_job(
@@ -21,21 +42,10 @@ def run_job(
 ) -> bool:
     """Run one of the code location's jobs in process on the persistent instance (so the UI
     shows it), for days [first, last] in one run when the job is partitioned."""
-    from dagster import DagsterInstance
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
-
-    from orchestration.definitions import build_definitions
-
     job = build_definitions(settings).resolve_job_def(job_name)
     tags = dict(tags or {})
     if first is not None:
-        tags |= {
-            ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
-            ASSET_PARTITION_RANGE_END_TAG: (last or first).isoformat(),
-        }
+        tags |= partition_range_tags(first, last or first)
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
@@ -49,17 +59,24 @@ def run_job(
             raise_on_error=False,
         )
     if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(f"step {event.step_key} failed: {event.step_failure_data.error.message}")
+        for event in result.get_step_failure_events():
+            print(f"step {event.step_key} failed: {event.step_failure_data.error.message}")
     return result.success
 
 
 def run_days(settings: Settings, first: dt.date, last: dt.date) -> bool:
     """Materialize landing days [first, last] through the marts in one run."""
-    from orchestration.definitions import DAILY_REFRESH
-
     return run_job(settings, DAILY_REFRESH, first, last)
+
+
+def run_requested(settings: Settings, request: RunRequest, sensor_name: str) -> bool:
+    """Run what a sensor requested, in process, tagged as the sensor daemon tags its launches."""
+    return run_job(
+        settings,
+        request.job_name,
+        ops=request.run_config["ops"],
+        tags={**request.tags, SENSOR_NAME_TAG: sensor_name, RUN_KEY_TAG: request.run_key},
+    )
 
 
 SUMMARY_TABLES = (
@@ -76,8 +93,6 @@ SUMMARY_TABLES = (
 
 def summarize(settings: Settings) -> str:
     """Rows per table, sessions and conversion rate, read back from the warehouse."""
-    from orchestration.resources import build_warehouse
-
     warehouse = build_warehouse(settings)
     lines = [f"{'table':<32}{'rows':>12}"]
     for schema, table in SUMMARY_TABLES:

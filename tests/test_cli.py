@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import filecmp
 import json
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from skiff.settings import REPO_ROOT
+from orchestration.demo import choose_test_day, training_windows
+from skiff.settings import REPO_ROOT, ConfigError
 
 SKIFF = str(Path(sys.executable).parent / "skiff")
 DIGINETICA = REPO_ROOT.parent / "shared" / "data" / "diginetica" / "sample_train-item-views.csv"
@@ -50,6 +52,34 @@ def test_demo_runs_the_graph_and_says_how_to_open_the_ui(settings):
     # the run is in the persistent instance, so the UI shows it after the demo
     runs = list((settings.dagster_home / "history" / "runs").glob("*.db"))
     assert runs, "no run stored under DAGSTER_HOME"
+
+
+def test_demo_trains_up_to_the_day_before_the_drift_or_three_days_before_the_end():
+    days = [dt.date(2026, 11, 1) + dt.timedelta(days=i) for i in range(10)]
+    assert choose_test_day(days, None) == dt.date(2026, 11, 7)
+    assert choose_test_day(days[:6], None) == dt.date(2026, 11, 4)  # keeps 4 days to train on
+    assert choose_test_day(days, dt.date(2026, 11, 9)) == dt.date(2026, 11, 8)
+    assert choose_test_day(days, dt.date(2026, 12, 1)) == dt.date(2026, 11, 7)  # drift after
+    with pytest.raises(ConfigError, match="fewer than 4 days"):
+        choose_test_day(days, dt.date(2026, 11, 4))
+    window = training_windows(days[0], dt.date(2026, 11, 7))
+    assert window["conversion_training_set"]["config"] == {
+        "train_days": 5,
+        "test_day": "2026-11-07",
+    }
+    assert window["recommender_training_set"]["config"] == {
+        "train_days": 5,
+        "end_day": "2026-11-07",
+    }
+
+
+def test_demo_with_too_early_a_drift_fails_before_the_marts(settings):
+    flags = ["--days", "6", "--sessions-per-day", "10", "--start", "2026-11-01"]
+    done = skiff("demo", *flags, "--drift-from", "2026-11-03")
+    assert done.returncode == 2
+    assert "--drift-from 2026-11-03 leaves fewer than 4 days" in done.stderr
+    assert "materializing" not in done.stdout
+    assert not list((settings.dagster_home / "history" / "runs").glob("*.db"))
 
 
 def test_evaluate_recs_on_a_users_session_files(settings, tmp_path):

@@ -1,0 +1,119 @@
+"""The `skiff` command's arguments: one subcommand each, bound to its function in `commands`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+from skiff_cli import commands
+
+IMPORT_FORMATS = ("coveo", "sessions", "diginetica")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date") from exc
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, days: int, sessions: int) -> None:
+    parser.add_argument("--days", type=_positive, default=days, help=f"days (default {days})")
+    parser.add_argument(
+        "--sessions-per-day",
+        type=_positive,
+        default=sessions,
+        help=f"sessions per day (default {sessions})",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument(
+        "--start",
+        type=_date,
+        default=None,
+        help="first day, YYYY-MM-DD (default: so that the last day is yesterday, UTC)",
+    )
+    parser.add_argument(
+        "--drift-from",
+        type=_date,
+        default=None,
+        help="from this day on, behaviour changes (catalogue, category mix, conversion)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skiff", description="Skiff: an ML data platform for e-commerce browsing sessions."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write synthetic landing days (raw contract)")
+    _add_data_flags(gen, days=21, sessions=2000)
+    gen.add_argument("--out", help="folder to write into (default $SKIFF_HOME/landing)")
+    gen.add_argument("--no-truth", action="store_true", help="do not write the ground truth")
+    gen.set_defaults(func=commands.cmd_generate)
+
+    run = sub.add_parser("run", help="materialize landing days end to end in one run")
+    run.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    run.add_argument("--end", type=_date, default=None, help="last day (default: --start)")
+    run.set_defaults(func=commands.cmd_run)
+
+    demo = sub.add_parser("demo", help="generate data and run it all on the local DuckDB")
+    _add_data_flags(demo, days=21, sessions=5000)
+    demo.add_argument(
+        "--skip-models", action="store_true", help="stop after the marts (no training)"
+    )
+    demo.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="print the retraining the drift sensor requests instead of running it",
+    )
+    demo.set_defaults(func=commands.cmd_demo)
+
+    imp = sub.add_parser(
+        "import", help="map public session data into landing days (the raw contract)"
+    )
+    imp.add_argument("--format", required=True, choices=IMPORT_FORMATS)
+    imp.add_argument("path", help="the data file (Coveo browsing_train.csv, a session file, ...)")
+    imp.add_argument("--products", help="Coveo sku_to_content.csv (optional)")
+    imp.add_argument("--out", help="landing folder (default $SKIFF_HOME/landing)")
+    imp.set_defaults(func=commands.cmd_import)
+
+    recs = sub.add_parser(
+        "evaluate-recs", help="train recommenders on one session file, evaluate on another"
+    )
+    recs.add_argument("--train", required=True, help="training sessions file")
+    recs.add_argument("--test", required=True, help="test sessions file (later sessions)")
+    recs.add_argument("--format", default="sessions", choices=IMPORT_FORMATS)
+    recs.add_argument("--models", default="pop,sknn,gru", help="comma-separated (default all)")
+    recs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recs.set_defaults(func=commands.cmd_evaluate_recs)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the local state")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=commands.cmd_ui)
+
+    serve = sub.add_parser(
+        "serve", help="serve the published models over HTTP (FastAPI; docs at /docs)"
+    )
+    serve.add_argument("--host", help="default SKIFF_SERVE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default SKIFF_SERVE_PORT or 8000")
+    serve.add_argument(
+        "--experiments", type=Path, help="experiment JSON file (default SKIFF_EXPERIMENTS)"
+    )
+    serve.add_argument("--max-body-bytes", type=_positive, help="default 65536")
+    serve.add_argument("--max-events", type=_positive, help="events per request, default 500")
+    serve.add_argument("--reload-seconds", type=float, help="pointer check interval, default 2")
+    serve.add_argument(
+        "--challenger-traffic", type=float, help="challenger share (0 = shadow), default 0"
+    )
+    serve.set_defaults(func=commands.cmd_serve)
+    return parser
