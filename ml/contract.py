@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,23 +87,292 @@ def check_columns(columns: list[str], expected: tuple[str, ...], what: str) -> N
 
 
 def read_landing_csv(path: Path, expected: tuple[str, ...]) -> pd.DataFrame:
-    """Read a landing CSV with every value as a string (None where empty), columns checked."""
+    """Read a landing CSV with every value as a string (None where empty), columns checked.
+
+    For files known to be well formed (tests, benchmarks, the importers' own output): a line
+    that is no row raises SchemaError naming it. Ingestion uses `read_landing_file`.
+    """
     if not path.exists():
         raise FileNotFoundError(f"landing file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), None)
-    if header is None:  # an empty day may come as a zero-byte file
-        return pd.DataFrame({column: pd.Series(dtype=object) for column in expected})
-    check_columns(header, expected, str(path))
+    landed = read_landing_file(path, expected)
+    if len(landed.rejected):
+        first = landed.rejected.iloc[0]
+        raise SchemaError(
+            f"{path}: {len(landed.rejected):,} line(s) are no row, the first is row "
+            f"{first['row_number']} ({first['reason']})"
+        )
+    return landed.rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Landing files: which files a day folder may hold, and reading them line by line.
+#
+# A row is one physical line of a file (LF or CRLF ended; the last may lack it); the first line
+# is the header; an empty line is no row. No value of the contract holds a line break, so a
+# quoted line break is not supported: both halves are quarantined (`unterminated_quote`).
+
+# browsing_events.csv, browsing_events.csv.gz, browsing_events-<part>.csv[.gz]; products alike
+_PART = r"(?:-[A-Za-z0-9_.-]+)?\.csv(?:\.gz)?"
+LANDING_FILE_STEMS: tuple[str, ...] = (
+    EVENTS_FILE.removesuffix(".csv"),
+    PRODUCTS_FILE.removesuffix(".csv"),
+)
+MAX_LINE_BYTES = 1 << 20  # a catalogue line with two embedding vectors is a few KB
+MAX_QUARANTINED_VALUE = 1_000  # characters of a value kept in the quarantine
+BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
+# Why a line cannot be read as a row, checked before the row checks above (first one wins).
+LINE_REJECT_REASONS: tuple[str, ...] = (
+    "line_too_long",
+    "invalid_utf8",
+    "control_characters",
+    "unterminated_quote",
+    "wrong_field_count",
+)
+DELIMITER_HINTS = {";": "`;`", "\t": "tab", "|": "`|`"}
+
+
+def landing_file_pattern(file_name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(file_name.removesuffix(".csv")) + _PART)
+
+
+def day_files(folder: Path, file_name: str) -> list[Path]:
+    """The files of `folder` that hold `file_name`'s rows, sorted by name.
+
+    Raises SchemaError naming any file of the folder that no landing file pattern allows, so a
+    stray export is never silently ignored.
+    """
+    patterns = [landing_file_pattern(name) for name in (EVENTS_FILE, PRODUCTS_FILE)]
+    names = sorted(p.name for p in folder.iterdir())
+    stray = [n for n in names if not any(p.fullmatch(n) for p in patterns)]
+    if stray:
+        raise SchemaError(
+            f"{folder}: unexpected file(s) {stray}; a day folder holds only "
+            f"{EVENTS_FILE} and {PRODUCTS_FILE}, each optionally gzip-compressed (.csv.gz) or "
+            "split in parts named like browsing_events-<part>.csv[.gz]"
+        )
+    mine = landing_file_pattern(file_name)
+    return [folder / n for n in names if mine.fullmatch(n)]
+
+
+def file_bytes(path: Path) -> bytes:
+    """The file's text as UTF-8 bytes: gunzipped when named .gz, without a byte-order mark."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        if not data.startswith(GZIP_MAGIC):
+            raise SchemaError(f"{path}: named .gz but not gzip-compressed; rename it to .csv")
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SchemaError(f"{path}: damaged gzip file ({exc})") from exc
+    elif data.startswith(GZIP_MAGIC):
+        raise SchemaError(f"{path}: gzip-compressed but named .csv; rename it to {path.name}.gz")
+    return data.removeprefix(BOM)
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """One landing file as read: its rows (every value a string, None where empty), each row's
+    `row_numbers` (line n+1 of the file is row n), and the lines that are no row, with the
+    columns as far as they could be split, `row_number` and `reason`."""
+
+    rows: pd.DataFrame
+    row_numbers: np.ndarray
+    rejected: pd.DataFrame
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+
+def _header(path: Path, line: bytes, expected: tuple[str, ...]) -> list[str]:
+    try:
+        text = line.decode("utf-8").removesuffix("\r")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: the header is not UTF-8 text ({exc})") from exc
+    header = next(csv.reader([text]), [])
+    try:
+        check_columns([c.strip() for c in header], expected, str(path))
+    except SchemaError as exc:
+        hints = [name for sep, name in DELIMITER_HINTS.items() if len(header) == 1 and sep in text]
+        if hints:
+            raise SchemaError(
+                f"{exc}; the header looks {hints[0]}-separated: landing files are comma-separated"
+            ) from exc
+        raise
+    return [c.strip() for c in header]
+
+
+def _line_reasons(body: bytes, n_fields: int) -> tuple[np.ndarray, ...]:
+    """Per non-empty line of `body`: start, end (without the line break), row number (line n+1
+    of the file is row n) and why it is no row (0 when it is one, else the 1-based index of its
+    reason in LINE_REJECT_REASONS).
+
+    Vectorized over the bytes (a few passes of NumPy), so a clean file costs little more than
+    Arrow's own parse.
+    """
+    buf = np.frombuffer(body, dtype=np.uint8)
+    low = np.flatnonzero(buf < 32)  # line breaks, carriage returns and other control bytes
+    low_bytes = buf[low]
+    breaks = low[low_bytes == 10]
+    ends = breaks if body.endswith(b"\n") or not body else np.append(breaks, len(body))
+    starts = np.concatenate((np.zeros(1, dtype=ends.dtype), breaks + 1))[: len(ends)]
+    ends = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13))  # CRLF
+    numbers = np.arange(1, len(ends) + 1)  # row n is line n+1 of the file
+    keep = ends > starts  # an empty line is no row
+    starts, ends, numbers = starts[keep], ends[keep], numbers[keep]
+    n = len(starts)
+    reason = np.zeros(n, dtype=np.uint8)  # 0: a row; i: LINE_REJECT_REASONS[i - 1]
+    if not n:
+        return starts, ends, numbers, reason
+
+    def line_of(positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(starts, positions, side="right") - 1
+
+    def inside(positions: np.ndarray) -> np.ndarray:
+        lines = line_of(positions)
+        return (positions >= starts[lines]) & (positions < ends[lines])
+
+    commas = np.flatnonzero(buf == 44)
+    odd_quotes = np.zeros(n, dtype=bool)
+    if b'"' in body:
+        # quotes before each position, mod 2 (uint8 wraps at 256, which keeps the parity)
+        quotes = np.cumsum(buf == 34, dtype=np.uint8)
+
+        def before(positions: np.ndarray) -> np.ndarray:
+            return np.where(positions > 0, quotes[np.maximum(positions - 1, 0)], 0)
+
+        odd_quotes = ((before(ends) - before(starts)) & 1).astype(bool)
+        commas = commas[inside(commas)]
+        commas = commas[((before(commas) - before(starts[line_of(commas)])) & 1) == 0]
+    fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
+    control = low[low_bytes != 10]
+    if b"\x7f" in body:  # DEL
+        control = np.union1d(control, np.flatnonzero(buf == 127))
+    bad_utf8: list[int] = []
+    if not body.isascii():
+        high = line_of(np.flatnonzero(buf >= 128))
+        bad_utf8 = [i for i in np.unique(high) if not _is_utf8(body[starts[i] : ends[i]])]
+    checks = {
+        "line_too_long": ends - starts > MAX_LINE_BYTES,
+        "invalid_utf8": np.isin(np.arange(n), bad_utf8),
+        "control_characters": np.isin(np.arange(n), line_of(control[inside(control)])),
+        "unterminated_quote": odd_quotes,
+        "wrong_field_count": fields != n_fields,
+    }
+    for code, name in reversed(list(enumerate(LINE_REJECT_REASONS, start=1))):
+        reason[checks[name]] = code
+    return starts, ends, numbers, reason
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# control bytes shown escaped in the quarantine (\x00), so that any reader of it sees them
+_ESCAPED = {i: f"\\x{i:02x}" for i in [*range(32), 127]}
+
+
+def _split_rejected(line: bytes, header: list[str], reason: str) -> list[str | None]:
+    """A refused line's values, as far as they can be told apart, for the quarantine."""
+    text = line[: MAX_QUARANTINED_VALUE * 2 * len(header)].decode("utf-8", errors="replace")
+    text = text.translate(_ESCAPED)
+    try:
+        values = next(csv.reader([text]), []) if reason != "line_too_long" else [text]
+    except csv.Error:
+        values = [text]
+    if len(values) > len(header):  # what does not fit stays visible in the last column
+        values = [*values[: len(header) - 1], ",".join(values[len(header) - 1 :])]
+    values += [None] * (len(header) - len(values))
+    return [v[:MAX_QUARANTINED_VALUE] if v else None for v in values]
+
+
+def read_landing_file(path: Path, expected: tuple[str, ...]) -> LandingFile:
+    """Read one landing file: every line becomes a row or a quarantined line with its reason.
+
+    Only what makes the whole file unreadable raises SchemaError: a wrong header, a misnamed or
+    damaged gzip file.
+    """
+    data = file_bytes(path)
+    header_end = data.find(b"\n")
+    header_line, body = (
+        (data, b"") if header_end < 0 else (data[:header_end], data[header_end + 1 :])
+    )
+    if not header_line.strip():  # an empty day may come as a zero-byte file
+        empty = pd.DataFrame({column: pd.Series(dtype=STRING) for column in expected})
+        return LandingFile(empty, np.zeros(0, dtype=np.int64), _rejected_frame([], expected))
+    header = _header(path, header_line, expected)
+    starts, ends, numbers, reason = _line_reasons(body, len(header))
+    good = reason == 0
+    rows, skipped = _parse_rows(path, data, header_line, body, starts, ends, good, header, expected)
+    if skipped:  # Arrow split a line with a quote inside a value otherwise: its field count wins
+        for i in np.flatnonzero(good):
+            line = body[starts[i] : ends[i]].removesuffix(b"\r")
+            if skipped.get(line, 0):
+                skipped[line] -= 1
+                reason[i] = LINE_REJECT_REASONS.index("wrong_field_count") + 1
+        good = reason == 0
+    rejected = []
+    for i in np.flatnonzero(~good):
+        why = LINE_REJECT_REASONS[reason[i] - 1]
+        line = body[starts[i] : ends[i]]
+        rejected.append([int(numbers[i]), *_split_rejected(line, header, why), why])
+    order = [header.index(c) for c in expected]
+    rejected = [[r[0], *[r[1 + j] for j in order], r[-1]] for r in rejected]
+    return LandingFile(rows, numbers[good].astype(np.int64), _rejected_frame(rejected, expected))
+
+
+def _rejected_frame(rows: list[list], expected: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["row_number", *expected, "reason"])
+    return frame.astype({"row_number": "int64", **dict.fromkeys(expected, STRING)})
+
+
+def _parse_rows(
+    path: Path,
+    data: bytes,
+    header_line: bytes,
+    body: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    good: np.ndarray,
+    header: list[str],
+    expected: tuple[str, ...],
+) -> tuple[pd.DataFrame, dict[bytes, int]]:
+    """The good lines parsed by Arrow, and the lines Arrow found another field count in
+    ({line: times}; a quote inside a value is read as a character there)."""
+    skipped: dict[bytes, int] = {}
+
+    def skip(row: pacsv.InvalidRow) -> str:
+        line = row.text.encode()
+        skipped[line] = skipped.get(line, 0) + 1
+        return "skip"
+
+    if good.all():
+        text = data
+    else:  # the runs of good lines, joined: as many slices as there are refused lines, plus one
+        idx = np.flatnonzero(good)
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        runs = np.split(idx, cut) if len(idx) else []
+        text = header_line + b"\n" + b"\n".join(body[starts[r[0]] : ends[r[-1]]] for r in runs)
     table = pacsv.read_csv(
-        path,
+        pa.py_buffer(text),
+        read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
         convert_options=pacsv.ConvertOptions(
             column_types=dict.fromkeys(header, pa.string()),
             null_values=[""],
             strings_can_be_null=True,
         ),
     )
-    return table.to_pandas(types_mapper={pa.string(): STRING}.get)[list(expected)]
+    expected_rows = int(good.sum()) - sum(skipped.values())
+    if table.num_rows != expected_rows:  # the line checks and Arrow must agree on every row
+        raise SchemaError(f"{path}: read {table.num_rows:,} rows of {expected_rows:,} lines")
+    frame = table.to_pandas(types_mapper={pa.string(): STRING}.get)
+    return frame[list(expected)], skipped
 
 
 @dataclass(frozen=True)
@@ -115,18 +387,25 @@ class Validated:
         return len(self.good) + len(self.rejected)
 
 
+def _row_numbers(row_numbers: np.ndarray | None, n: int) -> np.ndarray:
+    return np.arange(1, n + 1) if row_numbers is None else np.asarray(row_numbers)
+
+
 def _clean(series: pd.Series) -> pd.Series:
     """Strip whitespace; empty strings become missing."""
     stripped = series.astype(STRING).str.strip()
     return stripped.mask(stripped == "")
 
 
-def validate_events(raw: pd.DataFrame, day: dt.date) -> Validated:
+def validate_events(
+    raw: pd.DataFrame, day: dt.date, row_numbers: np.ndarray | None = None
+) -> Validated:
     """Check every event row of one landing day.
 
     Good rows get typed columns (`server_timestamp_epoch_ms` int64, enums lower-cased, empty
     strings as nulls) and `event_day`. Rejected rows keep every original value as a string plus
-    `row_number` (1-based, in file order, header excluded) and `reason` (see REJECT_REASONS).
+    `row_number` (`row_numbers` of the file, default 1-based in frame order, header excluded)
+    and `reason` (see REJECT_REASONS).
     """
     check_columns(list(raw.columns), EVENT_COLUMNS, "events")
     n = len(raw)
@@ -174,13 +453,15 @@ def validate_events(raw: pd.DataFrame, day: dt.date) -> Validated:
     good["event_day"] = day
 
     rejected = raw[bad].copy()
-    rejected.insert(0, "row_number", np.flatnonzero(bad) + 1)
+    rejected.insert(0, "row_number", _row_numbers(row_numbers, len(raw))[bad])
     rejected["reason"] = reason[bad]
     rejected["event_day"] = day
     return Validated(good=good, rejected=rejected.reset_index(drop=True))
 
 
-def validate_products(raw: pd.DataFrame, day: dt.date) -> Validated:
+def validate_products(
+    raw: pd.DataFrame, day: dt.date, row_numbers: np.ndarray | None = None
+) -> Validated:
     """Check the catalogue rows of one landing day. Category and price may be missing."""
     check_columns(list(raw.columns), PRODUCT_COLUMNS, "products")
     sku = _clean(raw["product_sku_hash"])
@@ -206,7 +487,7 @@ def validate_products(raw: pd.DataFrame, day: dt.date) -> Validated:
     )[~bad].reset_index(drop=True)
     good["snapshot_day"] = day
     rejected = raw[bad].copy()
-    rejected.insert(0, "row_number", np.flatnonzero(bad) + 1)
+    rejected.insert(0, "row_number", _row_numbers(row_numbers, len(raw))[bad])
     rejected["reason"] = reason[bad]
     rejected["snapshot_day"] = day
     return Validated(good=good, rejected=rejected.reset_index(drop=True))

@@ -6,12 +6,13 @@ Used by the command line, the demo, the benchmarks and the tests alike.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 
-from dagster import DagsterInstance, RunRequest
+from dagster import AssetCheckSeverity, DagsterInstance, RunRequest
 
 from orchestration.definitions import DAILY_REFRESH, build_definitions
 from orchestration.resources import build_warehouse
-from skiff.settings import Settings
+from skiff.settings import ConfigError, Settings
 
 # The tags the sensor daemon puts on a run it launches: the sensor sees the run key as done on
 # its next tick, and the UI lists the run under the sensor.
@@ -31,7 +32,41 @@ def partition_range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
     }
 
 
-def run_job(
+@dataclass
+class RunReport:
+    """What one in-process run did: its step failures, each landing day's counts, its checks."""
+
+    steps_ok: bool
+    failures: list[str] = field(default_factory=list)
+    # (asset, day) -> {"loaded", "quarantined", "rows_in_files"}
+    landing: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    # (asset, check, passed, severity) of every check evaluated
+    checks: list[tuple[str, str, bool, str]] = field(default_factory=list)
+
+    @property
+    def failed_errors(self) -> list[tuple[str, str]]:
+        return [(a, c) for a, c, ok, sev in self.checks if not ok and sev == "ERROR"]
+
+    @property
+    def ok(self) -> bool:
+        """No step failed and no ERROR-severity check failed (a failed WARN check is only told)."""
+        return self.steps_ok and not self.failed_errors
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{asset} {day}: loaded {n['loaded']:,}, quarantined {n['quarantined']:,}"
+            f" (rows in files {n['rows_in_files']:,})"
+            for (asset, day), n in sorted(self.landing.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        ]
+        out += [
+            f"check {asset}:{check} {'warned' if severity == 'WARN' else 'FAILED'}"
+            for asset, check, passed, severity in self.checks
+            if not passed
+        ]
+        return out + self.failures
+
+
+def run_job_report(
     settings: Settings,
     job_name: str,
     first: dt.date | None = None,
@@ -39,9 +74,16 @@ def run_job(
     ops: dict | None = None,
     tags: dict[str, str] | None = None,
     partition: dt.date | None = None,
-) -> bool:
+) -> RunReport:
     """Run one of the code location's jobs in process on the persistent instance (so the UI
     shows it), for days [first, last] in one run when the job is partitioned."""
+    for day in (first, partition):
+        if day is not None and day < settings.partitions_start:
+            # refused before the run starts, so nothing is written for any day of it
+            raise ConfigError(
+                f"{day} is before the first partition {settings.partitions_start} "
+                "(SKIFF_PARTITIONS_START); set SKIFF_PARTITIONS_START to that day or earlier"
+            )
     job = build_definitions(settings).resolve_job_def(job_name)
     tags = dict(tags or {})
     if first is not None:
@@ -58,15 +100,53 @@ def run_job(
             partition_key=partition.isoformat() if partition else None,
             raise_on_error=False,
         )
-    if not result.success:
-        for event in result.get_step_failure_events():
-            print(f"step {event.step_key} failed: {event.step_failure_data.error.message}")
-    return result.success
+    report = RunReport(steps_ok=result.success)
+    for event in result.get_step_failure_events():
+        report.failures.append(
+            f"step {event.step_key} failed: {event.step_failure_data.error.message}"
+        )
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        by_day = materialization.metadata.get("rows_by_day")
+        for day, counts in (by_day.value if by_day else {}).items():
+            report.landing[(materialization.asset_key.to_user_string(), day)] = counts
+    for evaluation in result.get_asset_check_evaluations():
+        severity = evaluation.severity or AssetCheckSeverity.ERROR
+        report.checks.append(
+            (
+                evaluation.asset_key.to_user_string(),
+                evaluation.check_name,
+                evaluation.passed,
+                severity.value,
+            )
+        )
+    return report
+
+
+def run_job(
+    settings: Settings,
+    job_name: str,
+    first: dt.date | None = None,
+    last: dt.date | None = None,
+    ops: dict | None = None,
+    tags: dict[str, str] | None = None,
+    partition: dt.date | None = None,
+) -> bool:
+    """`run_job_report`, printing the step failures; True when no step failed."""
+    report = run_job_report(settings, job_name, first, last, ops, tags, partition)
+    for line in report.failures:
+        print(line)
+    return report.steps_ok
 
 
 def run_days(settings: Settings, first: dt.date, last: dt.date) -> bool:
     """Materialize landing days [first, last] through the marts in one run."""
     return run_job(settings, DAILY_REFRESH, first, last)
+
+
+def run_days_report(settings: Settings, first: dt.date, last: dt.date) -> RunReport:
+    """`run_days`, with what the run did (see RunReport) for the command line to print."""
+    return run_job_report(settings, DAILY_REFRESH, first, last)
 
 
 def run_requested(settings: Settings, request: RunRequest, sensor_name: str) -> bool:

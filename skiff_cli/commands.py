@@ -59,12 +59,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestration.runs import run_days
+    from orchestration.runs import run_days_report
 
     settings = ensure_home(load_settings())
     last = args.end or args.start
     print(f"materializing {args.start} .. {last} (one run; see it in the UI under Runs)")
-    return 0 if run_days(settings, args.start, last) else 1
+    report = run_days_report(settings, args.start, last)
+    for line in report.lines():
+        print(line)
+    if not report.steps_ok:
+        print("the run failed: a step failed (above); its logs are in the UI (`skiff ui`)")
+    elif report.failed_errors:
+        print("the run failed: an ERROR check failed (above); nothing after it can be trusted")
+    return 0 if report.ok else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -9,6 +9,14 @@ from pathlib import Path
 from skiff_cli import commands
 
 IMPORT_FORMATS = ("coveo", "sessions", "diginetica")
+RUN_EXIT_STATUS = """exit status:
+  0  every step succeeded and no ERROR check failed (a WARN check, such as
+     quarantine_share, is printed but does not fail the run)
+  1  a step failed (e.g. a day's folder, file name or header is wrong), or an
+     ERROR check failed (e.g. rows_reconcile: rows in the files differ from rows
+     loaded + quarantined)
+  2  the command was refused before anything ran (a bad setting, or a day before
+     SKIFF_PARTITIONS_START)"""
 
 
 def _date(text: str) -> dt.date:
@@ -60,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-truth", action="store_true", help="do not write the ground truth")
     gen.set_defaults(func=commands.cmd_generate)
 
-    run = sub.add_parser("run", help="materialize landing days end to end in one run")
+    run = sub.add_parser(
+        "run",
+        help="materialize landing days end to end in one run",
+        description="Materialize landing days [--start, --end] through the marts in one "
+        "Dagster run, then print each day's rows loaded and quarantined and every check that "
+        "warned or failed.",
+        epilog=RUN_EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
     run.add_argument("--end", type=_date, default=None, help="last day (default: --start)")
     run.set_defaults(func=commands.cmd_run)

@@ -1,5 +1,5 @@
 """The landing sensor: runs the nightly job for a day folder that appears (or changes) in
-`$SKIFF_HOME/landing`, once its two files have been still for `LANDING_SETTLE_SECONDS`."""
+`$SKIFF_HOME/landing`, once its files have been still for `LANDING_SETTLE_SECONDS`."""
 
 from __future__ import annotations
 
@@ -26,18 +26,24 @@ LANDING_SETTLE_SECONDS = 30
 
 def landing_days(settings: Settings, today: dt.date, now: float) -> dict[dt.date, str]:
     """Complete landing days with a signature of their files (mtime and size): folders named
-    YYYY-MM-DD, from the first partition up to yesterday, both files present and unchanged for
-    LANDING_SETTLE_SECONDS."""
+    YYYY-MM-DD, from the first partition up to yesterday, holding at least one events file and
+    one products file (`contract.day_files`), every file unchanged for LANDING_SETTLE_SECONDS.
+    A file the folder may not hold is in the signature too: the run then fails naming it."""
     days: dict[dt.date, str] = {}
     if not settings.landing.is_dir():
         return days
+    patterns = [
+        contract.landing_file_pattern(n) for n in (contract.EVENTS_FILE, contract.PRODUCTS_FILE)
+    ]
     for folder in sorted(settings.landing.iterdir()):
         try:
             day = dt.date.fromisoformat(folder.name)
         except ValueError:
             continue  # _truth and anything else that is not a day
-        files = [folder / contract.EVENTS_FILE, folder / contract.PRODUCTS_FILE]
-        if not (settings.partitions_start <= day < today) or not all(f.is_file() for f in files):
+        if not (settings.partitions_start <= day < today) or not folder.is_dir():
+            continue
+        files = [f for f in folder.iterdir() if f.is_file()]
+        if not all(any(p.fullmatch(f.name) for f in files) for p in patterns):
             continue
         stats = [f.stat() for f in files]
         newest = max(s.st_mtime for s in stats)

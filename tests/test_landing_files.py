@@ -1,0 +1,248 @@
+"""Hand-damaged landing files through the real ingestion assets: every line is loaded or
+quarantined with its line and reason, only what makes a whole file unreadable fails the day.
+
+Rows in a file are counted here from its bytes (non-empty lines after the header), apart from
+the loader and from the asset's own `rows_reconcile` count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from dagster import materialize
+
+from ml import contract
+from orchestration.ingestion.assets import build_ingestion_assets
+from orchestration.ingestion.sensors import LANDING_SETTLE_SECONDS, landing_days
+from orchestration.resources import build_warehouse
+from tests.conftest import DAY, ms, write_day
+from tests.test_ingestion import PARTITIONS
+
+HEADER = ",".join(contract.EVENT_COLUMNS)
+GOOD = [
+    f"s1,pageview,,,{ms(DAY, 10)},u1",
+    f"s1,event_product,detail,p1,{ms(DAY, 20)},u2",
+    f"s1,event_product,add,p1,{ms(DAY, 40)},u2",
+    f"s2,pageview,,,{ms(DAY, 50)},u3",
+]
+PRODUCTS = [["p1", "c1/c11", "3", "", ""]]
+
+
+def _events_file(settings, lines: list[str], name: str = contract.EVENTS_FILE) -> Path:
+    folder = write_day(settings.landing, DAY, [], PRODUCTS)
+    (folder / contract.EVENTS_FILE).unlink()
+    path = folder / name
+    path.write_bytes("\n".join(lines).encode() if isinstance(lines[0], str) else b"\n".join(lines))
+    return path
+
+
+def _rows_in(path: Path) -> int:
+    data = path.read_bytes()
+    data = gzip.decompress(data) if path.suffix == ".gz" else data
+    # a row is a line (LF-ended, CR before it dropped); empty lines are none
+    return len([line for line in data.split(b"\n")[1:] if line.removesuffix(b"\r")])
+
+
+def _materialize(settings):
+    return materialize(
+        build_ingestion_assets(PARTITIONS, settings.landing),
+        resources={"warehouse": build_warehouse(settings)},
+        partition_key=DAY.isoformat(),
+        raise_on_error=False,
+    )
+
+
+def _rows(settings, sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def _failure(result) -> str:
+    assert not result.success
+    return str(next(e for e in result.all_events if e.is_step_failure).event_specific_data.error)
+
+
+def _checks(result) -> dict[str, bool]:
+    return {
+        c.check_name: c.passed
+        for c in result.get_asset_check_evaluations()
+        if c.asset_key.to_user_string() == "raw_browsing_events"
+    }
+
+
+def _assert_loaded_and_quarantined(settings, result, paths: list[Path], quarantined: dict):
+    """`quarantined` is {row_number: reason}; every other row of the files is loaded."""
+    assert result.success
+    # the asset's own count of the files, apart from its loader, must catch a lost row
+    assert _checks(result)["rows_reconcile"] is True
+    in_files = sum(_rows_in(p) for p in paths)
+    loaded = _rows(settings, "select count(*) from raw.raw_browsing_events")[0][0]
+    rejected = dict(
+        _rows(settings, "select row_number, reason from raw.raw_browsing_events_rejected")
+    )
+    assert rejected == quarantined
+    assert loaded == in_files - len(quarantined)
+    meta = result.asset_materializations_for_node("ingest_raw_browsing_events")[0].metadata
+    assert meta["rows_by_day"].value[DAY.isoformat()]["rows_in_files"] == in_files
+
+
+BAD_LINES = {
+    "wrong_field_count": [
+        f"s3,pageview,,{ms(DAY, 1)},u1",
+        f"s3,pageview,,,,{ms(DAY, 1)},u1",
+        f's3,page"vi,ew",,,{ms(DAY, 1)},u1',  # a quote inside a value is no quoting
+    ],
+    "unterminated_quote": [f's3,"pageview,,,{ms(DAY, 1)},u1'],
+    "line_too_long": [f"s3,pageview,,,{ms(DAY, 1)}," + "u" * (10 << 20)],
+    "control_characters": [
+        f"s\x003,pageview,,,{ms(DAY, 1)},u1",  # NUL inside the session id
+        f"s4,event_product,add,p\x1b1,{ms(DAY, 1)},u1",  # ESC inside the sku
+        f"s5\r,pageview,,,{ms(DAY, 1)},u1",  # a bare CR, which readers take for a line end
+    ],
+}
+
+
+@pytest.mark.parametrize("reason", list(BAD_LINES))
+def test_a_line_that_is_no_row_is_quarantined_and_the_day_loads(settings, reason):
+    bad = BAD_LINES[reason]
+    path = _events_file(settings, [HEADER, GOOD[0], *bad, *GOOD[1:]])
+    result = _materialize(settings)
+    # row n is line n+1 of the file: the bad lines follow the first good row
+    _assert_loaded_and_quarantined(
+        settings, result, [path], {2 + i: reason for i in range(len(bad))}
+    )
+    # no spurious session from a damaged id
+    sessions = {
+        r[0] for r in _rows(settings, "select session_id_hash from raw.raw_browsing_events")
+    }
+    assert sessions == {"s1", "s2"}
+
+
+def test_a_last_line_cut_mid_row_is_quarantined(settings):
+    path = _events_file(settings, [HEADER, *GOOD, "s9,event_pro"])  # no final line break
+    result = _materialize(settings)
+    _assert_loaded_and_quarantined(settings, result, [path], {len(GOOD) + 1: "wrong_field_count"})
+
+
+def test_line_checks_and_row_checks_together_keep_file_order(settings):
+    lines = [HEADER, GOOD[0], "", f",pageview,,,{ms(DAY, 1)},u", "x,y", *GOOD[1:], "", ""]
+    path = _events_file(settings, lines)
+    result = _materialize(settings)
+    # an empty line is no row but still a line: numbering follows the file
+    _assert_loaded_and_quarantined(
+        settings, result, [path], {3: "missing_session_id", 4: "wrong_field_count"}
+    )
+
+
+def test_a_damaged_catalogue_line_is_quarantined_too(settings):
+    folder = write_day(settings.landing, DAY, [GOOD[0].split(",")], PRODUCTS)
+    products = folder / contract.PRODUCTS_FILE
+    products.write_text(products.read_text() + "p2,c1,4\np3,c2,5,,\n")
+    assert _materialize(settings).success
+    assert _rows(settings, "select product_sku_hash from raw.raw_products order by 1") == [
+        ("p1",),
+        ("p3",),
+    ]
+    assert _rows(settings, "select row_number, reason from raw.raw_products_rejected") == [
+        (2, "wrong_field_count")
+    ]
+
+
+def test_every_allowed_file_of_the_day_is_read(settings):
+    first = _events_file(settings, [HEADER, *GOOD[:2]])
+    folder = first.parent
+    part = folder / "browsing_events-part2.csv"
+    part.write_text("\n".join([HEADER, *GOOD[2:]]) + "\n")
+    zipped = folder / "browsing_events-part3.csv.gz"
+    zipped.write_bytes(gzip.compress(("\n".join([HEADER, GOOD[0]]) + "\n").encode()))
+    result = _materialize(settings)
+    _assert_loaded_and_quarantined(settings, result, [first, part, zipped], {})
+    assert _rows(settings, "select count(*) from raw.raw_browsing_events")[0][0] == len(GOOD) + 1
+
+
+@pytest.mark.parametrize("stray", ["browsing_events_old.csv", "events.csv", "browsing_events.tsv"])
+def test_a_file_the_day_may_not_hold_fails_the_day_naming_it(settings, stray):
+    path = _events_file(settings, [HEADER, *GOOD])
+    (path.parent / stray).write_text("\n".join([HEADER, *GOOD]))
+    message = _failure(_materialize(settings))
+    assert f"unexpected file(s) ['{stray}']" in message
+    assert "browsing_events-<part>.csv[.gz]" in message  # the rule, told
+
+
+def test_a_gzip_day_is_read_and_a_misnamed_one_is_named(settings):
+    text = ("\n".join([HEADER, *GOOD]) + "\n").encode()
+    path = _events_file(settings, [b"x"], contract.EVENTS_FILE + ".gz")
+    path.write_bytes(gzip.compress(text))
+    _assert_loaded_and_quarantined(settings, _materialize(settings), [path], {})
+
+    misnamed = path.with_name(contract.EVENTS_FILE)
+    path.rename(misnamed)
+    message = _failure(_materialize(settings))
+    assert f"{misnamed}: gzip-compressed but named .csv" in message
+
+
+def test_a_byte_order_mark_is_accepted(settings):
+    path = _events_file(settings, [b"\xef\xbb\xbf" + HEADER.encode(), *(g.encode() for g in GOOD)])
+    _assert_loaded_and_quarantined(settings, _materialize(settings), [path], {})
+
+
+def test_a_wrong_delimiter_gets_a_hint_and_a_wrong_header_names_the_column(settings):
+    _events_file(settings, [HEADER.replace(",", ";"), *(g.replace(",", ";") for g in GOOD)])
+    assert "the header looks `;`-separated" in _failure(_materialize(settings))
+
+    _events_file(settings, [HEADER.replace("hashed_url", "url"), *GOOD])
+    message = _failure(_materialize(settings))
+    assert "missing column(s) ['hashed_url']" in message
+    assert "unexpected column(s) ['url']" in message
+
+
+SKIFF = str(Path(sys.executable).parent / "skiff")
+
+
+def _skiff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SKIFF, *args], env=os.environ.copy(), capture_output=True, text=True, timeout=600
+    )
+
+
+def test_skiff_run_refuses_a_day_before_the_first_partition_before_writing(settings):
+    done = _skiff("run", "--start", "2025-12-31")  # the first partition is 2026-01-01
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "SKIFF_PARTITIONS_START" in done.stderr and "2025-12-31" in done.stderr
+    assert not settings.warehouse_path.exists()
+
+
+@pytest.mark.slow
+def test_skiff_run_prints_counts_and_warnings_and_documents_its_exit_status(settings):
+    path = _events_file(settings, [HEADER, *GOOD, "s9,cut"])  # 1 of 5 rows bad: past 5 %
+    done = _skiff("run", "--start", DAY.isoformat())
+    assert done.returncode == 0, done.stdout + done.stderr  # a WARN check does not fail the run
+    assert _rows_in(path) == len(GOOD) + 1
+    assert f"raw_browsing_events {DAY}: loaded {len(GOOD)}, quarantined 1 (rows in files 5)" in (
+        done.stdout
+    )
+    assert f"raw_products {DAY}: loaded 1, quarantined 0 (rows in files 1)" in done.stdout
+    assert "check raw_browsing_events:quarantine_share warned" in done.stdout
+    assert "FAILED" not in done.stdout
+
+    help_text = _skiff("run", "--help").stdout
+    assert "exit status:" in help_text and "ERROR check failed" in help_text
+
+
+def test_the_landing_sensor_sees_a_day_landed_as_gzip_parts(settings):
+    folder = write_day(settings.landing, DAY, [GOOD[0].split(",")], PRODUCTS)
+    events = folder / contract.EVENTS_FILE
+    (folder / "browsing_events-a.csv.gz").write_bytes(gzip.compress(events.read_bytes()))
+    events.unlink()
+    later = time.time() + LANDING_SETTLE_SECONDS + 1
+    assert list(landing_days(settings, DAY + dt.timedelta(days=1), later)) == [DAY]
+    (folder / contract.PRODUCTS_FILE).unlink()  # no catalogue yet: not complete
+    assert landing_days(settings, DAY + dt.timedelta(days=1), later) == {}
