@@ -57,17 +57,15 @@ def examples_from_landing(landing: Path, days: list[dt.date]) -> pd.DataFrame:
 
 def examples_from_events(events: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
     """The mart from validated landing rows (`ml.contract.validate_events` / `validate_products`
-    output, `good`), any days: staging, sessionization, then the cut before the first purchase."""
-    e = _sessionized(_staged(events))
-    e = e.merge(_catalogue(products), on="product_sku", how="left")
+    output, `good`), any days: staging, sessionization, then the cut before the first purchase.
+    It gives the mart dbt builds when exactly these days have landed: visits cross midnight,
+    the last day's stay provisional (its next day unseen)."""
+    e = _with_catalogue(_sessionized(_staged(events)), _catalogue(products))
     first_purchase = e[e["product_action"] == "purchase"].groupby("session_key")["event_ms"].min()
     cut = e["session_key"].map(first_purchase)
     e["will_purchase"] = cut.notna()
     e = e[cut.isna() | (e["event_ms"] < cut)]
-    e = e.assign(
-        session_day=e["event_day"],
-        event_at=pd.to_datetime(e["event_ms"], unit="ms"),
-    )
+    e = e.assign(event_at=pd.to_datetime(e["event_ms"], unit="ms"))
     return ordered_events(e[list(EXAMPLE_COLUMNS)])
 
 
@@ -99,24 +97,19 @@ def _staged(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sessionized(e: pd.DataFrame) -> pd.DataFrame:
-    """int_events_sessionized: a new visit after the session gap or on a new day."""
+    """int_events_sessionized: a new visit after the session gap, midnight or not; a visit
+    belongs to the day of its first event and is numbered among the visits of that day."""
     e = e.sort_values(
-        [
-            "session_id",
-            "event_day",
-            "event_ms",
-            "event_type",
-            "product_action",
-            "product_sku",
-            "url",
-        ],
+        ["session_id", "event_ms", "event_type", "product_action", "product_sku", "url"],
         na_position="first",
         kind="stable",
     ).reset_index(drop=True)
-    same = (e["session_id"] == e["session_id"].shift()) & (e["event_day"] == e["event_day"].shift())
+    same = e["session_id"] == e["session_id"].shift()
     new_visit = ~same | (e["event_ms"] - e["event_ms"].shift() > session_gap_ms())
-    visit = new_visit.astype(int).groupby([e["session_id"], e["event_day"]]).cumsum()
-    day_key = pd.to_datetime(e["event_day"]).dt.strftime("%Y%m%d")
+    visit_seq = new_visit.astype(int).cumsum()
+    e["session_day"] = e.groupby(visit_seq)["event_day"].transform("min")
+    visit = visit_seq - visit_seq.groupby([e["session_id"], e["session_day"]]).transform("min") + 1
+    day_key = pd.to_datetime(e["session_day"]).dt.strftime("%Y%m%d")
     e["session_key"] = e["session_id"] + "-" + day_key + "-" + visit.astype(str)
     e["prefix_length"] = e.groupby("session_key").cumcount() + 1
     gap = e["event_ms"].diff() / 1000
@@ -125,14 +118,37 @@ def _sessionized(e: pd.DataFrame) -> pd.DataFrame:
 
 
 def _catalogue(products: pd.DataFrame) -> pd.DataFrame:
-    """stg_products: each sku's latest snapshot, with its top category."""
-    latest = products.sort_values("snapshot_day").drop_duplicates("product_sku_hash", keep="last")
+    """stg_products: one row per sku and snapshot (ties in a snapshot as dbt breaks them)."""
+    ranked = products.sort_values(
+        ["category_hash", "price_bucket", "description_vector", "image_vector"],
+        na_position="last",
+        kind="stable",
+    ).drop_duplicates(["product_sku_hash", "snapshot_day"])
     catalogue = pd.DataFrame(
         {
-            "product_sku": latest["product_sku_hash"].astype(object),
-            "category": latest["category_hash"].astype(object),
-            "price_bucket": latest["price_bucket"].astype("Int64"),
+            "product_sku": ranked["product_sku_hash"].astype(object),
+            "valid_from": pd.to_datetime(ranked["snapshot_day"]),
+            "category": ranked["category_hash"].astype(object),
+            "price_bucket": ranked["price_bucket"].astype("Int64"),
         }
     )
     catalogue["category_top"] = catalogue["category"].str.split("/", n=1).str[0]
-    return catalogue
+    return catalogue.sort_values("valid_from", kind="stable")
+
+
+def _with_catalogue(e: pd.DataFrame, catalogue: pd.DataFrame) -> pd.DataFrame:
+    """The as-of join of int_events_sessionized: each event gets its sku's latest snapshot on
+    or before the event's day."""
+    e = e.assign(_day=pd.to_datetime(e["event_day"]), _row=range(len(e)))
+    products = e[e["product_sku"].notna()].sort_values("_day", kind="stable")
+    joined = pd.merge_asof(
+        products[["_row", "_day", "product_sku"]],
+        catalogue,
+        left_on="_day",
+        right_on="valid_from",
+        by="product_sku",
+        direction="backward",
+    ).set_index("_row")
+    columns = ["category", "category_top", "price_bucket"]
+    e = e.join(joined[columns], on="_row")
+    return e.sort_values("_row").drop(columns=["_day", "_row"])

@@ -7,7 +7,10 @@
   the instance sets (one at a time for DuckDB, which has a single writer).
 - Kinds: Python assets stored as warehouse tables show the warehouse's kind, which follows
   SKIFF_ENV (dbt's models get theirs from dagster-dbt).
-- Freshness: the marts and the daily predictions are expected every day.
+- Freshness: the marts and the daily predictions are expected every day. A nightly run of day
+  D materializes the marts of D (provisional: visits after midnight not yet seen) and of D - 1
+  (final, see orchestration/partitions.py), so a healthy pipeline materializes them every 24
+  hours and the windows below hold; a day's final marts are at most one nightly run late.
 
 Pool and retries belong to a step's op, fixed when it is decorated: domains use `asset`,
 `warehouse_asset` and `WAREHOUSE_STEP` from here. Spec attributes are applied by `apply`.

@@ -1,7 +1,8 @@
 """The dbt project against a real DuckDB file: partitioned builds, reruns, invariants.
 
-One module fixture loads two hand-built landing days into `raw`, then runs real `dbt build`s in
-order (day 1, day 2, day 1 again, no vars, day 2 after it was re-ingested empty) and keeps a
+One module fixture lands two hand-built days into `raw`, each with its events and catalogue, and
+runs real `dbt build`s in order (day 1, day 2, day 1 again, no vars, day 2 after it was
+re-ingested empty) and keeps a
 copy of the warehouse after each, so the tests below only read. The marts' invariants are the
 dbt project's own tests, run by every build; here a damaged copy of the tables shows that each
 of them can fail.
@@ -24,6 +25,8 @@ import duckdb
 import pandas as pd
 import pytest
 
+from bench.conversion_examples import EXAMPLE_COLUMNS, examples_from_events
+
 REPO = Path(__file__).resolve().parents[1]
 DBT_PROJECT = REPO / "dbt_project"
 DBT = Path(sys.executable).parent / "dbt"
@@ -41,12 +44,20 @@ MODELS = (
     "conversion_examples",
     "session_sequences",
 )
+# What a run over day 1 reads (column, first, last) and replaces (column, first, last): a visit
+# belongs to the day it starts, so the run rewrites the session days before and of day 1 and
+# reads the events one day around them.
+EVENT_DAY_1 = ("event_day", "2026-01-05", "2026-01-05")
+SESSION_DAYS = ("session_day", "2026-01-04", "2026-01-05")
 INCREMENTAL = {
-    "staging/stg_browsing_events.sql": "event_day",
-    "intermediate/int_events_sessionized.sql": "event_day",
-    "marts/sessions.sql": "event_day",
-    "marts/conversion_examples.sql": "event_day",
-    "marts/session_sequences.sql": "event_day",
+    "staging/stg_browsing_events.sql": (EVENT_DAY_1, EVENT_DAY_1),
+    "intermediate/int_events_sessionized.sql": (
+        ("event_day", "2026-01-03", "2026-01-06"),
+        SESSION_DAYS,
+    ),
+    "marts/sessions.sql": (SESSION_DAYS, SESSION_DAYS),
+    "marts/conversion_examples.sql": (SESSION_DAYS, SESSION_DAYS),
+    "marts/session_sequences.sql": (SESSION_DAYS, SESSION_DAYS),
 }
 ORDER_KEYS = {
     "stg_browsing_events": ["session_id", "event_ms", "event_type", "url"],
@@ -117,8 +128,8 @@ def raw_products() -> pd.DataFrame:
         ("p1", "c1/l1", 3, None, None, DAY1),
         ("p2", "c2/l2", 7, "0.1 0.2", None, DAY1),
         ("p3", None, None, None, None, DAY1),
-        ("p1", "c1/l9", 4, None, None, DAY2),  # re-categorized: the latest snapshot wins
-        ("p2", "c2/l2", 7, "0.1 0.2", None, DAY2),
+        ("p1", "c1/l9", 4, None, None, DAY2),  # re-categorized and re-priced on day 2
+        ("p2", "c2/l2", 8, "0.1 0.2", None, DAY2),  # re-priced on day 2
         ("p3", None, None, None, None, DAY2),
     ]
     return pd.DataFrame(
@@ -198,21 +209,38 @@ def build(home: Path, name: str, days: tuple[dt.date, dt.date] | None) -> Stage:
     return Stage(snapshot, results, target, (logs / "dbt.log").read_text())
 
 
+def land(
+    home: Path,
+    day: dt.date,
+    events: pd.DataFrame | None = None,
+    products: pd.DataFrame | None = None,
+) -> None:
+    """Replace one day in the raw tables by its rows of events and products (by default
+    raw_events() and raw_products())."""
+    events = raw_events() if events is None else events
+    products = raw_products() if products is None else products
+    events = events[events.event_day == day]  # read by duckdb below
+    products = products[products.snapshot_day == day]
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        con.execute("delete from raw.raw_browsing_events where event_day = ?", [day])
+        con.execute("insert into raw.raw_browsing_events select * from events")
+        con.execute("delete from raw.raw_products where snapshot_day = ?", [day])
+        con.execute("insert into raw.raw_products select * from products")
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stage]:
     home = tmp_path_factory.mktemp("skiff_home")
     with duckdb.connect(str(home / "warehouse.duckdb")) as con:
         con.execute(RAW_DDL)
-        events, products = raw_events(), raw_products()  # noqa: F841 (read by duckdb)
-        con.execute("insert into raw.raw_browsing_events select * from events")
-        con.execute("insert into raw.raw_products select * from products")
-
-    out = {
-        "day1": build(home, "day1", (DAY1, DAY1)),
-        "day2": build(home, "day2", (DAY2, DAY2)),
-        "day1_again": build(home, "day1_again", (DAY1, DAY1)),
-        "full": build(home, "full", None),
-    }
+    # Each day's events and catalogue land with the day, as the ingestion assets write them:
+    # day 1 is built before day 2's catalogue exists.
+    land(home, DAY1)
+    out = {"day1": build(home, "day1", (DAY1, DAY1))}
+    land(home, DAY2)
+    out["day2"] = build(home, "day2", (DAY2, DAY2))
+    out["day1_again"] = build(home, "day1_again", (DAY1, DAY1))
+    out["full"] = build(home, "full", None)
     # Day 2 is re-ingested from an empty file: the ingestion asset replaces its rows by none.
     with duckdb.connect(str(home / "warehouse.duckdb")) as con:
         con.execute("delete from raw.raw_browsing_events where event_day = ?", [DAY2])
@@ -231,7 +259,7 @@ DAY1_COUNTS = {
 }
 BOTH_DAYS_COUNTS = {
     "stg_browsing_events": 17,
-    "stg_products": 3,
+    "stg_products": 6,
     "int_events_sessionized": 17,
     "sessions": 6,
     "conversion_examples": 12,
@@ -248,7 +276,7 @@ def test_every_build_passes_models_data_tests_and_unit_tests(stages: dict[str, S
         ]
         assert not bad, f"{name}: {bad}"
         unit = [r for r in results if r["unique_id"].startswith("unit_test.")]
-        assert len(unit) == 4, f"{name}: unit tests run: {[r['unique_id'] for r in unit]}"
+        assert len(unit) == 5, f"{name}: unit tests run: {[r['unique_id'] for r in unit]}"
         data = [r for r in results if r["unique_id"].startswith("test.")]
         assert len(data) >= 40
 
@@ -272,13 +300,14 @@ def test_rerun_and_full_build_give_the_same_tables(stages: dict[str, Stage]) -> 
 @pytest.mark.slow
 def test_emptied_day_is_emptied_downstream(stages: dict[str, Stage]) -> None:
     emptied = stages["day2_emptied"]
-    assert emptied.counts() == DAY1_COUNTS
+    # only the events were emptied: day 2's catalogue stays
+    assert emptied.counts() == {**DAY1_COUNTS, "stg_products": BOTH_DAYS_COUNTS["stg_products"]}
     for model in ("sessions", "conversion_examples", "session_sequences"):
         n = emptied.query(f"select count(*) as n from main.{model} where session_day = '{DAY2}'")
         assert n.n[0] == 0
         day1 = f"select * from main.{model} where session_day = '{DAY1}'"
-        before = stages["full"].query(day1).sort_values("session_key").reset_index(drop=True)
-        after = emptied.query(day1).sort_values("session_key").reset_index(drop=True)
+        before = stages["full"].query(day1).sort_values(ORDER_KEYS[model]).reset_index(drop=True)
+        after = emptied.query(day1).sort_values(ORDER_KEYS[model]).reset_index(drop=True)
         pd.testing.assert_frame_equal(after, before)
 
 
@@ -315,7 +344,7 @@ def test_conversion_examples_and_sequences_content(stages: dict[str, Stage]) -> 
     assert sa.prefix_length.tolist() == [1, 2, 3, 4]
     assert sa.product_action.tolist()[1:] == ["detail", "add", "detail"]
     assert sa.will_purchase.all()
-    assert sa.category.tolist()[1:] == ["c1/l9", "c1/l9", "c2/l2"]  # latest catalogue
+    assert sa.category.tolist()[1:] == ["c1/l1", "c1/l1", "c2/l2"]  # day 1's catalogue
     assert "sd-20260106-1" not in set(examples.session_key)
     assert not examples[examples.session_key.str.startswith("sb")].will_purchase.any()
 
@@ -326,6 +355,55 @@ def test_conversion_examples_and_sequences_content(stages: dict[str, Stage]) -> 
         "sb-20260105-1": "p3",
         "sb-20260105-2": "p1",
     }
+
+
+@pytest.mark.slow
+def test_a_later_catalogue_changes_no_past_day(stages: dict[str, Stage]) -> None:
+    """Day 2's catalogue re-categorizes p1 and re-prices p2. Day 1, built before it landed, is
+    the same after day 2's build, a rerun of day 1 and a full rebuild; day 2 sees it."""
+    day1 = {
+        "int_events_sessionized": f"event_day = '{DAY1}'",
+        "sessions": f"session_day = '{DAY1}'",
+        "conversion_examples": f"session_day = '{DAY1}'",
+        "session_sequences": f"session_day = '{DAY1}'",
+    }
+    for model, where in day1.items():
+        before = stages["day1"].query(f"select * from main.{model} where {where}")
+        before = before.sort_values(ORDER_KEYS[model]).reset_index(drop=True)
+        assert len(before) > 0
+        for name in ("day2", "day1_again", "full"):
+            after = stages[name].query(f"select * from main.{model} where {where}")
+            after = after.sort_values(ORDER_KEYS[model]).reset_index(drop=True)
+            pd.testing.assert_frame_equal(after, before, obj=f"{model} of day 1 after {name}")
+
+    catalogue = stages["full"].query(
+        "select distinct cast(event_day as varchar), product_sku, category, price_bucket"
+        " from main.int_events_sessionized where product_sku in ('p1', 'p2') order by all"
+    )
+    assert list(catalogue.itertuples(index=False, name=None)) == [
+        (str(DAY1), "p1", "c1/l1", 3),
+        (str(DAY1), "p2", "c2/l2", 7),
+        (str(DAY2), "p2", "c2/l2", 8),
+    ]
+
+
+@pytest.mark.slow
+def test_the_pandas_twin_gives_the_mart(stages: dict[str, Stage]) -> None:
+    """bench/conversion_examples.py, the mart in pandas for benchmarks, on the same raw rows."""
+    local = examples_from_events(raw_events(), raw_products())
+    mart = stages["full"].table("conversion_examples")
+    assert len(local) == len(mart) == BOTH_DAYS_COUNTS["conversion_examples"]
+    for column in EXAMPLE_COLUMNS:
+        assert _text(local[column]) == _text(mart[column]), column
+
+
+def _text(values: pd.Series) -> list[str]:
+    """Values as text, missing as '', dates and timestamps alike ('2026-01-05 10:00:00')."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        values = values.dt.strftime("%Y-%m-%d %H:%M:%S")
+    elif values.map(lambda v: isinstance(v, dt.date)).any():
+        values = pd.to_datetime(values).dt.strftime("%Y-%m-%d %H:%M:%S")
+    return values.astype(object).where(values.notna(), "").astype(str).tolist()
 
 
 @dataclass(frozen=True)
@@ -384,6 +462,16 @@ DAMAGES = (
            where session_key = 'sb-20260105-1' and event_index = 1""",
         ("assert_session_events_on_session_day",),
     ),
+    Damage(  # two catalogue rows for one SKU and day: its events would be doubled
+        """insert into main.stg_products select * from main.stg_products
+           where product_sku = 'p3' and valid_from = '2026-01-05'""",
+        ("unique_combination_of_columns_stg_products_product_sku__valid_from",),
+    ),
+    Damage(  # a catalogue row that ends before it starts
+        """update main.stg_products set valid_to = valid_from - 1
+           where product_sku = 'p2' and valid_to is not null""",
+        ("stg_products_validity_is_forward",),
+    ),
     Damage(
         "insert into main.sessions select * from main.sessions where session_key = 'sc-20260105-1'",
         ("unique_sessions_session_key",),
@@ -439,24 +527,23 @@ def test_damaged_tables_fail_exactly_the_dbt_tests_that_state_the_invariant(
 def test_partition_vars_filter_the_upstream_scan(stages: dict[str, Stage]) -> None:
     stage = stages["day1_again"]  # the first day-1 build created the tables: nothing to delete
     compiled = stage.target / "compiled" / "skiff" / "models"
-    for path, column in INCREMENTAL.items():
+    for path, ((column, first, last), (partition, start, end)) in INCREMENTAL.items():
         sql = (compiled / path).read_text()
         # the filter sits right on the import CTE, before any window or join
         assert re.search(
-            rf"from \S+\s+where {column} between cast\('2026-01-05' as date\) "
-            r"and cast\('2026-01-05' as date\)",
+            rf"from \S+\s+where {column} between cast\('{first}' as date\) "
+            rf"and cast\('{last}' as date\)",
             sql,
         ), f"{path} does not filter its upstream scan:\n{sql}"
         table = Path(path).stem
-        partition = "event_day" if table.startswith(("stg_", "int_")) else "session_day"
         assert re.search(
             rf'delete from "warehouse"."main"."{table}" where {partition} between '
-            r"cast\('2026-01-05' as date\) and cast\('2026-01-05' as date\)",
+            rf"cast\('{start}' as date\) and cast\('{end}' as date\)",
             stage.log,
         ), f"no partition delete for {table}"
     # data tests check the days of the run too
     test_sql = (compiled / "marts/_marts.yml/unique_sessions_session_key.sql").read_text()
-    assert "where session_day between cast('2026-01-05' as date)" in test_sql
+    assert "where session_day between cast('2026-01-04' as date)" in test_sql
     no_vars = (stages["full"].target / "compiled/skiff/models/marts/sessions.sql").read_text()
     assert "between cast(" not in no_vars and "1 = 1" in no_vars
 
@@ -480,3 +567,130 @@ def test_bad_partition_vars_fail_before_touching_data(
     )  # fmt: skip
     assert proc.returncode != 0
     assert message in proc.stdout
+
+
+# Visits that cross midnight UTC, in a warehouse of their own: three days, landed and built
+# day by day (with a rerun of day 2 after day 3), and the same three days in one range run.
+DAY3 = dt.date(2026, 1, 7)
+MIDNIGHT_2 = 1_767_657_600_000  # 2026-01-06 00:00:00 UTC
+MIDNIGHT_3 = MIDNIGHT_2 + 24 * 60 * MIN
+
+
+def midnight_events() -> pd.DataFrame:
+    rows = [
+        # la: a visit in the evening, then one that adds before midnight and buys after it
+        _pv("la", MIDNIGHT_2 - 240 * MIN, "u1", DAY1),
+        _pv("la", MIDNIGHT_2 - 10 * MIN, "u1", DAY1),
+        _product("la", "add", "p1", MIDNIGHT_2 - 5 * MIN, "u2", DAY1),
+        _product("la", "purchase", "p1", MIDNIGHT_2 + 5 * MIN, "u4", DAY2),
+        _pv("la", MIDNIGHT_2 + 6 * MIN, "u5", DAY2),
+        # la comes back in the morning: the first visit that starts on day 2
+        _pv("la", MIDNIGHT_2 + 600 * MIN, "u1", DAY2),
+        # lc: views before the second midnight, buys 25 minutes later, on day 3
+        *_detail_with_twin("lc", "p2", MIDNIGHT_3 - 15 * MIN, "u3", DAY2),
+        _product("lc", "purchase", "p2", MIDNIGHT_3 + 10 * MIN, "u4", DAY3),
+        # ld: 40 minutes of silence across the midnight: two visits, one per day
+        _pv("ld", MIDNIGHT_3 - 20 * MIN, "u1", DAY2),
+        _pv("ld", MIDNIGHT_3 + 20 * MIN, "u6", DAY3),
+    ]
+    frame = pd.DataFrame(rows, columns=raw_events().columns)
+    return frame.sample(frac=1.0, random_state=3)
+
+
+def midnight_products() -> pd.DataFrame:
+    products = raw_products()
+    day3 = products[products.snapshot_day == DAY2].assign(snapshot_day=DAY3)
+    return pd.concat([products, day3], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def midnight(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stage]:
+    daily, ranged = tmp_path_factory.mktemp("daily"), tmp_path_factory.mktemp("ranged")
+    out = {}
+    for home in (daily, ranged):
+        with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+            con.execute(RAW_DDL)
+    events, products = midnight_events(), midnight_products()
+    for day in (DAY1, DAY2, DAY3):
+        land(daily, day, events, products)
+        out[f"day{day.day - 4}"] = build(daily, f"m{day}", (day, day))
+        land(ranged, day, events, products)
+    out["day2_again"] = build(daily, "m_day2_again", (DAY2, DAY2))
+    out["range"] = build(ranged, "m_range", (DAY1, DAY3))
+    return out
+
+
+@pytest.mark.slow
+def test_a_purchase_after_midnight_makes_the_visit_a_buyer(midnight: dict[str, Stage]) -> None:
+    final = midnight["day3"]
+    sessions = final.table("sessions").set_index("session_key")
+    assert sorted(sessions.index[sessions.session_id == "la"]) == [
+        "la-20260105-1",
+        "la-20260105-2",
+        "la-20260106-1",
+    ]
+    late = sessions.loc["la-20260105-2"]
+    assert str(late.session_day.date()) == str(DAY1)
+    assert (late.n_events, late.n_add, late.n_purchase, bool(late.purchased)) == (4, 1, 1, True)
+    assert late.ended_at == pd.Timestamp("2026-01-06 00:06:00")
+    examples = final.table("conversion_examples")
+    bought = examples[examples.session_key == "la-20260105-2"]
+    assert bought.prefix_length.tolist() == [1, 2]
+    assert bought.product_action.tolist() == [None, "add"] and bought.will_purchase.all()
+    # 40 minutes of silence are two visits, whichever day they fall on
+    assert sessions.loc[["ld-20260106-1", "ld-20260107-1"], "n_events"].tolist() == [1, 1]
+    # the purchase, on day 2, is an event of day 1's visit; day 2's own visits are the rest
+    events = final.table("int_events_sessionized")
+    purchase = events[(events.session_id == "la") & (events.product_action == "purchase")]
+    assert purchase[["session_key", "event_index", "seconds_since_prev"]].values.tolist() == [
+        ["la-20260105-2", 3, 600.0]
+    ]
+    assert str(purchase.event_day.iloc[0].date()) == str(DAY2)
+
+
+@pytest.mark.slow
+def test_a_visit_into_a_day_not_yet_landed_is_completed_when_it_lands(
+    midnight: dict[str, Stage],
+) -> None:
+    before, after = midnight["day2"], midnight["day3"]
+    key = "lc-20260106-1"
+    provisional = before.table("sessions").set_index("session_key").loc[key]
+    assert (provisional.n_events, bool(provisional.purchased)) == (1, False)
+    examples = before.table("conversion_examples")
+    assert examples[examples.session_key == key].will_purchase.tolist() == [False]
+
+    final = after.table("sessions").set_index("session_key").loc[key]
+    assert (final.n_events, bool(final.purchased)) == (2, True)
+    assert final.first_purchase_at == pd.Timestamp("2026-01-07 00:10:00")
+    examples = after.table("conversion_examples")
+    assert examples[examples.session_key == key].will_purchase.tolist() == [True]
+    # day 1 was final once day 2 had landed: day 3 does not change it
+    for model in ("sessions", "conversion_examples", "session_sequences"):
+        day1 = f"select * from main.{model} where session_day = '{DAY1}'"
+        frames = [
+            s.query(day1).sort_values(ORDER_KEYS[model]).reset_index(drop=True)
+            for s in (before, after)
+        ]
+        pd.testing.assert_frame_equal(frames[1], frames[0], obj=model)
+
+
+@pytest.mark.slow
+def test_day_by_day_a_rerun_and_one_range_run_give_the_same_tables(
+    midnight: dict[str, Stage],
+) -> None:
+    for name in ("day1", "day2", "day3", "day2_again", "range"):
+        bad = [
+            r["unique_id"] for r in midnight[name].results if r["status"] not in ("success", "pass")
+        ]
+        assert not bad, f"{name}: {bad}"
+    for model in MODELS:
+        expected = midnight["day3"].table(model)
+        for name in ("day2_again", "range"):
+            pd.testing.assert_frame_equal(
+                midnight[name].table(model), expected, obj=f"{model} {name}"
+            )
+    # the pandas twin of the mart crosses midnight the same way
+    local = examples_from_events(midnight_events(), midnight_products())
+    mart = midnight["range"].table("conversion_examples")
+    for column in EXAMPLE_COLUMNS:
+        assert _text(local[column]) == _text(mart[column]), column

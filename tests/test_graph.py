@@ -12,7 +12,7 @@ import sys
 import duckdb
 import pandas as pd
 import pytest
-from dagster import DagsterEventType, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
 
 from ml.synthetic import GeneratorConfig, generate
 from orchestration.definitions import build_definitions
@@ -106,3 +106,14 @@ def test_three_days_end_to_end(settings):
     before = {t: _one(settings, f"select count(*) from {t}") for t in tables}
     assert run_days(settings, DAYS[1], DAYS[1])
     assert {t: _one(settings, f"select count(*) from {t}") for t in tables} == before
+    # that run rewrote the session day before it too, final: Dagster records it
+    with DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(limit=1)
+        for key in ("int_events_sessionized", "sessions", "conversion_examples"):
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[str(DAYS[0])]),
+                limit=1,
+            ).records
+            (record,) = records
+            assert record.run_id == run.run_id, key
+            assert record.asset_materialization.metadata["final"].value is True

@@ -43,17 +43,39 @@
 {% endmacro %}
 
 
-{% macro in_partition(column) -%}
+{% macro in_partition(column, days_before=0, days_after=0) -%}
+    {#- The run's days, widened by days_before / days_after (see in_session_days). -#}
     {%- set days = partition_days() -%}
     {%- if days is none -%}
         1 = 1
     {%- else -%}
-        {{ column }} between cast('{{ days[0] }}' as date) and cast('{{ days[1] }}' as date)
+        {%- set parse = modules.datetime.datetime.strptime -%}
+        {%- set one_day = modules.datetime.timedelta(days=1) -%}
+        {%- set first = (parse(days[0], '%Y-%m-%d') - one_day * days_before).strftime('%Y-%m-%d') -%}
+        {%- set last = (parse(days[1], '%Y-%m-%d') + one_day * days_after).strftime('%Y-%m-%d') -%}
+        {{ column }} between cast('{{ first }}' as date) and cast('{{ last }}' as date)
     {%- endif -%}
 {%- endmacro %}
 
 
-{% macro delete_partition(column) -%}
+{% macro in_session_days(column) -%}
+    {#- The session days a run over event days [first, last] writes: [first - 1, last]. A visit
+        belongs to the day it starts and keeps its events after midnight, so landing day D
+        completes the visits of day D - 1 (final from then on) and starts those of day D
+        (provisional until D + 1 lands). A visit is assumed not to span two midnights. -#}
+    {{- in_partition(column, days_before=1) -}}
+{%- endmacro %}
+
+
+{% macro session_scan(column) -%}
+    {#- The events the session days of a run need: from the day before the first session day
+        (a visit may start before midnight) to the day after the last (its events after
+        midnight, when that day has landed). -#}
+    {{- in_partition(column, days_before=2, days_after=1) -}}
+{%- endmacro %}
+
+
+{% macro delete_partition(column, days_before=0) -%}
     {#- pre_hook of every incremental model (incremental_strategy='append'). -#}
     {%- if execute and flags.FULL_REFRESH and partition_days() is not none -%}
         {{ exceptions.raise_compiler_error(
@@ -62,7 +84,7 @@
         ) }}
     {%- endif -%}
     {%- if is_incremental() -%}
-        delete from {{ this }} where {{ in_partition(column) }}
+        delete from {{ this }} where {{ in_partition(column, days_before=days_before) }}
     {%- endif -%}
 {%- endmacro %}
 
@@ -70,10 +92,13 @@
 {% macro get_where_subquery(relation) -%}
     {#- Overrides dbt's: a test `where` config of exactly `__partition__(column)` becomes
         in_partition(column), so a partitioned run tests the days it wrote, not all history.
-        Set per folder in dbt_project.yml. -#}
+        `__session_days__(column)` becomes in_session_days(column). Set per folder in
+        dbt_project.yml. -#}
     {%- set where = config.get('where') -%}
     {%- if where and where.startswith('__partition__(') and where.endswith(')') -%}
         {%- set where = in_partition(where[14:-1]) -%}
+    {%- elif where and where.startswith('__session_days__(') and where.endswith(')') -%}
+        {%- set where = in_session_days(where[17:-1]) -%}
     {%- endif -%}
     {%- if where -%}
         {%- set filtered -%}

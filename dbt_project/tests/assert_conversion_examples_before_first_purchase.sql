@@ -7,12 +7,12 @@ with
 
 examples as (
     select * from {{ ref('conversion_examples') }}
-    where {{ in_partition('session_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 sessions as (
     select * from {{ ref('sessions') }}
-    where {{ in_partition('session_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 final as (

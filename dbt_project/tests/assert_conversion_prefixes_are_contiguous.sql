@@ -3,7 +3,7 @@ with
 
 examples as (
     select * from {{ ref('conversion_examples') }}
-    where {{ in_partition('session_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 per_session as (

@@ -7,12 +7,12 @@ with
 
 sequences as (
     select * from {{ ref('session_sequences') }}
-    where {{ in_partition('session_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 events as (
     select * from {{ ref('int_events_sessionized') }}
-    where {{ in_partition('event_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 detail_views as (

@@ -1,10 +1,13 @@
 """The dbt project as Dagster assets: staging -> intermediate -> marts, tests as asset checks.
 
 The dbt models are daily-partitioned like the raw tables. A run passes its day range to dbt as
-`--vars {"start_day", "end_day"}`; the incremental models rebuild exactly those days, so the
-nightly run costs one day and a backfill of many days is one dbt invocation.
+`--vars {"start_day", "end_day"}`; the incremental models rebuild those days, so the nightly
+run costs one day and a backfill of many days is one dbt invocation. Session-grain models
+(session_day, the day a visit starts) also rebuild the day before the range, which the range's
+first day completes: the step records that day as materialized again, now final.
 """
 
+import datetime as dt
 import json
 import shutil
 from collections.abc import Iterator, Mapping
@@ -13,15 +16,19 @@ from typing import Any
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
     BackfillPolicy,
-    PartitionsDefinition,
+    TimeWindowPartitionsDefinition,
 )
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from orchestration.dbt.project import ensure_manifest
 from orchestration.partitions import partition_days
 from orchestration.policy import RETRIES, WAREHOUSE_POOL
+
+# Partitioned by session_day: a run rewrites the day before its range too.
+SESSION_GROUPS = ("intermediate", "marts")
 
 
 class SkiffDbtTranslator(DagsterDbtTranslator):
@@ -39,7 +46,9 @@ class SkiffDbtTranslator(DagsterDbtTranslator):
         return fqn[1] if len(fqn) > 2 else "dbt"
 
 
-def build_dbt_assets(project: DbtProject, partitions_def: PartitionsDefinition) -> AssetsDefinition:
+def build_dbt_assets(
+    project: DbtProject, partitions_def: TimeWindowPartitionsDefinition
+) -> AssetsDefinition:
     manifest = ensure_manifest(project)
 
     @dbt_assets(
@@ -65,5 +74,24 @@ def build_dbt_assets(project: DbtProject, partitions_def: PartitionsDefinition) 
         # Dagster and the folder is only disk (kept on failure, for debugging).
         if invocation.is_successful():
             shutil.rmtree(invocation.target_path, ignore_errors=True)
+        yield from completed_days(context, partitions_def, days[0] - dt.timedelta(days=1))
 
     return skiff_dbt_models
+
+
+def completed_days(
+    context: AssetExecutionContext, partitions_def: TimeWindowPartitionsDefinition, day: dt.date
+) -> Iterator[AssetMaterialization]:
+    """The session day before the run's range, rewritten by this run and final now that its next
+    day is in: a materialization of each session-grain model for it (none before the first
+    partition)."""
+    if day < partitions_def.start.date():
+        return
+    for spec in context.assets_def.specs:
+        if spec.group_name in SESSION_GROUPS and spec.key in context.selected_asset_keys:
+            yield AssetMaterialization(
+                asset_key=spec.key,
+                partition=day.isoformat(),
+                description=f"Session day {day} rebuilt with its next day's events: final.",
+                metadata={"session_day": day.isoformat(), "final": True},
+            )

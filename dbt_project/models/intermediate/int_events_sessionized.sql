@@ -13,20 +13,21 @@ with
 
 events as (
     select * from {{ ref('stg_browsing_events') }}
-    where {{ in_partition('event_day') }}
+    where {{ session_scan('event_day') }}
 ),
 
 products as (
     select * from {{ ref('stg_products') }}
 ),
 
--- Windows are per (session_id, event_day): a partition is one day, so a run over a range of
--- days and day-by-day runs give the same visits.
+-- Windows are per session_id across days: a visit goes on after midnight. Whether an event
+-- starts a visit depends only on the event before it, so every run that sees both days
+-- draws the same visits.
 with_previous as (
     select
         *,
         lag(event_ms) over (
-            partition by session_id, event_day
+            partition by session_id
             order by {{ event_order }}
         ) as prev_event_ms
     from events
@@ -42,26 +43,50 @@ visit_starts as (
     from with_previous
 ),
 
+-- visit_seq numbers the session's visits in this scan only; the key below does not use it.
 visits as (
     select
         *,
-        cast(sum(is_visit_start) over (
-            partition by session_id, event_day
+        sum(is_visit_start) over (
+            partition by session_id
             order by {{ event_order }}
             rows between unbounded preceding and current row
-        ) as integer) as visit_number
+        ) as visit_seq
     from visit_starts
+),
+
+-- A visit belongs to the day of its first event.
+visit_days as (
+    select
+        *,
+        min(event_day) over (partition by session_id, visit_seq) as session_day
+    from visits
+),
+
+-- Visits of one session and day are consecutive: numbered 1, 2, ... within the day, so the
+-- key is the same whichever run computes it.
+numbered as (
+    select
+        *,
+        cast(
+            visit_seq
+            - min(visit_seq) over (partition by session_id, session_day)
+            + 1
+            as integer
+        ) as visit_number
+    from visit_days
+    where {{ in_session_days('session_day') }}
 ),
 
 indexed as (
     select
         session_id
-        || '-' || {{ date_key('event_day') }}
+        || '-' || {{ date_key('session_day') }}
         || '-' || cast(visit_number as varchar) as session_key,
         session_id,
         visit_number,
         cast(row_number() over (
-            partition by session_id, event_day, visit_number
+            partition by session_id, session_day, visit_number
             order by {{ event_order }}
         ) as integer) as event_index,
         event_type,
@@ -73,8 +98,9 @@ indexed as (
             when is_visit_start = 0 then cast(event_ms - prev_event_ms as double) / 1000
         end as seconds_since_prev,
         url,
-        event_day
-    from visits
+        event_day,
+        session_day
+    from numbered
 ),
 
 final as (
@@ -93,10 +119,15 @@ final as (
         products.category_hash as category,
         products.category_top,
         products.price_bucket,
-        indexed.event_day
+        indexed.event_day,
+        indexed.session_day
     from indexed
+    -- as of the event's day: the SKU's latest snapshot on or before it
     left join products
-        on indexed.product_sku = products.product_sku
+        on
+            indexed.product_sku = products.product_sku
+            and indexed.event_day >= products.valid_from
+            and (products.valid_to is null or indexed.event_day < products.valid_to)
 )
 
 select * from final

@@ -2,7 +2,7 @@ with
 
 events as (
     select * from {{ ref('int_events_sessionized') }}
-    where {{ in_partition('event_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 first_purchases as (
@@ -33,7 +33,7 @@ final as (
     select
         session_key,
         session_id,
-        event_day as session_day,
+        session_day,
         event_index as prefix_length,
         event_type,
         product_action,

@@ -2,7 +2,7 @@ with
 
 events as (
     select * from {{ ref('int_events_sessionized') }}
-    where {{ in_partition('event_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 product_views as (
@@ -15,13 +15,13 @@ final as (
     select
         session_key,
         session_id,
-        event_day as session_day,
+        session_day,
         count(*) as n_views,
         {{ ordered_string_agg('product_sku', "' '", 'event_index') }} as product_skus,
         min(event_at) as first_view_at,
         max(event_at) as last_view_at
     from product_views
-    group by session_key, session_id, event_day
+    group by session_key, session_id, session_day
 )
 
 select * from final

@@ -2,14 +2,14 @@ with
 
 events as (
     select * from {{ ref('int_events_sessionized') }}
-    where {{ in_partition('event_day') }}
+    where {{ in_session_days('session_day') }}
 ),
 
 aggregated as (
     select
         session_key,
         session_id,
-        event_day as session_day,
+        session_day,
         min(event_at) as started_at,
         max(event_at) as ended_at,
         cast(max(event_ms) - min(event_ms) as double) / 1000 as duration_seconds,
@@ -23,7 +23,7 @@ aggregated as (
         count(distinct product_sku) as n_distinct_products,
         min(case when product_action = 'purchase' then event_at end) as first_purchase_at
     from events
-    group by session_key, session_id, event_day
+    group by session_key, session_id, session_day
 ),
 
 final as (

@@ -15,19 +15,32 @@ renamed as (
     from source_products
 ),
 
-ranked as (
+-- A snapshot that lists a SKU twice keeps one row, the same one on every run.
+one_per_snapshot as (
     select
         *,
         row_number() over (
-            partition by product_sku
+            partition by product_sku, snapshot_day
             order by
-                snapshot_day desc,
                 category_hash asc nulls last,
                 price_bucket asc nulls last,
                 description_vector asc nulls last,
                 image_vector asc nulls last
-        ) as snapshot_rank
+        ) as row_in_snapshot
     from renamed
+),
+
+-- A row holds from its snapshot until the next snapshot that lists the SKU, so a day's events
+-- see the catalogue as known that day and a later snapshot never rewrites the past.
+validity as (
+    select
+        *,
+        lead(snapshot_day) over (
+            partition by product_sku
+            order by snapshot_day
+        ) as valid_to
+    from one_per_snapshot
+    where row_in_snapshot = 1
 ),
 
 final as (
@@ -46,9 +59,9 @@ final as (
             or description_vector is not null
             or image_vector is not null
         ) as has_metadata,
-        snapshot_day
-    from ranked
-    where snapshot_rank = 1
+        snapshot_day as valid_from,
+        valid_to
+    from validity
 )
 
 select * from final
