@@ -83,28 +83,40 @@ def test_demo_with_too_early_a_drift_fails_before_the_marts(settings):
 
 
 def test_evaluate_recs_on_a_users_session_files(settings, tmp_path):
-    rows = ["SessionId\tItemId\tTime"]
-    for s in range(60):  # every session views a, b, c in order: POP and kNN can learn it
-        rows += [f"{s}\t{item}\t{1_767_571_200 + s * 100 + i}" for i, item in enumerate("abc")]
-    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
-    train.write_text("\n".join(rows[: 1 + 50 * 3]) + "\n")
-    test.write_text("\n".join([rows[0], *rows[1 + 50 * 3 :]]) + "\n")
-    done = skiff(
-        "evaluate-recs",
-        "--train",
-        str(train),
-        "--test",
-        str(test),
-        "--models",
-        "pop,sknn",
-        "--json",
-    )
+    """60 items, so a top 20 holds a third of the catalogue, and answers known by design.
+
+    Train: 30 pairs [a_i, b_i], pair i seen 30 - i times, pair 0 first: POP's top 20 is
+    a_0, b_0, ..., a_9, b_9 (ties between a_i and b_i go to a_i, seen first). Test: the 30
+    pairs, then 10 "switches" [a_i, b_(i+1)] for i = 10..19. Each session asks for its second
+    item after its first: 40 predictions.
+    - sknn: after a_i its only neighbours are the [a_i, b_i] sessions, so it ranks a_i then
+      b_i, padded with a_0..b_8: every pair hits at rank 2, no switch hits (b_11..b_20 are
+      neither a_i's partner nor popular). HR@20 = 30/40, MRR@20 = 30 * 1/2 / 40.
+    - pop: b_i is at rank 2i + 2 for i < 10, outside the top 20 otherwise: the first 10 pairs
+      hit, nothing else. HR@20 = 10/40, MRR@20 = sum(1 / (2i + 2), i < 10) / 40.
+    """
+    rows, t = ["SessionId\tItemId\tTime"], 1_767_571_200
+    train = [[f"a{i}", f"b{i}"] for i in range(30) for _ in range(30 - i)]
+    test = [[f"a{i}", f"b{i}"] for i in range(30)] + [[f"a{i}", f"b{i + 1}"] for i in range(10, 20)]
+    files = {}
+    for name, sessions in (("train", train), ("test", test)):
+        lines = list(rows)
+        for session in sessions:
+            t += 100
+            lines += [f"{name}-{t}\t{item}\t{t + i}" for i, item in enumerate(session)]
+        files[name] = tmp_path / f"{name}.tsv"
+        files[name].write_text("\n".join(lines) + "\n")
+    flags = ["--train", str(files["train"]), "--test", str(files["test"])]
+    done = skiff("evaluate-recs", *flags, "--models", "pop,sknn", "--json")
     assert done.returncode == 0, done.stderr
     result = {row["model"]: row for row in json.loads(done.stdout)}
     assert set(result) == {"pop", "sknn"}
-    assert result["sknn"]["hr_at_20"] == 1.0  # 3 items: every next item is in any top-20
-    assert result["pop"]["predictions"] == 10 * 2
-    unknown = skiff("evaluate-recs", "--train", str(train), "--test", str(test), "--models", "x")
+    assert {m: r["predictions"] for m, r in result.items()} == {"pop": 40, "sknn": 40}
+    assert result["sknn"]["hr_at_20"] == pytest.approx(30 / 40)
+    assert result["sknn"]["mrr_at_20"] == pytest.approx(30 * 0.5 / 40)
+    assert result["pop"]["hr_at_20"] == pytest.approx(10 / 40)
+    assert result["pop"]["mrr_at_20"] == pytest.approx(sum(1 / (2 * i + 2) for i in range(10)) / 40)
+    unknown = skiff("evaluate-recs", *flags, "--models", "x")
     assert unknown.returncode == 2 and "unknown model" in unknown.stderr
 
 

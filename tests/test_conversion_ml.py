@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from bench.conversion_examples import examples_from_landing
 from ml import contract
 from ml.conversion import dataset, features, gates, metrics, models
 from ml.registry import ArtifactError, Registry
 from ml.synthetic import TRUTH_DIR, GeneratorConfig, generate
+from serving.predict import conversion_probability
 
 START = dt.date(2026, 1, 5)
 SMALL = {"gru": {"epochs": 1, "hidden": 8}, "hgb": {"max_iter": 20}, "logistic": {}}
@@ -286,3 +289,159 @@ def test_hgb_and_gru_find_the_known_signal(tmp_path):
         assert lift["pr_auc"] > 0.3, (algorithm, got, ceiling)
         assert got["f1"] > 2 * base["f1"] and got["log_loss"] < base["log_loss"]
         assert got["roc_auc"] > found["logistic"]["roc_auc"] - 0.02, found
+
+
+# --- any valid event sequence -----------------------------------------------------------------
+
+MAX_EPOCH_MS = 4_102_444_800_000  # the API's upper bound (2100-01-01)
+TWO_DAYS_MS = 2 * 86_400_000
+# every (event_type, product_action) the API accepts; a pageview's action is ignored
+KINDS = [
+    ("pageview", None),
+    ("pageview", "remove"),
+    ("event_product", None),
+    *(("event_product", a) for a in ("detail", "add", "remove", "click")),
+]
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=128)
+EVENT = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(KINDS),
+        "product_sku": st.none() | st.sampled_from(["sku-a", "sku-b", "sku-c"]) | TEXT,
+        "category": st.none()
+        | st.sampled_from(["c1/c12", "c1/c13", "c2", "", "c3/x/y"])
+        | st.text(st.characters(exclude_categories=("Cs",)), max_size=256),
+        "price_bucket": st.none() | st.integers(1, 10),
+        # offsets from the session start, in any order, often equal: ties and reordering
+        "offset": st.sampled_from([0, 0, 1, 1_000, 30_000]) | st.integers(0, TWO_DAYS_MS),
+    }
+)
+
+
+@st.composite
+def event_sequences(draw: st.DrawFn, max_events: int = 50) -> list[dict]:
+    """A list of events the server accepts (no purchase), as a client may send it: any order
+    of event types and product actions (a `remove` first, repeats), equal times, out of order,
+    1 to `max_events` long; `event_at` in epoch milliseconds."""
+    start = draw(st.integers(0, MAX_EPOCH_MS - TWO_DAYS_MS))
+    drawn = draw(st.lists(EVENT, min_size=1, max_size=max_events))
+    return [
+        {
+            "event_type": e["kind"][0],
+            "product_action": e["kind"][1],
+            "product_sku": e["product_sku"],
+            "event_at": start + e["offset"],
+            "category": e["category"],
+            "price_bucket": e["price_bucket"],
+        }
+        for e in drawn
+    ]
+
+
+def time_ordered(events: list[dict]) -> list[dict]:
+    """The order the server scores a prefix in (stable: equal times keep their order)."""
+    return sorted(events, key=lambda e: features.to_ms(e["event_at"]))
+
+
+def examples_of(sessions: list[list[dict]]) -> pd.DataFrame:
+    """A `conversion_examples`-shaped frame: session i buys when i is odd."""
+    rows = [
+        {
+            **event,
+            "session_key": f"s{i:04d}",
+            "session_id": f"s{i:04d}",
+            "session_day": "2026-01-05",
+            "prefix_length": k,
+            "event_at": pd.Timestamp(event["event_at"], unit="ms"),
+            "will_purchase": i % 2 == 1,
+        }
+        for i, events in enumerate(sessions)
+        for k, event in enumerate(time_ordered(events), start=1)
+    ]
+    return features.ordered_events(pd.DataFrame(rows))
+
+
+def _product_event(action: str, at: int) -> dict:
+    return {
+        "event_type": "event_product",
+        "product_action": action,
+        "product_sku": "sku-a",
+        "event_at": at,
+        "category": "c1/c12",
+        "price_bucket": 3,
+    }
+
+
+REMOVE_FIRST = [
+    _product_event(a, 1_767_607_200_000 + 1_000 * i)
+    for i, a in enumerate(["remove", "remove", "remove", "add", "detail"])
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=event_sequences())
+@example(events=REMOVE_FIRST)
+def test_any_valid_sequence_gives_the_same_finite_features_on_both_paths(events):
+    batch = features.batch_from_frame(examples_of([events]))
+    ordered = time_ordered(events)
+    served = pd.DataFrame(
+        [features.prefix_features(ordered[:k]) for k in range(1, len(ordered) + 1)]
+    )
+    assert np.isfinite(batch.features.to_numpy()).all()
+    np.testing.assert_allclose(served.to_numpy(), batch.features.to_numpy(), rtol=1e-12)
+
+
+def _check_scores(model: models.ConversionModel, sessions: list[list[dict]]) -> None:
+    """Batch scores finite in [0, 1], and each session's serving score equal to its batch one."""
+    batch = features.batch_from_frame(examples_of(sessions))
+    scores = model.predict_proba(batch)
+    assert len(scores) == len(batch) and np.isfinite(scores).all()
+    assert ((scores >= 0) & (scores <= 1)).all()
+    last = batch.events.groupby("session_key").tail(1).index  # each whole session
+    served = [conversion_probability(model, time_ordered(e)) for e in sessions]
+    np.testing.assert_allclose(served, scores[last], rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions=st.lists(event_sequences(max_events=20), min_size=2, max_size=10))
+@example(sessions=[REMOVE_FIRST, REMOVE_FIRST[:1], REMOVE_FIRST[3:]])
+def test_tabular_models_train_and_score_on_any_valid_sequences(sessions):
+    batch = features.batch_from_frame(examples_of(sessions))
+    y = dataset.labels(batch.events)
+    for algorithm, params in (("majority", {}), ("logistic", {}), ("hgb", {"max_iter": 5})):
+        _check_scores(models.make_model(algorithm, **params).fit(batch, y), sessions)
+
+
+def test_every_model_trains_and_scores_when_removes_come_first(tmp_path):
+    """Remove before any add makes net_cart negative: plain log1p gave -inf and NaN, which
+    failed logistic training; every algorithm trains, saves, loads and scores."""
+    rng = np.random.default_rng(0)
+    sessions = [
+        [
+            _product_event(str(a), 1_767_607_200_000 + 500 * j)
+            for j, a in enumerate(rng.choice(["remove", "add", "detail", "click"], 1 + i % 7))
+        ]
+        for i in range(60)
+    ]
+    sessions[0] = REMOVE_FIRST
+    batch = features.batch_from_frame(examples_of(sessions))
+    assert batch.features["net_cart"].min() <= -2
+    y = dataset.labels(batch.events)
+    for algorithm in ("majority", "logistic", "hgb", "gru"):
+        params = {} if algorithm == "majority" else SMALL[algorithm]
+        model = models.make_model(algorithm, **params).fit(batch, y)
+        model.save(tmp_path / algorithm)
+        _check_scores(models.load_model(tmp_path / algorithm), sessions)
+
+
+def test_a_logistic_model_saved_with_plain_log1p_still_scores_a_remove_first(split, tmp_path):
+    """Artifacts registered before signed_log1p pickled np.log1p: loading swaps it in, which
+    changes no score on non-negative features and makes negative ones finite."""
+    model = _fit("logistic", split)
+    test = features.batch_from_frame(split.test)
+    expected = model.predict_proba(test)
+    model.estimator.steps[0][1].func = np.log1p
+    model.save(tmp_path)
+    loaded = models.load_model(tmp_path)
+    assert np.array_equal(loaded.predict_proba(test), expected)
+    score = conversion_probability(loaded, REMOVE_FIRST[:1])
+    assert 0 <= score <= 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -60,7 +63,7 @@ def test_damaged_artifact_is_refused_naming_the_file(registry, tmp_path, damage)
         registry.fetch("conversion", manifest.version, tmp_path / "fetched")
 
 
-def test_roles_history_and_atomic_publish(registry, tmp_path):
+def test_roles_history_and_publish(registry, tmp_path):
     first = _register(registry, _model(tmp_path, b"first"), auc=0.7)
     second = _register(registry, _model(tmp_path, b"second"), auc=0.9)
     assert registry.role("conversion", "champion") is None
@@ -87,3 +90,57 @@ def test_roles_history_and_atomic_publish(registry, tmp_path):
         load_published(target, "conversion", "champion")
     with pytest.raises(ArtifactError, match="nothing is published"):
         load_published(target, "recommender", "champion")
+
+
+def _read_published(target: Path, weights: dict[str, bytes], stop, seen: Counter, failures: list):
+    """What the server does, in a loop: read the pointer, verify the version, read a file."""
+    while not stop.is_set():
+        try:
+            manifest, folder = load_published(target, "conversion", "champion")
+            if (folder / "weights.bin").read_bytes() != weights[manifest.version]:
+                failures.append(f"{manifest.version}: weights of another version")
+            seen[manifest.version] += 1
+        except Exception as exc:  # a torn pointer, a missing or unverified file: all failures
+            failures.append(repr(exc))
+
+
+def test_publish_is_atomic_for_concurrent_readers(tmp_path):
+    """Readers loop on the published champion while new versions are published and the
+    pointer moves back and forth: every read is a complete version whose files verify."""
+    registry = Registry(tmp_path / "registry")
+    target = tmp_path / "published"
+    weights: dict[str, bytes] = {}
+    for i in range(12):
+        folder = _model(tmp_path, weights=f"model {i}\n".encode() * 5000)
+        for j in range(100):  # a manifest of about 10 kB: a torn write has room to show
+            (folder / "sub" / f"part-{j:03d}.txt").write_text(f"{i}-{j}")
+        version = _register(registry, folder).version
+        weights[version] = (folder / "weights.bin").read_bytes()
+    versions = list(weights)
+    registry.assign("conversion", "champion", versions[0], "first")
+    registry.publish("conversion", target, roles=("champion",))
+
+    stop, seen, failures = threading.Event(), Counter(), []
+    readers = [
+        threading.Thread(target=_read_published, args=(target, weights, stop, seen, failures))
+        for _ in range(3)
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        for version in versions[1:]:  # new versions: files copied, then the pointer
+            registry.assign("conversion", "champion", version, "new")
+            registry.publish("conversion", target, roles=("champion",))
+        deadline = time.monotonic() + 2
+        i = 0
+        while time.monotonic() < deadline:  # already published: only the pointer moves
+            i += 1
+            registry.assign("conversion", "champion", versions[i % len(versions)], "again")
+            registry.publish("conversion", target, roles=("champion",))
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=30)
+    assert not failures, (len(failures), Counter(failures).most_common(3))
+    assert len(seen) >= 6 and sum(seen.values()) > 200, seen
+    assert not list(target.rglob("*.tmp-*"))

@@ -10,7 +10,9 @@ it changes what is published.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ml import experiments as stats
@@ -35,6 +37,7 @@ from serving.predict import conversion_probability
 from serving.store import load_version
 from skiff.settings import REPO_ROOT, load_settings
 from tests.servers import free_port
+from tests.test_conversion_ml import REMOVE_FIRST, event_sequences, time_ordered
 from tests.test_serving import publish_models, register_recommender
 
 pytestmark = pytest.mark.e2e
@@ -194,13 +197,14 @@ def test_scores_and_recommendations(server: str, state: dict):
     ).json()  # one known product: its precomputed list, which is the model's own answer
     assert single["path"] == "item_lookup" and single["unknown_items"] == 1
     assert single["items"] == recommender.model.recommend([viewed[0]], 6)
-    for items in ([], ["never-seen", "nor-this"]):
-        cold = httpx.post(
-            f"{server}/v1/recommendations", json={"session_id": "cold", "items": items, "k": 4}
-        ).json()
-        assert cold["path"] == "popularity"
-        assert cold["items"] == recommender.model.recommend([], 4) or cold["variant"] != "control"
-        assert cold["unknown_items"] == len(items)
+    # no known product: each variant's own model's popular products
+    for variant, loaded in (("control", recommender), ("treatment", challenger)):
+        for items in ([], ["never-seen", "nor-this"]):
+            body = {"session_id": _session_for(variant, start=100), "items": items, "k": 4}
+            cold = httpx.post(f"{server}/v1/recommendations", json=body).json()
+            assert (cold["variant"], cold["path"]) == (variant, "popularity")
+            assert cold["items"] == loaded.model.recommend([], 4)
+            assert cold["unknown_items"] == len(items)
 
     # the precomputed list of one product
     sku = viewed[0]
@@ -406,6 +410,41 @@ def test_fuzzed_bodies_never_get_a_500(server: str, path: str):
             assert response.status_code == 422, (raw[:20], response.text)
     metrics = httpx.get(f"{server}/metrics").text
     assert "skiff_http_errors_total{" not in metrics
+
+
+def _iso(ms: int) -> str:
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)).isoformat()
+
+
+def test_every_valid_event_sequence_gets_a_probability(server: str, state: dict):
+    """Sequences the API accepts, in any order of types and actions (a remove first, repeats,
+    equal and shuffled times, up to the event limit, times in ms or ISO 8601): each gets a 200
+    with a finite probability in [0, 1], the one the champion gives locally."""
+    champion = load_version(state["published"], "conversion", "champion").model
+    with httpx.Client(base_url=server, timeout=10) as client:
+
+        @settings(
+            max_examples=150,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(events=event_sequences(MAX_EVENTS), iso=st.lists(st.booleans(), min_size=1))
+        @example(events=REMOVE_FIRST[:1], iso=[False])
+        @example(events=REMOVE_FIRST * 10, iso=[True, False])
+        def check(events: list[dict], iso: list[bool]) -> None:
+            sent = [
+                {**e, "event_at": _iso(e["event_at"])} if iso[i % len(iso)] else e
+                for i, e in enumerate(events)
+            ]
+            response = client.post(SCORE, json={"session_id": "fuzz", "events": sent})
+            assert response.status_code == 200, (events, response.text)
+            probability = response.json()["probability"]
+            assert math.isfinite(probability) and 0 <= probability <= 1, probability
+            local = conversion_probability(champion, time_ordered(events))
+            assert probability == pytest.approx(local, abs=1e-9)
+
+        check()
+    assert "skiff_http_errors_total{" not in httpx.get(f"{server}/metrics").text
 
 
 def test_feedback_survives_kill_9(state: dict):

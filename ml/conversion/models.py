@@ -145,8 +145,18 @@ class _SklearnModel:
         return model
 
 
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    """log1p of the magnitude with the sign kept: log1p itself on x >= 0, finite on any x.
+
+    Features may be negative (`net_cart` after a `remove` of an item carted in an earlier
+    visit); plain log1p gave -inf at -1 and NaN below, which failed training and scoring.
+    """
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
 class LogisticModel(_SklearnModel):
-    """Logistic regression on log1p-scaled features: the linear baseline gates compare with."""
+    """Logistic regression on signed-log1p-scaled features: the linear baseline gates compare
+    with."""
 
     algorithm: ClassVar[str] = "logistic"
 
@@ -159,12 +169,20 @@ class LogisticModel(_SklearnModel):
         from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
         return make_pipeline(
-            FunctionTransformer(np.log1p),  # features are counts, seconds and deciles: >= 0
+            FunctionTransformer(signed_log1p),
             StandardScaler(),
             LogisticRegression(
                 C=self._params["C"], max_iter=self._params["max_iter"], random_state=self.seed
             ),
         )
+
+    @classmethod
+    def load(cls, folder: Path) -> Self:
+        model = super().load(folder)
+        scale = model.estimator.steps[0][1]
+        if scale.func is np.log1p:  # saved before signed_log1p: the same numbers on x >= 0
+            scale.func = signed_log1p
+        return model
 
 
 class HGBModel(_SklearnModel):
