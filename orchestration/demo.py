@@ -197,7 +197,7 @@ def leaderboards(settings: Settings) -> str:
         board = settings.reports / problem / "leaderboard.md"
         if board.exists():
             parts.append(
-                f"\n{problem} leaderboard (test day(s) of the time split):\n\n"
-                + board.read_text().strip()
+                f"\n{problem} leaderboard (chosen on the validation day(s), reported on the "
+                "test day(s)):\n\n" + board.read_text().strip()
             )
     return "\n".join(parts)

@@ -41,7 +41,10 @@ from skiff.settings import ensure_home, load_settings
 from tests.conftest import AUTOMATION_VARIABLES
 
 START = dt.date(2026, 1, 5)
-# Small models: the test is about the loop, not about model quality.
+# Small models: the test is about the loop, not about model quality. On 700 sessions a day
+# logistic regression wins the conversion test day, so the conversion gates are opened here to
+# give the loop a champion; tests/test_conversion_assets.py runs them at their defaults and
+# shows one failing with nothing promoted.
 SMALL_MODELS = {
     "conversion_model_hgb": {"max_iter": 20},
     "conversion_model_gru": {"epochs": 1, "hidden": 8},
@@ -417,16 +420,17 @@ def test_drift_scenario_requests_exactly_one_retraining(world):
         for e in result.get_asset_check_evaluations()
         if e.asset_key == AssetKey("recommender_evaluation")
     }
-    gates_passed = all(checks[name] for name, gate in GATES.items() if gate.gating)
+    # retrained on post-drift days, the chosen candidate passes the gates and replaces the
+    # champion, which could not know the new products
+    assert all(checks[name] for name, gate in GATES.items() if gate.gating), checks
     champion_after = registry.role("recommender", "champion")
-    if champion_after.version != champion_before.version:
-        assert gates_passed
-    if not gates_passed:
-        assert champion_after.version == champion_before.version
+    assert champion_after.version != champion_before.version
+    assert champion_after.training_window == newest.training_window
     assert registry.role("conversion", "champion").version == conversion_before.version
     # the same episode is never requested again, even when its last day is monitored again
     _execute(defs, MONITOR_DAYS, {}, partition_key=DRIFTED[2].isoformat())
     assert _sensor_requests(defs) == []
-    if champion_after.version != champion_before.version:
-        # a champion that knows the new products is not alarmed by them
-        assert _severities(DRIFTED[2])[RECOMMENDER] != "error"
+    # recovery: the day that was at ERROR, graded again against the new champion, is not
+    assert severities[DRIFTED[2]][RECOMMENDER] == "error"
+    assert _recorded(DRIFTED[2])[RECOMMENDER]["champion_version"] == champion_after.version
+    assert _severities(DRIFTED[2])[RECOMMENDER] != "error"

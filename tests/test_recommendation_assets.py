@@ -16,6 +16,7 @@ from dagster import (
     define_asset_job,
 )
 
+from ml.recommend.compare import best_row
 from ml.registry import Registry, load_published
 from ml.synthetic import GeneratorConfig, generate
 from orchestration.definitions import build_definitions
@@ -45,6 +46,20 @@ def _metadata(result, key: str) -> dict:
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
+def _row(model: str, validation_hr: float, test_hr: float) -> dict:
+    return {"model": model, "validation_hr_at_20": validation_hr, "hr_at_20": test_hr}
+
+
+def test_best_candidate_is_chosen_on_the_validation_days():
+    # sknn is best on the validation days, gru on the test days: the validation days choose
+    rows = [_row("pop", 0.20, 0.21), _row("sknn", 0.48, 0.40), _row("gru", 0.45, 0.52)]
+    assert best_row(rows)["model"] == "sknn"
+    rows[1]["hr_at_20"], rows[2]["hr_at_20"] = 0.0, 1.0  # whatever the test days say
+    assert best_row(rows)["model"] == "sknn"
+    with pytest.raises(ValueError, match="validation_hr_at_20"):
+        best_row([{"model": "pop", "hr_at_20": 0.2}])
+
+
 @pytest.mark.slow
 def test_recommendation_assets_end_to_end(settings):
     generate(settings.landing, GeneratorConfig(days=10, sessions_per_day=1500, seed=5, start=START))
@@ -55,11 +70,20 @@ def test_recommendation_assets_end_to_end(settings):
 
     training = _metadata(result, "recommender_training_set")
     assert training["test_start"] == training["test_end"] == "2026-01-14"
-    assert training["train_end"] == "2026-01-13" and training["train_sessions"] > 3000
+    assert training["validation_start"] == training["validation_end"] == "2026-01-13"
+    assert training["train_end"] == "2026-01-12" and training["train_sessions"] > 3000
+    assert training["validation_sessions"] > 300 and training["test_sessions"] > 300
 
     evaluation = _metadata(result, "recommender_evaluation")
     assert "| pop |" in evaluation["leaderboard"] and "| gru |" in evaluation["leaderboard"]
     assert evaluation["best"] in ("sknn", "gru")
+    assert "| model | validation HR@20 | HR@20 |" in evaluation["leaderboard"]
+    # the choice is the argmax of the validation column; what is reported is the test days'
+    selection = evaluation["selection"]
+    assert set(selection) == {"pop", "sknn", "gru"}
+    assert evaluation["best"] == max(selection, key=lambda a: selection[a]["validation_hr_at_20"])
+    assert evaluation["validation_hr_at_20"] == selection[evaluation["best"]]["validation_hr_at_20"]
+    assert evaluation["hr_at_20"] == selection[evaluation["best"]]["test_hr_at_20"]
     assert evaluation["hr_at_20"] > 0.3 and 0 < evaluation["ndcg_at_20"] < evaluation["hr_at_20"]
     report = settings.reports / "recommender" / "leaderboard.md"
     assert report.read_text().strip() == evaluation["leaderboard"].strip()
@@ -77,6 +101,10 @@ def test_recommendation_assets_end_to_end(settings):
 
     manifest, folder = load_published(settings.published, "recommender")
     assert manifest.version == version
+    # the registry and monitoring's baseline hold the test days' numbers
+    assert manifest.metrics["hr_at_20"] == evaluation["hr_at_20"]
+    assert manifest.extra["test_window"] == {"start": "2026-01-14", "end": "2026-01-14"}
+    assert manifest.extra["validation"]["hr_at_20"] == evaluation["validation_hr_at_20"]
     lookup = pd.read_parquet(folder / "next_items.parquet")
     assert len(lookup) > 1000 and lookup["next_items"].map(len).eq(20).all()
     from ml.recommend.models import Recommender

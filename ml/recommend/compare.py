@@ -45,14 +45,7 @@ def fit_and_evaluate(
     began = time.perf_counter()
     model.fit(train)
     train_seconds = time.perf_counter() - began
-    popularity = popularity_counts(train)
-    result = evaluate(
-        test,
-        recommend_batch=model.recommend_batch,
-        k=k,
-        popularity=popularity,
-        known_items=set(popularity),
-    )
+    result = evaluate_model(model, train, test, k)
     row = {
         "model": algorithm,
         f"hr_at_{k}": result.hr,
@@ -67,6 +60,30 @@ def fit_and_evaluate(
         "params": params,
     }
     return model, result, row
+
+
+def evaluate_model(
+    model: Recommender, train: Sequence[Sequence[str]], sessions: Sequence[Sequence[str]], k: int
+) -> EvalResult:
+    """A fitted model on other sessions (validation or test), with the training popularity."""
+    popularity = popularity_counts(train)
+    return evaluate(
+        sessions,
+        recommend_batch=model.recommend_batch,
+        k=k,
+        popularity=popularity,
+        known_items=set(popularity),
+    )
+
+
+def best_row(rows: Sequence[dict[str, Any]], k: int = 20) -> dict[str, Any]:
+    """The row with the best validation HR@k (ties: first). Test metrics are never read here:
+    they report and gate the choice."""
+    key = f"validation_hr_at_{k}"
+    missing = [r["model"] for r in rows if key not in r]
+    if missing:
+        raise ValueError(f"rows of {missing} have no {key}: evaluate on validation days first")
+    return max(rows, key=lambda r: r[key])
 
 
 def compare(
@@ -97,15 +114,19 @@ def compare(
 
 
 def format_leaderboard(rows: Sequence[dict[str, Any]], k: int = 20) -> str:
-    """A markdown table: what the CLI prints and the evaluation asset shows."""
+    """A markdown table: what the CLI prints and the evaluation asset shows. Rows with a
+    validation HR@k (the assets') get it as a column before the test metrics."""
+    validation = bool(rows) and all(f"validation_hr_at_{k}" in r for r in rows)
+    first = f" validation HR@{k} |" if validation else ""
     lines = [
-        f"| model | HR@{k} | MRR@{k} | NDCG@{k} | coverage | popularity bias | predictions "
-        "| train s | recs/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| model |{first} HR@{k} | MRR@{k} | NDCG@{k} | coverage | popularity bias "
+        "| predictions | train s | recs/s |",
+        "|---|" + "---:|" * (9 if validation else 8),
     ]
     for r in rows:
+        chosen_on = f" {r[f'validation_hr_at_{k}']:.4f} |" if validation else ""
         lines.append(
-            f"| {r['model']} | {r[f'hr_at_{k}']:.4f} | {r[f'mrr_at_{k}']:.4f} "
+            f"| {r['model']} |{chosen_on} {r[f'hr_at_{k}']:.4f} | {r[f'mrr_at_{k}']:.4f} "
             f"| {r[f'ndcg_at_{k}']:.4f} | {r['coverage']:.3f} | {r['popularity_bias']:.3f} "
             f"| {r['predictions']:,} | {r['train_seconds']:.1f} | {r['recs_per_second']:,.0f} |"
         )

@@ -52,6 +52,7 @@ from orchestration.conversion.leaderboard import (
     gates_report,
     leaderboard_markdown,
     markdown_table,
+    selection_table,
 )
 from orchestration.conversion.leakage import leakage
 from orchestration.policy import asset, warehouse_asset
@@ -214,8 +215,8 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         AssetCheckSpec(
             "beats_logistic_pr_auc",
             asset=EVALUATION,
-            description="The best candidate's test PR AUC beats logistic regression's by the "
-            "configured margin (pr_auc_margin).",
+            description="The candidate chosen on the validation day beats logistic "
+            "regression's test PR AUC by the configured margin (pr_auc_margin).",
         ),
         AssetCheckSpec(
             "no_leakage",
@@ -226,8 +227,8 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         AssetCheckSpec(
             "calibration_bounded",
             asset=EVALUATION,
-            description="The best candidate's expected calibration error on the test day is at "
-            "most max_calibration_error.",
+            description="The chosen candidate's expected calibration error on the test day is "
+            "at most max_calibration_error.",
         ),
     ]
 
@@ -237,8 +238,9 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         group_name=GROUP,
         kinds={"python"},
         check_specs=specs,
-        description="Leaderboard of every candidate beside the baselines on the test day, the "
-        "best candidate's slices and calibration, and the promotion gates as checks.",
+        description="Leaderboard of every candidate beside the baselines: the best chosen on "
+        "the validation day's PR AUC, then reported and gated on the test day (slices, "
+        "calibration, the promotion gates as checks).",
     )
     def conversion_evaluation(context: AssetExecutionContext, config: EvaluationConfig) -> Iterator:
         results = {a: read_json(candidate_path(settings, a)) for a in ALGORITHMS}
@@ -280,6 +282,7 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 "metrics": chosen["test"],
                 "gates": {n: list(v) for n, v in outcome.items()},
                 "leaderboard": leaderboard,
+                "selection": selection_table(results),
             },
         )
         slices = pd.DataFrame(chosen["slices"])
@@ -288,7 +291,10 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 "leaderboard": MetadataValue.md(report),
                 "best_algorithm": MetadataValue.text(best),
                 "best_version": MetadataValue.text(chosen["version"]),
+                "validation_day": MetadataValue.text(chosen["window"]["validation_day"]),
                 "test_day": MetadataValue.text(chosen["window"]["test_day"]),
+                "validation_pr_auc": float(chosen["validation"]["pr_auc"]),
+                "selection": MetadataValue.json(selection_table(results)),
                 **{m: float(chosen["test"][m]) for m in METRIC_COLUMNS},
                 "logistic_pr_auc": float(results["logistic"]["test"]["pr_auc"]),
                 "calibration": MetadataValue.md(

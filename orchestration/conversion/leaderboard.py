@@ -6,6 +6,8 @@ import pandas as pd
 
 from orchestration.conversion.config import BASELINES, CANDIDATES, METRIC_COLUMNS
 
+SELECTION_METRIC = "pr_auc"  # on the validation day
+
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
     def cell(value: Any) -> str:
@@ -21,17 +23,19 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 
 
 def best_candidate(results: dict[str, dict[str, Any]]) -> str:
-    """The candidate with the best test PR AUC (undefined counts as worst; ties: first)."""
+    """The candidate with the best PR AUC on the validation day (undefined counts as worst;
+    ties: first). Test-day metrics are never read here: they report and gate the choice."""
 
     def key(algorithm: str) -> float:
-        value = results[algorithm]["test"]["pr_auc"]
+        value = results[algorithm]["validation"][SELECTION_METRIC]
         return -1.0 if value is None or value != value else float(value)
 
     return max(CANDIDATES, key=key)
 
 
 def leaderboard_markdown(results: dict[str, dict[str, Any]], best: str) -> str:
-    """All models on the test day, best first by PR AUC; baselines beside the candidates."""
+    """All models, baselines beside the candidates, best validation PR AUC first: the
+    validation column is what chose, the test-day columns are what is reported."""
     rows = []
     for algorithm, result in results.items():
         kind = "baseline" if algorithm in BASELINES else "candidate"
@@ -41,15 +45,31 @@ def leaderboard_markdown(results: dict[str, dict[str, Any]], best: str) -> str:
             {
                 "model": name,
                 "kind": kind,
+                "validation pr_auc": float(result["validation"][SELECTION_METRIC]),
                 **{m: float(metrics[m]) for m in METRIC_COLUMNS},
                 "fit s": float(result["fit_seconds"]),
                 "version": f"`{result['version']}`",
             }
         )
-    frame = pd.DataFrame(rows).sort_values("pr_auc", ascending=False, na_position="last")
-    day = next(iter(results.values()))["window"]["test_day"]
-    heading = f"Test day {day} (F1 at the threshold chosen on the validation day)"
+    frame = pd.DataFrame(rows).sort_values("validation pr_auc", ascending=False, na_position="last")
+    window = next(iter(results.values()))["window"]
+    heading = (
+        f"Test day {window['test_day']}: the best candidate is chosen on the validation day "
+        f"{window['validation_day']} (`validation pr_auc`); the other columns are the test "
+        "day's (F1 at the threshold chosen on the validation day)"
+    )
     return heading + "\n\n" + markdown_table(frame)
+
+
+def selection_table(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per model, the validation PR AUC that chose and the test PR AUC that is reported."""
+    return {
+        algorithm: {
+            "validation_pr_auc": float(result["validation"][SELECTION_METRIC]),
+            "test_pr_auc": float(result["test"][SELECTION_METRIC]),
+        }
+        for algorithm, result in results.items()
+    }
 
 
 def gates_report(leaderboard: str, best: str, outcome: dict[str, tuple[bool, str]]) -> str:

@@ -4,8 +4,9 @@
   champion's training window;
 - `conversion_prediction_drift`: the day's scores in `conversion_predictions` against the scores
   the same model version gives its held-out days;
-- `conversion_quality`: the champion on the day's labels (complete once the day is landed:
-  visits end at midnight UTC): ROC AUC, calibration, and drift of the label itself.
+- `conversion_quality`: the champion on the day's labels (final once the next day is
+  built: a visit keeps its events after midnight): ROC AUC, calibration, and drift of the
+  label itself.
 """
 
 import math

@@ -3,14 +3,16 @@ behavioral checks -> champion (through the gates, `champion.py`) -> batch predic
 
 - `recommender_training_set` reads `session_sequences` with a time split: the test window is
   the last `test_days` days (ending at `end_day`, default the latest day in the mart), the
-  training window the `train_days` days before it. The recommender is evaluated only on next
-  items of sessions later than every training session.
+  validation window the `validation_days` before it, the training window the `train_days`
+  days before that. The recommender is evaluated only on next items of sessions later than
+  every training session.
 - `recommender_candidate_<algorithm>` fits one model, evaluates it with the one evaluator
   (`ml.recommend.evaluate`), runs the behavioral checks, computes the last-item lookup (top-20
   next items for every product) and registers the folder — model files *and* `next_items.parquet`
   — as one version of problem "recommender" in the registry.
-- `recommender_evaluation` shows the leaderboard and the best candidate's behavioral checks
-  (asset checks; gating ones have ERROR severity).
+- `recommender_evaluation` chooses the best candidate on the validation days (HR@20), then
+  shows the leaderboard (validation HR@20 beside the test metrics) and the chosen candidate's
+  behavioral checks on the test days (asset checks; gating ones have ERROR severity).
 
 The assets are not partitioned: they read a window of days of the (daily-partitioned)
 `session_sequences` mart, chosen by config.
@@ -53,6 +55,7 @@ from orchestration.recommendation.config import (
     candidate_asset_name,
     split_window,
     test_window,
+    validation_window,
 )
 from orchestration.recommendation.reports import gate_text, leaderboard_markdown, write_lookup
 from orchestration.sql import date_sql
@@ -65,7 +68,8 @@ def build_training_set_asset() -> AssetsDefinition:
         group_name=GROUP,
         deps=[AssetKey("session_sequences")],
         kinds={"python"},
-        description="Sessions of session_sequences split by time: train days, then test days.",
+        description="Sessions of session_sequences split by time: train days, validation "
+        "days (the best candidate is chosen there), then test days (reported and gated).",
     )
     def recommender_training_set(
         context: AssetExecutionContext, config: TrainingSetConfig
@@ -82,29 +86,50 @@ def build_training_set_asset() -> AssetsDefinition:
                     allow_retries=False,
                 )
             last = dt.date.fromisoformat(str(latest)[:10])
+        if config.validation_days < 1 or config.test_days < 1:
+            raise Failure(
+                description="validation_days and test_days must be at least 1 (got "
+                f"{config.validation_days}, {config.test_days})",
+                allow_retries=False,
+            )
         split = last - dt.timedelta(days=config.test_days - 1)
-        first = split - dt.timedelta(days=config.train_days)
+        validation_start = split - dt.timedelta(days=config.validation_days)
+        first = validation_start - dt.timedelta(days=config.train_days)
         frame = warehouse.query(
             f"select session_day, product_skus from {table}"
             f" where session_day between {date_sql(first)} and {date_sql(last)}"
             " order by first_view_at, session_key"
         )
-        days = frame["session_day"].astype(str).str[:10]
+        days = frame["session_day"].astype(str).str[:10].tolist()
         sessions = [s.split(" ") for s in frame["product_skus"]]
-        train = [s for s, d in zip(sessions, days, strict=True) if d < split.isoformat()]
-        test = [s for s, d in zip(sessions, days, strict=True) if d >= split.isoformat()]
-        if not train or not any(len(s) >= 2 for s in test):
+        window = split_window(first, validation_start, split, last)
+        parts: dict[str, list[list[str]]] = {"train": [], "validation": [], "test": []}
+        for session, day in zip(sessions, days, strict=True):
+            if day < window["validation_start"]:
+                parts["train"].append(session)
+            elif day < window["test_start"]:
+                parts["validation"].append(session)
+            else:
+                parts["test"].append(session)
+        train, validation, test = parts["train"], parts["validation"], parts["test"]
+        if not train or not all(any(len(s) >= 2 for s in p) for p in (validation, test)):
             raise Failure(
-                description=f"not enough sessions: {len(train)} to train ({first} .. {split}), "
-                f"{len(test)} to test ({split} .. {last})",
+                description=f"not enough sessions: {len(train)} to train ({window['train_start']}"
+                f" .. {window['train_end']}), {len(validation)} to validate "
+                f"({window['validation_start']} .. {window['validation_end']}), {len(test)} to "
+                f"test ({window['test_start']} .. {window['test_end']}); validation and test "
+                "need a session of 2+ views",
                 allow_retries=False,
             )
-        window = split_window(first, split, last)
-        context.log.info(f"{len(train):,} training and {len(test):,} test sessions, {window}")
+        context.log.info(
+            f"{len(train):,} training, {len(validation):,} validation and {len(test):,} test "
+            f"sessions, {window}"
+        )
         return Output(
-            {"train": train, "test": test, "window": window},
+            {"train": train, "validation": validation, "test": test, "window": window},
             metadata={
                 "train_sessions": len(train),
+                "validation_sessions": len(validation),
                 "test_sessions": len(test),
                 "train_views": sum(map(len, train)),
                 "test_predictions": sum(max(len(s) - 1, 0) for s in test),
@@ -122,13 +147,14 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
         ins={"training_set": AssetIn(TRAINING_SET)},
         kinds={"python", "torch"} if algorithm in ("gru", "sasrec") else {"python"},
         description=f"The {algorithm} recommender fitted on the training days, evaluated on "
-        "the test days, with its last-item lookup, registered as a version.",
+        "the validation days (what chooses) and the test days (what is reported and gated), "
+        "with its last-item lookup, registered as a version.",
     )
     def candidate(
         context: AssetExecutionContext, config: CandidateConfig, training_set: dict
     ) -> Output[dict]:
         from ml.recommend.behavior import run_checks
-        from ml.recommend.compare import fit_and_evaluate
+        from ml.recommend.compare import evaluate_model, fit_and_evaluate
         from ml.registry import Registry
 
         train, test = training_set["train"], training_set["test"]
@@ -138,6 +164,13 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
         model, result, row = fit_and_evaluate(
             algorithm, train, test, K, params, progress=context.log.info
         )
+        validation = evaluate_model(model, train, training_set["validation"], K)
+        row = {
+            **row,
+            f"validation_hr_at_{K}": validation.hr,
+            f"validation_mrr_at_{K}": validation.mrr,
+            "validation_predictions": validation.predictions,
+        }
         popularity = dict(zip(model.vocab.items[1:], model.popularity[1:].tolist(), strict=True))
         outcomes, slices = run_checks(
             result, pop_result, model.recommend_batch, train, test, popularity
@@ -157,11 +190,18 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
                 training_window=training_set["window"],
                 extra={
                     "test_window": test_window(training_set["window"]),
+                    "validation_window": validation_window(training_set["window"]),
+                    "validation": {
+                        key: row[f"validation_{key}"] for key in ("hr_at_20", "mrr_at_20")
+                    },
                     "lookup": LOOKUP,
                     "checks": checks,
                 },
             )
-        context.log.info(f"registered {manifest.version}: HR@20 {row['hr_at_20']:.4f}")
+        context.log.info(
+            f"registered {manifest.version}: HR@20 {row['validation_hr_at_20']:.4f} on the "
+            f"validation days, {row['hr_at_20']:.4f} on the test days"
+        )
         return Output(
             {
                 "algorithm": algorithm,
@@ -172,6 +212,7 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
             },
             metadata={
                 "version": manifest.version,
+                "validation_hr_at_20": row["validation_hr_at_20"],
                 "hr_at_20": row["hr_at_20"],
                 "mrr_at_20": row["mrr_at_20"],
                 "ndcg_at_20": row["ndcg_at_20"],
@@ -199,8 +240,9 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
             for name in GATE_NAMES
         ],
         kinds={"python"},
-        description="The leaderboard of the candidates on the same test days, and the best "
-        "candidate's behavioral checks (gating checks block its promotion).",
+        description="The best candidate chosen on the validation days (HR@20); the leaderboard "
+        "of the candidates on the same test days beside it, and the chosen candidate's "
+        "behavioral checks on the test days (gating checks block its promotion).",
     )
     def recommender_evaluation(
         context: AssetExecutionContext,
@@ -208,11 +250,11 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         candidate_sknn: dict,
         candidate_gru: dict,
     ):
-        from ml.recommend.compare import format_leaderboard
+        from ml.recommend.compare import best_row, format_leaderboard
 
         entries = {e["algorithm"]: e for e in (candidate_pop, candidate_sknn, candidate_gru)}
-        rows = sorted((e["row"] for e in entries.values()), key=lambda r: -r["hr_at_20"])
-        best = entries[rows[0]["model"]]
+        rows = sorted((e["row"] for e in entries.values()), key=lambda r: -r["validation_hr_at_20"])
+        best = entries[best_row(rows, K)["model"]]
         markdown = leaderboard_markdown(format_leaderboard(rows), best)
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "leaderboard.md").write_text(markdown + "\n")
@@ -229,6 +271,16 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 "leaderboard": MetadataValue.md(markdown),
                 "best": best["algorithm"],
                 "best_version": best["version"],
+                "validation_hr_at_20": best["row"]["validation_hr_at_20"],
+                "selection": MetadataValue.json(
+                    {
+                        a: {
+                            "validation_hr_at_20": e["row"]["validation_hr_at_20"],
+                            "test_hr_at_20": e["row"]["hr_at_20"],
+                        }
+                        for a, e in entries.items()
+                    }
+                ),
                 "hr_at_20": best["row"]["hr_at_20"],
                 "mrr_at_20": best["row"]["mrr_at_20"],
                 "ndcg_at_20": best["row"]["ndcg_at_20"],

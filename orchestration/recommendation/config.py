@@ -45,6 +45,7 @@ def candidate_asset_name(algorithm: str) -> str:
 
 class TrainingSetConfig(Config):
     train_days: int = 14
+    validation_days: int = 1  # between training and test: the best candidate is chosen here
     test_days: int = 1
     end_day: str = ""  # last test day (YYYY-MM-DD); empty = the latest day in the mart
 
@@ -57,15 +58,25 @@ class ChampionConfig(Config):
     candidate: str = ""  # propose this algorithm's candidate; empty = the evaluation's best
 
 
-def split_window(first: dt.date, split: dt.date, last: dt.date) -> dict[str, str]:
-    """Training days [first, split), test days [split, last], as the registry records them."""
+def split_window(
+    first: dt.date, validation: dt.date, test: dt.date, last: dt.date
+) -> dict[str, str]:
+    """Training days [first, validation), validation days [validation, test), test days
+    [test, last], as the registry records them."""
+    day = dt.timedelta(days=1)
     return {
         "train_start": first.isoformat(),
-        "train_end": (split - dt.timedelta(days=1)).isoformat(),
-        "test_start": split.isoformat(),
+        "train_end": (validation - day).isoformat(),
+        "validation_start": validation.isoformat(),
+        "validation_end": (test - day).isoformat(),
+        "test_start": test.isoformat(),
         "test_end": last.isoformat(),
     }
 
 
 def test_window(window: dict) -> dict:
     return {"start": window["test_start"], "end": window["test_end"]}
+
+
+def validation_window(window: dict) -> dict:
+    return {"start": window["validation_start"], "end": window["validation_end"]}

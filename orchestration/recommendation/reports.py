@@ -32,9 +32,10 @@ def leaderboard_markdown(table: str, best: dict) -> str:
             )
     return "\n\n".join(
         [
-            "### Leaderboard (HR/MRR/NDCG@20 over every next item of the test days)",
+            "### Leaderboard: the best candidate is chosen on validation HR@20; HR/MRR/NDCG@20 "
+            "over every next item of the test days are what is reported and gated",
             table,
-            f"### Behavioral checks of the best candidate ({best['algorithm']})",
+            f"### Behavioral checks of the chosen candidate ({best['algorithm']}), test days",
             "\n".join(checks),
             "\n".join(parts),
         ]
