@@ -1,5 +1,5 @@
 # The Skiff code location as a container image: a Dagster gRPC code server that the webserver,
-# the daemon and the run launcher (Kubernetes or Celery, see README "Deploying") talk to.
+# the daemon and the run launcher (Kubernetes or Celery: docs/production.md) talk to.
 #   docker build -t skiff:latest .
 FROM python:3.11-slim
 

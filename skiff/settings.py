@@ -49,7 +49,7 @@ class ConfigError(RuntimeError):
 
 @dataclass(frozen=True)
 class Automation:
-    """When the nightly run fires and how drift turns into retraining (see README)."""
+    """When the nightly run fires and how drift turns into retraining (docs/monitoring.md)."""
 
     timezone: str = "UTC"
     nightly_cron: str = "0 3 * * *"
