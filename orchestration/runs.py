@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from dagster import AssetCheckSeverity, DagsterInstance, RunRequest
 
 from orchestration.definitions import DAILY_REFRESH, build_definitions
+from orchestration.monitoring.sensors import RUN_KEY_TAG
 from orchestration.resources import build_warehouse
 from skiff.settings import ConfigError, Settings
 
-# The tags the sensor daemon puts on a run it launches: the sensor sees the run key as done on
-# its next tick, and the UI lists the run under the sensor.
-RUN_KEY_TAG = "dagster/run_key"
+# With the run key, the tag the sensor daemon puts on a run it launches: the sensor sees the run
+# key as done on its next tick, and the UI lists the run under the sensor.
 SENSOR_NAME_TAG = "dagster/sensor_name"
 
 
