@@ -167,7 +167,7 @@ def phase_run(first: str, last: str) -> dict:
     from dagster import DagsterEventType, DagsterInstance
 
     from orchestration.definitions import DAILY_REFRESH, build_definitions
-    from orchestration.runs import partition_range_tags
+    from orchestration.partitions import partition_range_tags
 
     job = build_definitions(settings).resolve_job_def(DAILY_REFRESH)
     defs_seconds = time.perf_counter() - began

@@ -1,16 +1,31 @@
-"""Online experiments as pure functions: assignment, the event log's records, statistics.
+"""Online experiments as pure functions: assignment, the event log's records, the evidence.
 
 The server assigns a session to a variant by a stable hash of (experiment, session id), so a
 session always sees the same variant and a new experiment reshuffles everyone. It appends one
-JSON line per exposure (what it showed, which variant, which model) and per feedback (what the
-user did with an exposure) to `events-YYYY-MM-DD.jsonl` files; `read_log` reads them back.
+JSON line per exposure (what it showed, which variant, which model, the stage and weights in
+force) and per feedback (what the user did with an exposure) to `events-YYYY-MM-DD.jsonl`
+files; `read_log` reads them back and `sessions_table` is the pandas twin of the warehouse mart
+`experiment_sessions` (the statistics read the mart, so they run on Snowflake too).
 
-Statistics use the session, the unit of assignment, as the unit of analysis: a metric is a
-ratio of per-session sums (clicked exposures / exposures, converting sessions / sessions), its
-variance by the delta method (Deng et al., "Applying the Delta Method in Metric Analytics",
-2018), so exposures of one session are not counted as independent. The sample-ratio-mismatch
-check compares sessions per variant with the configured weights (chi-square): a mismatch means
-assignment or logging is broken and no lift can be trusted.
+Evidence (`evidence`) is what the rollout controller reads every hour. Decisions:
+- The session, the unit of assignment, is the unit of analysis: click-through is a ratio of
+  per-session sums (clicked exposures / exposures), linearized by the delta method, so
+  exposures of one session are not counted as independent; conversion is purchased / sessions.
+- A period is (experiment, stage, weights). Each period is compared on its own and the
+  per-period differences are combined by inverse variance (`ml.sequential.combine`): pooling
+  sessions across a ramp would mix a 1% stage with a 50% one and let any drift of the baseline
+  over time leak into the lift (Simpson's paradox); inverse-variance weights are the efficient
+  ones and keep the combined estimate a sum of independent increments in information time,
+  which is what the mixture martingale of the always-valid interval assumes. If the effect
+  differs between stages, the estimate is their information-weighted average.
+- A session seen in two periods is a unit of each (sessions last minutes, periods hours).
+- CUPED within each period, covariates `history_events` and `history_adds` at the session's
+  first exposure: what the session did before any answer of this period was shown.
+- The always-valid interval's mixture is tuned to be narrowest when the comparison is as
+  precise as a 50/50 experiment with `n_star` sessions per arm, from the unadjusted per-session
+  variance, so CUPED changes the interval only through the variance (`width_ratio`).
+- Control is the arm whose role is champion, treatment the challenger. SRM is tested against
+  the weights in force in each period (`ml.sequential.sample_ratio_mismatch`).
 """
 
 from __future__ import annotations
@@ -26,17 +41,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml import sequential
+
 LOG_GLOB = "events-*.jsonl"
 ACTIONS = ("click", "add", "purchase")
 # The metric a problem's experiment is decided on; the other is a guardrail.
 PRIMARY = {"recommender": "ctr", "conversion": "conversion"}
 METRICS = ("ctr", "conversion")
-CONTROL_ROLE = "champion"
+CONTROL_ROLE, TREATMENT_ROLE = "champion", "challenger"
+COVARIATES = ("history_events", "history_adds")
 
-# Defaults; the Dagster asset exposes each as configuration.
-CONFIDENCE = 0.95
+ALPHA = 0.05
+N_STAR = 10_000  # sessions per arm (50/50) where the always-valid interval is narrowest
 SRM_ALPHA = 0.001  # a p-value below this is a sample ratio mismatch
-MIN_SESSIONS = 1000  # per variant, before any decision other than "keep"
 
 
 # --- assignment ---------------------------------------------------------------------------------
@@ -83,14 +100,38 @@ EXPOSURE_COLUMNS = (
     "at",
     "problem",
     "experiment",
+    "stage",
     "session_id",
     "variant",
     "role",
     "model_version",
     "weights",
+    "latency_ms",
+    "error",
+    "history_events",
+    "history_adds",
 )
 FEEDBACK_COLUMNS = ("exposure_id", "action", "at")
 SHADOW_COLUMNS = ("exposure_id", "role", "model_version")
+SESSION_KEYS = ("problem", "experiment", "stage", "weights", "variant", "session_id")
+SESSION_COLUMNS = (
+    "problem",
+    "experiment",
+    "stage",
+    "weights",
+    "variant",
+    "role",
+    "model_version",
+    "session_id",
+    "first_at",
+    "exposures",
+    "clicked",
+    "added",
+    "purchased",
+    "errors",
+    "history_events",
+    "history_adds",
+)
 
 
 def read_log(folder: Path, since: dt.date | None = None) -> Log:
@@ -135,149 +176,275 @@ def read_log(folder: Path, since: dt.date | None = None) -> Log:
 
 
 def sessions_table(exposures: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
-    """One row per (problem, experiment, variant, session): exposures, exposures clicked,
-    and whether the session added to cart or purchased after any of its exposures."""
+    """The mart `experiment_sessions` from the log: one row per (problem, experiment, stage,
+    weights, variant, session) with its role and model version, first exposure time,
+    exposures, exposures clicked, whether it added to cart / purchased after any of its
+    exposures (0/1), exposures whose model call failed, and `history_events`/`history_adds`
+    of its first exposure (earliest `at`, ties by exposure id)."""
     shown = exposures[exposures["experiment"].notna() & exposures["session_id"].notna()]
-    keys = ["problem", "experiment", "variant", "role", "session_id"]
     if shown.empty:
-        return pd.DataFrame(columns=[*keys, "exposures", "clicked", "added", "purchased"])
+        return pd.DataFrame(columns=list(SESSION_COLUMNS))
     acted = (
         feedback.assign(one=1)
         .pivot_table(index="exposure_id", columns="action", values="one", aggfunc="max")
         .reindex(columns=list(ACTIONS))
         .fillna(0)
     )
-    joined = shown.join(acted, on="id").fillna({a: 0 for a in ACTIONS})
-    table = joined.groupby(keys, dropna=False).agg(
+    joined = (
+        shown.join(acted, on="id")
+        .fillna({a: 0 for a in ACTIONS})
+        .assign(error=lambda t: t["error"].eq(True))
+        .sort_values(["at", "id"], kind="stable")
+    )
+    table = joined.groupby(list(SESSION_KEYS), dropna=False).agg(
+        role=("role", "first"),
+        model_version=("model_version", "first"),
+        first_at=("at", "min"),
         exposures=("id", "size"),
         clicked=("click", "sum"),
         added=("add", "max"),
         purchased=("purchase", "max"),
+        errors=("error", "sum"),
+        history_events=("history_events", "first"),
+        history_adds=("history_adds", "first"),
     )
-    return table.reset_index()
-
-
-# --- statistics -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A ratio metric over units: its value, the variance of that value, and the units."""
-
-    value: float
-    variance: float
-    units: int
-
-
-def ratio_metric(numerators: np.ndarray, denominators: np.ndarray) -> Estimate:
-    """sum(x) / sum(y) over units, with its delta-method variance (y = 1: a proportion)."""
-    x = np.asarray(numerators, dtype=float)
-    y = np.asarray(denominators, dtype=float)
-    n = len(x)
-    if n == 0 or y.sum() == 0:
-        return Estimate(math.nan, math.nan, n)
-    ratio = x.sum() / y.sum()
-    if n < 2:
-        return Estimate(float(ratio), math.nan, n)
-    cov = np.cov(x, y)  # ddof=1
-    variance = (cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]) / (n * y.mean() ** 2)
-    return Estimate(float(ratio), float(max(variance, 0.0)), n)
-
-
-@dataclass(frozen=True)
-class Lift:
-    """Treatment against control: the difference and the relative lift, each with a
-    two-sided confidence interval, and the p-value of "no difference"."""
-
-    control: float
-    treatment: float
-    absolute: float
-    absolute_low: float
-    absolute_high: float
-    relative: float
-    relative_low: float
-    relative_high: float
-    p_value: float
-
-
-def _normal_quantile(confidence: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(0.5 + confidence / 2))
-
-
-def lift(treatment: Estimate, control: Estimate, confidence: float = CONFIDENCE) -> Lift:
-    """Difference (z interval on the summed variances) and relative lift (interval on the log
-    of the ratio, delta method), for independent groups."""
-    from scipy.stats import norm
-
-    z = _normal_quantile(confidence)
-    t, c = treatment.value, control.value
-    diff = t - c
-    se = math.sqrt(treatment.variance + control.variance)
-    if math.isnan(se) or se == 0:
-        p = math.nan if math.isnan(diff) or math.isnan(se) or diff == 0 else 0.0
-        low = high = diff
-    else:
-        p = float(2 * norm.sf(abs(diff) / se))
-        low, high = diff - z * se, diff + z * se
-    if t > 0 and c > 0:
-        log_se = math.sqrt(treatment.variance / t**2 + control.variance / c**2)
-        relative = t / c - 1
-        rel_low = math.exp(math.log(t / c) - z * log_se) - 1
-        rel_high = math.exp(math.log(t / c) + z * log_se) - 1
-    else:
-        relative = rel_low = rel_high = math.nan
-    return Lift(c, t, diff, low, high, relative, rel_low, rel_high, p)
+    table = table.reset_index()[list(SESSION_COLUMNS)]
+    counts = ["exposures", "clicked", "added", "purchased", "errors"]
+    table[counts] = table[counts].astype("int64")
+    covariates = table[list(COVARIATES)].apply(pd.to_numeric)
+    table[list(COVARIATES)] = covariates.fillna(0).astype("int64")
+    return table
 
 
 def srm(observed: Mapping[str, int], weights: Mapping[str, float]) -> tuple[float, float]:
-    """Chi-square goodness of fit of units per variant to the weights: (statistic, p-value).
-
+    """Chi-square of units per variant against one set of weights: (statistic, p-value).
     A variant with weight but no units counts as 0 observed; p is NaN with fewer than two
     variants or no units."""
-    from scipy.stats import chisquare
-
-    names = sorted(weights)
-    counts = np.array([observed.get(n, 0) for n in names], dtype=float)
-    shares = np.array([weights[n] for n in names], dtype=float)
-    if len(names) < 2 or counts.sum() == 0 or shares.sum() <= 0:
-        return math.nan, math.nan
-    statistic, p = chisquare(counts, counts.sum() * shares / shares.sum())
-    return float(statistic), float(p)
+    statistic, _, p = sequential.sample_ratio_mismatch([(observed, weights)])
+    return statistic, p
 
 
-def decide(
-    primary: Lift,
-    guardrails: Sequence[Lift],
-    srm_p: float,
-    sessions: Sequence[int],
+# --- evidence ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment against control on one metric, sessions as the units.
+
+    `low`/`high` and `p_value` are always valid: they hold at every look (a confidence
+    sequence and its p-value), so a controller may read them every hour. The fixed-horizon
+    values are what one z-test at this look would say; shown for comparison, never decided on.
+    `control`/`treatment` are the arms' plain values over all their sessions; `absolute` is
+    the stratified (and, if used, CUPED-adjusted) difference, so it may differ from
+    treatment - control by the rebalancing of periods and covariates.
+    """
+
+    metric: str
+    control: float
+    treatment: float
+    absolute: float  # treatment - control, stratified over periods (and adjusted)
+    low: float  # always-valid interval of `absolute`
+    high: float
+    p_value: float  # always-valid p-value of "no difference"
+    fixed_low: float
+    fixed_high: float
+    fixed_p_value: float
+    relative: float  # absolute / control
+    width_ratio: float  # interval width with variance reduction / without (1.0: none used)
+
+
+@dataclass(frozen=True)
+class Health:
+    """One arm's operational numbers over the sessions read."""
+
+    sessions: int
+    exposures: int
+    error_rate: float  # exposures whose model call failed / exposures
+    p99_latency_ms: float
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the rollout controller reads about one challenger: both arms' health, the
+    comparison on every metric (stratified over the experiment's periods, so a ramp that
+    changed the weights does not bias it), the SRM p-value against the weights in force in
+    each period, and the sessions of the stage now running."""
+
+    problem: str
+    experiment: str
+    primary: str
+    control: Health
+    treatment: Health
+    comparisons: Mapping[str, Comparison]  # by metric name: "ctr", "conversion"
+    srm_p_value: float
+    stage: str | None  # the stage of the latest period
+    stage_sessions: int  # treatment sessions in that stage
+    stage_started_at: str  # first exposure of that stage (ISO 8601 UTC)
+    shadow_scores: int
+    first_at: str
+    last_at: str
+
+
+def _unit_values(rows: pd.DataFrame, metric: str, treated: np.ndarray) -> np.ndarray:
+    """Per-session values whose arm means are the arms' metrics. Click-through is linearized
+    within each arm (around that arm's ratio and mean exposures), so the difference of the arm
+    means is the difference of the ratios even when one arm's sessions see more widgets."""
+    if metric != "ctr":
+        return rows["purchased"].to_numpy(dtype=float)
+    values = np.empty(len(rows))
+    for arm in (treated, ~treated):
+        values[arm] = sequential.linearize(rows["clicked"][arm], rows["exposures"][arm])
+    return values
+
+
+def _difference(values: np.ndarray, treated: np.ndarray) -> tuple[float, float]:
+    """Mean of treatment - mean of control, and its variance (ddof 1 in each arm)."""
+    t, c = values[treated], values[~treated]
+    return t.mean() - c.mean(), t.var(ddof=1) / len(t) + c.var(ddof=1) / len(c)
+
+
+def _compare(
+    periods: list[pd.DataFrame],
+    metric: str,
+    control: float,
+    treatment: float,
     *,
-    min_sessions: int = MIN_SESSIONS,
-    srm_alpha: float = SRM_ALPHA,
-) -> tuple[str, str]:
-    """promote / keep / stop for one challenger, with the reason. Only a recommendation:
-    promotion itself still goes through the gates in Dagster."""
-    if not math.isnan(srm_p) and srm_p < srm_alpha:
-        return "stop", (
-            f"sample ratio mismatch (p = {srm_p:.2g} < {srm_alpha}): assignment or logging is "
-            "broken, so no lift can be trusted; fix it and restart the experiment"
+    alpha: float,
+    use_cuped: bool,
+    n_star: int,
+) -> Comparison:
+    """One metric over the periods (each with both arms, >= 2 sessions in each)."""
+    plain, adjusted, squares, dof = [], [], 0.0, 0
+    for rows in periods:
+        treated = (rows["role"] == TREATMENT_ROLE).to_numpy()
+        values = _unit_values(rows, metric, treated)
+        plain.append(_difference(values, treated))
+        for arm in (treated, ~treated):
+            squares += float(((values[arm] - values[arm].mean()) ** 2).sum())
+            dof += int(arm.sum()) - 1
+        if use_cuped:
+            covariates = rows[list(COVARIATES)].to_numpy(dtype=float)
+            values = sequential.cuped(values, covariates, treated).values
+            adjusted.append(_difference(values, treated))
+    d0, v0 = sequential.combine(*zip(*plain, strict=True)) if plain else (math.nan, math.nan)
+    d, v = sequential.combine(*zip(*adjusted, strict=True)) if adjusted else (d0, v0)
+    relative = d / control if control else math.nan
+    unit_variance = squares / dof if dof > 0 else math.nan
+    if not (unit_variance > 0 and v > 0):
+        nan = math.nan
+        return Comparison(
+            metric, control, treatment, d, nan, nan, nan, nan, nan, nan, relative, 1.0
         )
-    if min(sessions) < min_sessions:
-        return (
-            "keep",
-            f"{min(sessions):,} sessions in the smallest variant, fewer than {min_sessions:,}",
+    tau2 = sequential.tuned_mixture(2 * unit_variance / n_star, alpha)
+    low, high = sequential.confidence_sequence(d, v, tau2, alpha)
+    low0, high0 = sequential.confidence_sequence(d0, v0, tau2, alpha)
+    fixed_low, fixed_high, fixed_p = sequential.fixed_interval(d, v, alpha)
+    return Comparison(
+        metric=metric,
+        control=control,
+        treatment=treatment,
+        absolute=d,
+        low=float(low),
+        high=float(high),
+        p_value=float(sequential.always_valid_p(d, v, tau2)),
+        fixed_low=float(fixed_low),
+        fixed_high=float(fixed_high),
+        fixed_p_value=float(fixed_p),
+        relative=relative,
+        width_ratio=float((high - low) / (high0 - low0)) if use_cuped else 1.0,
+    )
+
+
+def _is_stage(stages: pd.Series, stage: str | None) -> pd.Series:
+    return stages.isna() if stage is None else stages == stage
+
+
+def _health(sessions: pd.DataFrame, exposures: pd.DataFrame) -> Health:
+    latency = exposures["latency_ms"].dropna().to_numpy(dtype=float)
+    errors = exposures["error"].eq(True)
+    return Health(
+        sessions=int(sessions["session_id"].nunique()),
+        exposures=len(exposures),
+        error_rate=float(errors.mean()) if len(errors) else math.nan,
+        p99_latency_ms=float(np.quantile(latency, 0.99)) if len(latency) else math.nan,
+    )
+
+
+def _arm_value(rows: pd.DataFrame, metric: str) -> float:
+    if metric == "ctr":
+        exposed = rows["exposures"].sum()
+        return float(rows["clicked"].sum() / exposed) if exposed else math.nan
+    return float(rows["purchased"].mean()) if len(rows) else math.nan
+
+
+def _periods(rows: pd.DataFrame):
+    """(stage, weights, rows) per period, in order of first exposure."""
+    keyed = rows.assign(_stage=rows["stage"].fillna("\0"))
+    order = keyed.groupby(["_stage", "weights"])["first_at"].min().sort_values()
+    for stage, weights in order.index:
+        period = keyed[(keyed["_stage"] == stage) & (keyed["weights"] == weights)]
+        yield (None if stage == "\0" else stage), weights, period.drop(columns="_stage")
+
+
+def evidence(
+    sessions: pd.DataFrame,
+    exposures: pd.DataFrame,
+    problem: str,
+    experiment: str,
+    *,
+    alpha: float = ALPHA,
+    cuped: bool = True,
+    n_star: int = N_STAR,
+    shadow_scores: int = 0,
+) -> Evidence | None:
+    """The evidence on one experiment from the marts `experiment_sessions` and
+    `experiment_exposures` (None when it has no sessions). Comparisons have NaN intervals
+    until some period has >= 2 sessions in each arm (e.g. during the shadow stage)."""
+    rows = sessions[(sessions["problem"] == problem) & (sessions["experiment"] == experiment)]
+    if rows.empty:
+        return None
+    shown = exposures[(exposures["problem"] == problem) & (exposures["experiment"] == experiment)]
+    periods, counts = [], []
+    for _, weights, period in _periods(rows):
+        counts.append((period.groupby("variant").size().to_dict(), json.loads(weights)))
+        arms = period["role"].value_counts()
+        if arms.get(CONTROL_ROLE, 0) >= 2 and arms.get(TREATMENT_ROLE, 0) >= 2:
+            periods.append(period[period["role"].isin([CONTROL_ROLE, TREATMENT_ROLE])])
+    control = rows[rows["role"] == CONTROL_ROLE]
+    treatment = rows[rows["role"] == TREATMENT_ROLE]
+    comparisons = {
+        m: _compare(
+            periods,
+            m,
+            _arm_value(control, m),
+            _arm_value(treatment, m),
+            alpha=alpha,
+            use_cuped=cuped,
+            n_star=n_star,
         )
-    harmed = [g for g in guardrails if g.absolute_high < 0]
-    if primary.absolute_high < 0 or harmed:
-        what = "the primary metric" if primary.absolute_high < 0 else "a guardrail metric"
-        return "stop", f"the challenger is significantly worse on {what}"
-    if primary.absolute_low > 0:
-        return "promote", (
-            f"the challenger is significantly better: {primary.relative:+.1%} "
-            f"({primary.relative_low:+.1%} .. {primary.relative_high:+.1%})"
-        )
-    return "keep", "no significant difference yet"
+        for m in METRICS
+    }
+    # the stage and times from the exposures; from the sessions if the caller has none
+    seen = shown if len(shown) else rows.rename(columns={"first_at": "at"})
+    stage = seen.sort_values("at")["stage"].iloc[-1]
+    stage = None if pd.isna(stage) else str(stage)
+    return Evidence(
+        problem=problem,
+        experiment=experiment,
+        primary=PRIMARY.get(problem, "conversion"),
+        control=_health(control, shown[shown["role"] == CONTROL_ROLE]),
+        treatment=_health(treatment, shown[shown["role"] == TREATMENT_ROLE]),
+        comparisons=comparisons,
+        srm_p_value=sequential.sample_ratio_mismatch(counts)[2],
+        stage=stage,
+        stage_sessions=int(
+            treatment.loc[_is_stage(treatment["stage"], stage), "session_id"].nunique()
+        ),
+        stage_started_at=str(seen.loc[_is_stage(seen["stage"], stage), "at"].min()),
+        shadow_scores=shadow_scores,
+        first_at=str(seen["at"].min()),
+        last_at=str(seen["at"].max()),
+    )
 
 
 @dataclass(frozen=True)
@@ -285,116 +452,75 @@ class ExperimentResult:
     problem: str
     experiment: str
     primary: str
-    variants: pd.DataFrame  # one row per variant: counts, metrics, lifts against control
-    srm_statistic: float
-    srm_p_value: float
-    decision: str
-    reason: str
-    first_at: str
-    last_at: str
-    shadow_scores: int
-
-
-def _weights(exposures: pd.DataFrame) -> dict[str, float]:
-    """The experiment's configured weights, as its latest exposure logged them."""
-    return {k: float(v) for k, v in json.loads(exposures["weights"].iloc[-1]).items()}
+    variants: pd.DataFrame  # one row per variant: counts, metrics, health, lifts vs control
+    evidence: Evidence
 
 
 def experiment_results(
-    log: Log,
+    sessions: pd.DataFrame,
+    exposures: pd.DataFrame,
     *,
-    confidence: float = CONFIDENCE,
-    min_sessions: int = MIN_SESSIONS,
-    srm_alpha: float = SRM_ALPHA,
+    alpha: float = ALPHA,
+    cuped: bool = True,
+    n_star: int = N_STAR,
+    shadow_scores: Mapping[str, int] | None = None,
 ) -> list[ExperimentResult]:
-    """Per experiment and variant: sessions, exposures, click-through and conversion; the lift
-    of each challenger over the champion with confidence intervals; the SRM check; and a
-    recommendation (promote, keep, stop)."""
-    sessions = sessions_table(log.exposures, log.feedback)
+    """Per experiment (sorted by problem, name): a table of its variants (role, model
+    version, latest weight, sessions, exposures, clicked, purchases, ctr, conversion, error
+    rate, p99 latency; for the challenger each metric's relative lift with its always-valid
+    interval, the interval divided by the control's value, and p-value) and its Evidence.
+    `shadow_scores`: shadow records per experiment name, counted by the caller."""
     results = []
-    for (problem, experiment), group in sessions.groupby(["problem", "experiment"], sort=True):
-        exposures = log.exposures[
-            (log.exposures["problem"] == problem) & (log.exposures["experiment"] == experiment)
+    for (problem, experiment), rows in sessions.groupby(["problem", "experiment"], sort=True):
+        found = evidence(
+            sessions,
+            exposures,
+            str(problem),
+            str(experiment),
+            alpha=alpha,
+            cuped=cuped,
+            n_star=n_star,
+            shadow_scores=(shadow_scores or {}).get(str(experiment), 0),
+        )
+        shown = exposures[
+            (exposures["problem"] == problem) & (exposures["experiment"] == experiment)
         ]
-        weights = _weights(exposures)
-        estimates = {}
-        rows = []
-        for variant, units in group.groupby("variant", sort=False):
-            metrics = {
-                "ctr": ratio_metric(units["clicked"], units["exposures"]),
-                "conversion": ratio_metric(units["purchased"], np.ones(len(units))),
+        weights = json.loads(rows.sort_values("first_at")["weights"].iloc[-1])
+        table = []
+        for variant in sorted(set(rows["variant"]) | set(weights)):
+            units = rows[rows["variant"] == variant]
+            health = _health(units, shown[shown["variant"] == variant])
+            role = units["role"].iloc[0] if len(units) else None
+            row = {
+                "variant": variant,
+                "role": role,
+                "model_version": units["model_version"].iloc[0] if len(units) else None,
+                "weight": float(weights.get(variant, 0.0)),
+                "sessions": health.sessions,
+                "exposures": int(units["exposures"].sum()),
+                "clicked": int(units["clicked"].sum()),
+                "purchases": int(units["purchased"].sum()),
+                **{m: _arm_value(units, m) for m in METRICS},
+                "error_rate": health.error_rate,
+                "p99_latency_ms": health.p99_latency_ms,
             }
-            estimates[variant] = metrics
-            rows.append(
-                {
-                    "variant": variant,
-                    "role": units["role"].iloc[0],
-                    "weight": weights.get(variant, math.nan),
-                    "sessions": len(units),
-                    "exposures": int(units["exposures"].sum()),
-                    "clicked": int(units["clicked"].sum()),
-                    "purchases": int(units["purchased"].sum()),
-                    **{m: e.value for m, e in metrics.items()},
-                }
-            )
-        table = pd.DataFrame(rows).set_index("variant")
-        for missing in set(weights) - set(table.index):
-            table.loc[missing] = {"weight": weights[missing], "sessions": 0, "exposures": 0}
-        statistic, p = srm(table["sessions"].to_dict(), weights)
-        primary = PRIMARY.get(problem, "conversion")
-        control = next((v for v in table.index if table.loc[v, "role"] == CONTROL_ROLE), None)
-        decisions = []
-        for variant in table.index:
-            if variant == control or control is None or variant not in estimates:
-                continue
-            lifts = {
-                m: lift(estimates[variant][m], estimates[control][m], confidence) for m in METRICS
-            }
-            for m, value in lifts.items():
-                table.loc[variant, f"{m}_lift"] = value.relative
-                table.loc[variant, f"{m}_lift_low"] = value.relative_low
-                table.loc[variant, f"{m}_lift_high"] = value.relative_high
-                table.loc[variant, f"{m}_p_value"] = value.p_value
-            decision, reason = decide(
-                lifts[primary],
-                [lifts[m] for m in METRICS if m != primary],
-                p,
-                [int(table.loc[variant, "sessions"]), int(table.loc[control, "sessions"])],
-                min_sessions=min_sessions,
-                srm_alpha=srm_alpha,
-            )
-            table.loc[variant, "decision"] = decision
-            decisions.append((variant, decision, reason, lifts[primary].relative))
-        decision, reason = _overall(decisions, control)
+            if role == TREATMENT_ROLE:
+                for m, c in found.comparisons.items():
+                    scale = c.control if c.control else math.nan
+                    row |= {
+                        f"{m}_lift": c.relative,
+                        f"{m}_lift_low": c.low / scale,
+                        f"{m}_lift_high": c.high / scale,
+                        f"{m}_p_value": c.p_value,
+                    }
+            table.append(row)
         results.append(
             ExperimentResult(
                 problem=str(problem),
                 experiment=str(experiment),
-                primary=primary,
-                variants=table.reset_index(),
-                srm_statistic=statistic,
-                srm_p_value=p,
-                decision=decision,
-                reason=reason,
-                first_at=str(exposures["at"].min()),
-                last_at=str(exposures["at"].max()),
-                shadow_scores=int(log.shadows["exposure_id"].isin(exposures["id"]).sum()),
+                primary=found.primary,
+                variants=pd.DataFrame(table),
+                evidence=found,
             )
         )
     return results
-
-
-def _overall(decisions: list[tuple[str, str, str, float]], control: str | None) -> tuple[str, str]:
-    """One recommendation for the experiment from its challengers' decisions."""
-    if control is None:
-        return "keep", "no champion variant in this experiment: nothing to compare with"
-    if not decisions:
-        return "keep", "only the champion gets traffic (a challenger, if any, runs in shadow)"
-    promoted = [d for d in decisions if d[1] == "promote"]
-    if promoted:
-        variant, _, reason, _ = max(promoted, key=lambda d: d[3])
-        return "promote", f"{variant}: {reason}"
-    stopped = [d for d in decisions if d[1] == "stop"]
-    if len(stopped) == len(decisions):
-        return "stop", "; ".join(f"{v}: {r}" for v, _, r, _ in stopped)
-    return "keep", "; ".join(f"{v}: {r}" for v, d, r, _ in decisions if d == "keep")

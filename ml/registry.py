@@ -5,10 +5,16 @@ copies that folder to an immutable version, with a manifest that records what th
 (algorithm, parameters, metrics, training window, code version) and the sha256 of every file.
 `fetch` refuses a version whose files are missing, truncated or altered, naming the file.
 
-Roles (`champion`, `challenger`) are pointers per problem (`conversion`, `recommender`), changed
-only through `assign`, which keeps a history with the reason. `publish` copies a role's version
-for the server: the files first, then a pointer file written to a temporary name and renamed,
-so a reader sees the old model or the new one, never half of one.
+Roles (`champion`, `challenger`) are pointers per problem (`conversion`, `recommender`). Every
+change is a line of the history: `assign` moves one pointer and records it; `set_roles` moves
+several in one write (a promotion moves the champion and clears the challenger together) and
+leaves the lines to the caller's `record`, which also records what moves no pointer (a ramp
+step, a retired champion, a rolled-back challenger). A line says when, what, who or what decided
+(`decided_by`), the stage and traffic share, the reason, and the evidence (numbers). The policy
+that decides lives in `ml.release`; its rollout state is stored here beside the roles.
+`publish` copies a role's version for the server: the files first, then a pointer file written
+to a temporary name and renamed, so a reader sees the old model or the new one, never half of
+one.
 
 Storage is any fsspec URL: a local path (default), `file://`, `memory://`, `s3://...`. On a
 local filesystem the pointer rename is atomic; object stores give the same ordering guarantee
@@ -18,7 +24,8 @@ Layout under the root::
 
     <problem>/versions/<version>/<files...>, manifest.json
     <problem>/roles.json                 {"champion": version, "challenger": version}
-    <problem>/roles_history.jsonl        one line per change, with the reason
+    <problem>/roles_history.jsonl        one line per change, with the reason and evidence
+    <problem>/rollout.json               the rollout state (`ml.release.RolloutState`)
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
+import numbers
 import posixpath
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,8 @@ import fsspec
 
 MANIFEST = "manifest.json"
 ROLES = ("champion", "challenger")
+# What a history line may say of a version: a role it now holds, or how it left one.
+HISTORY_ROLES = (*ROLES, "retired", "rolled_back")
 _CHUNK = 1 << 20
 
 
@@ -192,31 +203,90 @@ class Registry:
         version = self.roles(problem).get(role)
         return self.manifest(problem, version) if version else None
 
-    def assign(self, problem: str, role: str, version: str | None, reason: str) -> None:
-        """Point `role` at `version` (None clears it), recording why."""
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        if version is not None:
-            self.manifest(problem, version)  # exists, or ArtifactError
+    def set_roles(self, problem: str, changes: Mapping[str, str | None]) -> dict[str, str | None]:
+        """Point each role of `changes` at its version (None clears it) in one write; returns
+        the versions they pointed at before. Records nothing: the caller records each change."""
+        for role, version in changes.items():
+            if role not in ROLES:
+                raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+            if version is not None:
+                self.manifest(problem, version)  # exists, or ArtifactError
         roles = self.roles(problem)
-        previous = roles.get(role)
-        if version is None:
-            roles.pop(role, None)
-        else:
-            roles[role] = version
+        previous = {role: roles.get(role) for role in changes}
+        for role, version in changes.items():
+            if version is None:
+                roles.pop(role, None)
+            else:
+                roles[role] = version
         self._write_text(self._path(problem, "roles.json"), json.dumps(roles, indent=2))
-        line = json.dumps(
-            {
-                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "role": role,
-                "version": version,
-                "previous": previous,
-                "reason": reason,
-            }
+        return previous
+
+    def assign(
+        self,
+        problem: str,
+        role: str,
+        version: str | None,
+        reason: str,
+        *,
+        decided_by: str = "operator",
+        stage: str | None = None,
+        traffic: float | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        at: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Point `role` at `version` (None clears it) and record the change; returns the line."""
+        previous = self.set_roles(problem, {role: version})[role]
+        return self.record(
+            problem,
+            role,
+            version,
+            reason,
+            previous=previous,
+            decided_by=decided_by,
+            stage=stage,
+            traffic=traffic,
+            evidence=evidence,
+            at=at,
         )
+
+    def record(
+        self,
+        problem: str,
+        role: str,
+        version: str | None,
+        reason: str,
+        *,
+        previous: str | None = None,
+        decided_by: str = "operator",
+        stage: str | None = None,
+        traffic: float | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        at: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Append one line to the history without moving a pointer; returns the line.
+
+        `evidence` holds numbers and text only (NaN is stored as null, so the file stays JSON).
+        """
+        if role not in HISTORY_ROLES:
+            raise ValueError(f"history role must be one of {HISTORY_ROLES}, got {role!r}")
+        if not decided_by:
+            raise ValueError("decided_by must say who or what decided")
+        line = {
+            "at": (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds"),
+            "problem": problem,
+            "version": version,
+            "role": role,
+            "previous": previous,
+            "stage": stage,
+            "traffic": None if traffic is None else float(traffic),
+            "decided_by": decided_by,
+            "reason": reason,
+            "evidence": _plain(evidence or {}),
+        }
         history = self._path(problem, "roles_history.jsonl")
         old = self._read_text(history) if self.fs.exists(history) else ""
-        self._write_text(history, old + line + "\n")
+        self._write_text(history, old + json.dumps(line, allow_nan=False) + "\n")
+        return line
 
     def history(self, problem: str) -> list[dict[str, Any]]:
         path = self._path(problem, "roles_history.jsonl")
@@ -224,20 +294,32 @@ class Registry:
             return []
         return [json.loads(line) for line in self._read_text(path).splitlines() if line]
 
+    def rollout(self, problem: str) -> dict[str, Any] | None:
+        """The stored rollout state of a problem (see `ml.release.RolloutState`), if any."""
+        path = self._path(problem, "rollout.json")
+        return json.loads(self._read_text(path)) if self.fs.exists(path) else None
+
+    def set_rollout(self, problem: str, state: Mapping[str, Any]) -> None:
+        self._write_text(self._path(problem, "rollout.json"), json.dumps(dict(state), indent=2))
+
     # --- publishing -------------------------------------------------------------------------
 
     def publish(self, problem: str, target: str | Path, roles: Iterable[str] = ROLES) -> dict:
         """Copy the roles' versions to `target` (another URL) for the server, atomically.
 
         Writes `<target>/<problem>/<version>/...` (immutable, verified first), then
-        `<target>/<problem>/<role>.json` = the manifest, by write-then-rename. Returns
-        {role: version} of what was published.
+        `<target>/<problem>/<role>.json` = the manifest, by write-then-rename. A role that is
+        not set has its pointer removed, so the server unloads a rolled-back or promoted
+        challenger. Returns {role: version} of what was published.
         """
         out = Registry(target)
         published = {}
         for role in roles:
             manifest = self.role(problem, role)
             if manifest is None:
+                pointer = out._path(problem, f"{role}.json")
+                if out.fs.exists(pointer):
+                    out.fs.rm(pointer)
                 continue
             folder = out._path(problem, manifest.version)
             if not out.fs.exists(posixpath.join(folder, MANIFEST)):
@@ -251,6 +333,23 @@ class Registry:
             out._write_text(out._path(problem, f"{role}.json"), manifest.to_json())
             published[role] = manifest.version
         return published
+
+
+def _plain(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """Evidence as JSON values: numbers (NaN and infinities -> None), text, booleans, None."""
+    out: dict[str, Any] = {}
+    for key, value in evidence.items():
+        if isinstance(value, bool | str) or value is None:
+            out[str(key)] = value
+        elif isinstance(value, numbers.Integral):
+            out[str(key)] = int(value)
+        elif isinstance(value, numbers.Real):
+            out[str(key)] = float(value) if math.isfinite(value) else None
+        else:
+            raise ValueError(
+                f"evidence {key!r} must be a number or text, got {type(value).__name__}"
+            )
+    return out
 
 
 def load_published(

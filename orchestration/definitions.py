@@ -19,9 +19,11 @@ from dagster import (
 from orchestration import policy
 from orchestration.automation import build_failure_sensor, build_nightly_schedule
 from orchestration.conversion.assets import build_conversion_assets
-from orchestration.dbt.assets import build_dbt_assets
+from orchestration.dbt.assets import build_dbt_assets, build_experiment_dbt_assets
 from orchestration.dbt.project import build_dbt_project
 from orchestration.experiments.assets import build_experiment_assets
+from orchestration.experiments.log import build_serving_log_asset, serving_log_partitions
+from orchestration.experiments.sensors import build_release_schedule
 from orchestration.ingestion.assets import build_ingestion_assets
 from orchestration.ingestion.sensors import build_landing_sensor
 from orchestration.monitoring.assets import build_monitoring_assets
@@ -36,6 +38,7 @@ TRAIN_MODELS = "train_models"
 SCORE_DAYS = "score_days"
 NIGHTLY = "nightly_refresh"
 MONITOR_DAYS = "monitor_days"
+RELEASE_LOOP = "release_loop"
 DATA_GROUPS = ("ingestion", "staging", "intermediate", "marts")
 
 
@@ -49,6 +52,8 @@ def build_definitions(settings: Settings) -> Definitions:
             *build_conversion_assets(settings, partitions),
             *build_recommendation_assets(settings),
             *build_monitoring_assets(settings, partitions),
+            build_serving_log_asset(settings),
+            build_experiment_dbt_assets(project),
             *build_experiment_assets(settings),
         ],
         settings.env,
@@ -98,10 +103,28 @@ def build_definitions(settings: Settings) -> Definitions:
         description="One day end to end, as the nightly schedule and the landing sensor run "
         "it: ingestion, dbt marts, the champion's predictions, monitoring.",
     )
+    release_loop = define_asset_job(
+        RELEASE_LOOP,
+        selection=AssetSelection.groups("experiments"),
+        partitions_def=serving_log_partitions(settings),
+        description="One look of the rollout controllers: the server's log of a day -> raw "
+        "tables -> experiment marts -> experiment_results -> each problem's rollout step.",
+    )
     return Definitions(
         assets=assets,
-        jobs=[daily_refresh, train_models, score_days, monitor_days, nightly, *retrain],
-        schedules=[build_nightly_schedule(settings, nightly)],
+        jobs=[
+            daily_refresh,
+            train_models,
+            score_days,
+            monitor_days,
+            nightly,
+            release_loop,
+            *retrain,
+        ],
+        schedules=[
+            build_nightly_schedule(settings, nightly),
+            build_release_schedule(settings, release_loop),
+        ],
         sensors=[
             build_landing_sensor(settings, nightly),
             build_drift_sensor(settings, retrain),

@@ -47,6 +47,22 @@ def choose_test_day(days: list[dt.date], drift_from: dt.date | None) -> dt.date:
     return days[-1] - dt.timedelta(days=min(MONITORED_DAYS, len(days) - MIN_TRAINING_DAYS))
 
 
+def champion_choices(bad_challenger: bool) -> dict:
+    """How the demo's first champions are chosen. By default each problem starts on its
+    baseline (POP, logistic regression) and the best model that passes the offline gates is
+    admitted as challenger, so a known-better model earns its traffic. `bad_challenger`: the
+    best recommender becomes champion at once and POP is admitted as challenger by override,
+    so the ramp has a worse model to roll back."""
+    if bad_challenger:
+        recommender = {"bootstrap": "best", "challenger": "pop"}
+    else:
+        recommender = {"bootstrap": "baseline"}
+    return {
+        "conversion_champion": {"config": {"bootstrap": "baseline"}},
+        "recommender_champion": {"config": recommender},
+    }
+
+
 def training_windows(first: dt.date, last: dt.date) -> dict:
     """Run config of both training sets for a window from `first` that ends at test day `last`
     (the day before it validates)."""
@@ -61,10 +77,11 @@ def training_windows(first: dt.date, last: dt.date) -> dict:
     }
 
 
-def train(settings: Settings, first: dt.date, last: dt.date) -> bool:
-    """Train, evaluate, gate and promote every candidate on days `first` .. test day `last`
-    (one run of the train job)."""
-    return run_job(settings, TRAIN_MODELS, ops=training_windows(first, last))
+def train(settings: Settings, first: dt.date, last: dt.date, bad_challenger: bool = False) -> bool:
+    """Train, evaluate and gate every candidate on days `first` .. test day `last`, choose the
+    first champions and admit the challengers (one run of the train job)."""
+    ops = {**training_windows(first, last), **champion_choices(bad_challenger)}
+    return run_job(settings, TRAIN_MODELS, ops=ops)
 
 
 def champions_published(settings: Settings) -> bool:
@@ -135,31 +152,36 @@ def retrain(settings: Settings, request: RunRequest) -> bool:
 
 
 def champion_line(settings: Settings, job_name: str) -> str:
-    """Whether the retraining job `job_name` changed its problem's champion, in one line."""
+    """What the retraining job `job_name` did to its problem's roles, in one line: a model
+    admitted as challenger (it then ramps on live traffic), or nothing changed."""
     problem = "conversion" if job_name.endswith("conversion") else "recommender"
     registry = Registry(settings.registry)
     history = registry.history(problem)
     last = history[-1] if history else None
-    if last and last["role"] == "champion":
-        return f"{problem} champion now {last['version']}: {last['reason']}"
+    if last and last["decided_by"] in ("offline gates", "bootstrap"):
+        return f"{problem} {last['role']} now {last['version']}: {last['reason']}"
     champion = registry.role(problem, "champion")
-    return f"{problem} champion kept ({champion.version if champion else 'none'}): see the run"
+    return f"{problem} roles unchanged (champion {champion.version if champion else 'none'})"
 
 
 def run_models(
-    settings: Settings, days: list[dt.date], drift_from: dt.date | None, no_retrain: bool
+    settings: Settings,
+    days: list[dt.date],
+    drift_from: dt.date | None,
+    no_retrain: bool,
+    bad_challenger: bool = False,
 ) -> bool:
-    """The demo after the marts: train up to the test day, score every day, monitor the days
-    after it and run the retraining the drift sensor asks for (only print it with
-    `no_retrain`). False when a run failed."""
+    """The demo after the marts: train up to the test day (first champions and challengers:
+    `champion_choices`), score every day, monitor the days after it and run the retraining the
+    drift sensor asks for (only print it with `no_retrain`). False when a run failed."""
     first, last = days[0], days[-1]
     until = choose_test_day(days, drift_from)
     print(
-        f"training on {first} .. {until} (test day {until}), evaluating and promoting the "
-        "models (one Dagster run)...",
+        f"training on {first} .. {until} (test day {until}), evaluating, choosing the first "
+        "champions and admitting challengers (one Dagster run)...",
         flush=True,
     )
-    if not train(settings, first, until):
+    if not train(settings, first, until, bad_challenger):
         return False
     if not champions_published(settings):
         print("no champion for both problems (their gates did not pass): scoring skipped")

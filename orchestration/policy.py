@@ -39,6 +39,7 @@ WAREHOUSE_TABLES = (
     "raw_products",
     "raw_products_rejected",
     "conversion_predictions",
+    "serving_log",
 )
 # The nightly run lands every 24 hours: an hour late is a warning, six hours an error.
 DAILY_FRESHNESS = FreshnessPolicy.time_window(

@@ -12,24 +12,13 @@ from dagster import AssetCheckSeverity, DagsterInstance, RunRequest
 
 from orchestration.definitions import DAILY_REFRESH, build_definitions
 from orchestration.monitoring.sensors import RUN_KEY_TAG
+from orchestration.partitions import partition_range_tags
 from orchestration.resources import build_warehouse
 from skiff.settings import ConfigError, Settings
 
 # With the run key, the tag the sensor daemon puts on a run it launches: the sensor sees the run
 # key as done on its next tick, and the UI lists the run under the sensor.
 SENSOR_NAME_TAG = "dagster/sensor_name"
-
-
-def partition_range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
-    """The run tags that make one run cover the daily partitions [first, last]."""
-    # Dagster has no public API for running a partition range in process: execute_in_process and
-    # materialize take a single partition_key (dagster-io/dagster#14905). These two tags are how
-    # the UI's launchpad and the single-run backfill ask for a range, so they are spelled out
-    # here rather than imported from the private dagster._core.storage.tags.
-    return {
-        "dagster/asset_partition_range_start": first.isoformat(),
-        "dagster/asset_partition_range_end": last.isoformat(),
-    }
 
 
 @dataclass

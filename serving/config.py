@@ -7,7 +7,8 @@
 | SKIFF_SERVE_MAX_EVENTS | 500 | events (or viewed products) per request, else a 422 |
 | SKIFF_SERVE_RELOAD_SECONDS | 2 | how often the published pointers are checked |
 | SKIFF_SERVE_REQUIRE | conversion,recommender | champions /readyz waits for |
-| SKIFF_EXPERIMENTS | (none) | a JSON experiment file; default: from the published roles |
+| SKIFF_EXPERIMENTS | (none) | an operator's JSON experiment file; it wins over the rollout |
+|  |  | controller's `<published>/experiments.json`, which wins over the published roles |
 | SKIFF_CHALLENGER_TRAFFIC | 0 | share of sessions a published challenger gets when no file is |
 |  |  | given; 0 runs the challenger in shadow mode |
 """

@@ -1,26 +1,34 @@
 """Which model a session sees: experiments per problem, from a file or the published roles.
 
 An experiment names variants, each a published role (`champion`, `challenger`) with a traffic
-weight, and optionally a shadow role that is scored on every request but never shown. A file
-(`SKIFF_EXPERIMENTS` or `skiff serve --experiments`) looks like::
+weight, optionally a shadow role that is scored on every request but never shown, and
+optionally the rollout stage it runs (logged with every exposure). A file looks like::
 
     {
       "recommender": {
-        "name": "sknn-vs-gru-2026-01",
+        "name": "recommender:v1:vs:v2",
+        "stage": "5%",
         "variants": [
-          {"name": "control", "role": "champion", "weight": 0.9},
-          {"name": "treatment", "role": "challenger", "weight": 0.1}
+          {"name": "challenger", "role": "challenger", "weight": 0.05},
+          {"name": "champion", "role": "champion", "weight": 0.95}
         ]
       },
-      "conversion": {"name": "hgb-shadow", "variants": [{"name": "control",
+      "conversion": {"name": "hgb-shadow", "stage": "shadow", "variants": [{"name": "control",
                      "role": "champion", "weight": 1}], "shadow": "challenger"}
     }
 
-Without a file, each problem's experiment follows what Dagster published: the champion alone;
-or, with a challenger, champion and challenger split by SKIFF_CHALLENGER_TRAFFIC (shadow mode
-when that is 0). Its name holds the versions, so a new champion or challenger starts a new
-experiment. An experiment whose roles are not all loaded serves the champion alone, under
-the name `<name>:inactive`, so its results stay apart.
+Per problem, the first source that names it wins: the operator's file (`SKIFF_EXPERIMENTS` or
+`skiff serve --experiments`, read once at start), then `<published>/experiments.json` (written
+by the rollout controller, re-read on every reload, see `serving.store`), then the default from
+the published roles: the champion alone; or, with a challenger, challenger and champion split
+by SKIFF_CHALLENGER_TRAFFIC (shadow mode when that is 0). The default's name holds the
+versions, so a new champion or challenger starts a new experiment. An experiment whose roles
+are not all loaded serves the champion alone, under the name `<name>:inactive` and no stage,
+so its results stay apart.
+
+A ramp changes weights only, never the name: assignment hashes (name, session id) onto [0, 1)
+and the weights cut that line in the order listed, so with the challenger listed first, growing
+its weight only moves champion sessions to it; a session never flips back and forth.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class Experiment:
     problem: str
     variants: tuple[Variant, ...]
     shadow: str | None = None  # a role scored but never shown
+    stage: str | None = None  # the rollout stage, as the configuration names it
 
     @property
     def weights(self) -> dict[str, float]:
@@ -76,7 +85,12 @@ def parse(data: Mapping, source: str) -> dict[str, Experiment]:
         where = f"{source}: {problem}"
         if problem not in PROBLEMS:
             raise ConfigError(f"{where}: unknown problem (expected one of {list(PROBLEMS)})")
-        if not isinstance(spec, Mapping) or not spec.get("name") or not spec.get("variants"):
+        if (
+            not isinstance(spec, Mapping)
+            or not spec.get("name")
+            or not isinstance(spec.get("variants"), list)
+            or not spec["variants"]
+        ):
             raise ConfigError(f"{where}: needs a `name` and a list of `variants`")
         variants = []
         for i, v in enumerate(spec["variants"]):
@@ -93,7 +107,10 @@ def parse(data: Mapping, source: str) -> dict[str, Experiment]:
         shadow = spec.get("shadow")
         if shadow is not None and shadow not in ROLES:
             raise ConfigError(f"{where}.shadow: {shadow!r} not in {ROLES}")
-        out[problem] = Experiment(str(spec["name"]), problem, tuple(variants), shadow)
+        stage = spec.get("stage")
+        if stage is not None and not isinstance(stage, str):
+            raise ConfigError(f"{where}.stage: must be a string, got {stage!r}")
+        out[problem] = Experiment(str(spec["name"]), problem, tuple(variants), shadow, stage)
     return out
 
 
@@ -125,10 +142,10 @@ def resolve(
         return Experiment(f"{problem}:{champion}", problem, alone)
     if challenger_traffic <= 0:
         return Experiment(f"{problem}:{champion}:shadow:{challenger}", problem, alone, "challenger")
-    variants = (
-        Variant("champion", "champion", 1.0 - challenger_traffic),
+    variants = (  # the challenger first, as the rollout controller lists it
         Variant("challenger", "challenger", challenger_traffic),
+        Variant("champion", "champion", 1.0 - challenger_traffic),
     )
     if challenger_traffic >= 1:
-        variants = (variants[1],)
+        variants = variants[:1]
     return Experiment(f"{problem}:{champion}:vs:{challenger}", problem, variants)

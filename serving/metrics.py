@@ -44,6 +44,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "skiff_model_errors_total": (
         "Model calls that raised (the request fell back or failed).", ("problem", "role")
     ),
+    "skiff_experiment_config_refusals_total": (
+        "Published experiments.json files refused (unparsable or invalid); the running "
+        "experiments kept.",
+        (),
+    ),
     "skiff_recommendations_total": (
         "Recommendation answers by the path that answered.", ("path",)
     ),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,9 +66,17 @@ def _padded(items: list[str], k: int, popular: list[str]) -> list[str]:
     return (items + [p for p in popular if p not in seen])[:k]
 
 
+@dataclass(frozen=True)
+class Recommended:
+    items: list[str]
+    path: str  # what answered: one of PATHS
+    unknown: int  # viewed products the model does not know
+    failed: bool = False  # the model raised, and the lookup answered instead
+
+
 async def recommend(
     loaded: Loaded, viewed: Sequence[str], k: int, metrics: Metrics, batcher: MicroBatcher
-) -> tuple[list[str], str, int]:
+) -> Recommended:
     """Top-k next products, the path that answered and how many viewed products were unknown.
 
     model: the model, on the viewed products it knows. item_lookup: the version's precomputed
@@ -79,14 +88,16 @@ async def recommend(
     known = [sku for sku in viewed if sku in model.vocab]
     unknown = len(viewed) - len(known)
     if len(known) == 1 and k <= len(loaded.lookup.get(known[0], ())):
-        return list(loaded.lookup[known[0]][:k]), "item_lookup", unknown
+        return Recommended(list(loaded.lookup[known[0]][:k]), "item_lookup", unknown)
+    failed = False
     if known:
         try:
             batch = functools.partial(recommendation_lists, model)
             items = await batcher.submit(id(model), batch, (known, k))
             if items:
-                return items[:k], "model", unknown
+                return Recommended(items[:k], "model", unknown)
         except Exception:
+            failed = True
             metrics.inc("skiff_model_errors_total", problem=loaded.problem, role=loaded.role)
             if loaded.version not in _failed:  # the traceback once per version, then counts
                 _failed.add(loaded.version)
@@ -95,5 +106,7 @@ async def recommend(
             listed = loaded.lookup.get(sku)
             if listed:
                 popular = model.recommend([], k + len(listed))  # pads a list shorter than k
-                return _padded(list(listed), k, popular), "item_lookup", unknown
-    return model.recommend([], k), "popularity", unknown
+                return Recommended(
+                    _padded(list(listed), k, popular), "item_lookup", unknown, failed
+                )
+    return Recommended(model.recommend([], k), "popularity", unknown, failed)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request
@@ -21,7 +22,7 @@ from serving.schemas import (
     RecommendationRequest,
     Recommendations,
 )
-from serving.service import Service, Unavailable, now
+from serving.service import History, Service, Unavailable, now
 
 log = logging.getLogger("skiff.serving")
 
@@ -51,9 +52,11 @@ async def score_conversion(
     features are built by the same code as in training)."""
     service.at_most("events", len(request.events))
     session = sorted((e.model_dump() for e in request.events), key=lambda e: e["event_at"])
+    adds = sum(e["product_action"] == "add" for e in session)
     exposure = await service.exposed(
         "conversion",
         request.session_id,
+        History(len(session), adds),
         background,
         lambda model: service.probability(model, session),
         lambda p: {"probability": p},
@@ -76,17 +79,22 @@ async def recommend(
     exposure = await service.exposed(
         "recommender",
         request.session_id,
+        History(len(request.items)),
         background,
         lambda model: predict.recommend(
             model, request.items, request.k, service.metrics, service.batcher
         ),
-        lambda answer: {"items": answer[0], "path": answer[1]},
+        lambda answer: {"items": answer.items, "path": answer.path, "error": answer.failed},
     )
-    items, path, unknown = exposure.answer
-    service.metrics.inc("skiff_recommendations_total", path=path)
-    if unknown:
-        service.metrics.inc("skiff_unknown_products_total", unknown, endpoint="recommendations")
-    return Recommendations(items=items, path=path, unknown_items=unknown, **exposure.fields())
+    answer = exposure.answer
+    service.metrics.inc("skiff_recommendations_total", path=answer.path)
+    if answer.unknown:
+        service.metrics.inc(
+            "skiff_unknown_products_total", answer.unknown, endpoint="recommendations"
+        )
+    return Recommendations(
+        items=answer.items, path=answer.path, unknown_items=answer.unknown, **exposure.fields()
+    )
 
 
 @scoring.get(
@@ -105,6 +113,7 @@ async def product_list(
     served = service.store.snapshot.model("recommender", "champion")
     if served is None:
         raise Unavailable("recommender")
+    began = time.perf_counter()
     items = served.lookup.get(sku)
     if not items:
         service.metrics.inc("skiff_unknown_products_total", endpoint="products")
@@ -117,8 +126,9 @@ async def product_list(
         )
     champion = Variant("champion", "champion", 1.0)
     items = list(items[:k])
+    latency = (time.perf_counter() - began) * 1000
     answer = {"items": items, "path": "item_lookup"}
-    exposure_id = service.expose(None, champion, served, None, answer)
+    exposure_id = service.expose(None, champion, served, None, History(1), latency, answer)
     return ProductRecommendations(
         sku=sku, items=items, model_version=served.version, exposure_id=exposure_id
     )
@@ -148,14 +158,22 @@ async def healthz() -> dict:
 
 @operations.get("/readyz", responses={503: {"description": "Not ready."}})
 async def readyz(service: ServiceDep) -> JSONResponse:
-    """Ready once the champion of every required problem (SKIFF_SERVE_REQUIRE) is loaded."""
+    """Ready once the champion of every required problem (SKIFF_SERVE_REQUIRE) is loaded;
+    also the experiment each problem runs: its name, stage and weights."""
     snapshot = service.store.snapshot
     loaded = {f"{p}/{r}": m.version for (p, r), m in sorted(snapshot.models.items())}
     missing = [p for p in service.config.require if snapshot.model(p, "champion") is None]
-    status = 503 if missing else 200
-    return JSONResponse(
-        {"ready": not missing, "models": loaded, "missing_champions": missing}, status
-    )
+    experiments = {
+        problem: {"name": e.name, "stage": e.stage, "weights": e.weights, "shadow": e.shadow}
+        for problem, e in sorted(snapshot.experiments.items())
+    }
+    body = {
+        "ready": not missing,
+        "models": loaded,
+        "missing_champions": missing,
+        "experiments": experiments,
+    }
+    return JSONResponse(body, 503 if missing else 200)
 
 
 @operations.get("/metrics", response_class=PlainTextResponse)

@@ -1,12 +1,21 @@
 """What every route shares: the model store, event log, metrics and batcher of one app, and
 the experiment flow of a scoring request (assign a variant -> answer -> log the exposure ->
-score the shadow role after the response)."""
+score the shadow role after the response).
+
+Every exposure records what the release guardrails read: the stage of the experiment, the
+time the answer took (`latency_ms`: the model call, batching wait included, not the HTTP
+round trip), whether the model call raised (`error`), and the size of the request's history
+(`history_events`, `history_adds`), a pre-exposure covariate for variance reduction. When the
+model call raises and nothing can answer, the exposure is logged with `error` true and no
+answer fields, counted, and the exception goes on to the client as a 500, as before.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +42,19 @@ AnswerOf = Callable[[Loaded], Awaitable[A]]
 def now() -> str:
     """The time of a log record: UTC, ISO 8601, milliseconds."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _ms_since(began: float) -> float:
+    return (time.perf_counter() - began) * 1000
+
+
+@dataclass(frozen=True)
+class History:
+    """The size of what a request carried: its events (conversion) or viewed products
+    (recommendations), and its add-to-cart events."""
+
+    events: int
+    adds: int = 0
 
 
 class Unavailable(Exception):
@@ -100,20 +122,31 @@ class Service:
         self,
         problem: str,
         session_id: str | None,
+        history: History,
         background: BackgroundTasks,
         answer_of: AnswerOf[A],
         logged: Callable[[A], dict[str, Any]],
     ) -> Exposure[A]:
         """Answer with the model of the session's variant and log the exposure (`logged` gives
-        the answer's fields in the log); a shadow role answers after the response went out."""
+        the answer's fields in the log, `"error": True` among them when the model raised and a
+        fallback answered); a shadow role answers after the response went out."""
         snapshot = self.store.snapshot
         experiment = snapshot.experiments.get(problem)
         if experiment is None:
             raise Unavailable(problem)
         variant = experiment.assign(session_id)
         served = snapshot.model(problem, variant.role)
-        answer = await answer_of(served)
-        exposure_id = self.expose(experiment, variant, served, session_id, logged(answer))
+        began = time.perf_counter()
+        try:
+            answer = await answer_of(served)
+        except Exception:
+            latency = _ms_since(began)
+            self.metrics.inc("skiff_model_errors_total", problem=problem, role=served.role)
+            self.expose(experiment, variant, served, session_id, history, latency, None)
+            raise
+        latency = _ms_since(began)
+        fields = logged(answer)
+        exposure_id = self.expose(experiment, variant, served, session_id, history, latency, fields)
         if experiment.shadow:
             background.add_task(self._shadow, snapshot, experiment, exposure_id, answer_of, logged)
         return Exposure(served, experiment, variant, exposure_id, answer)
@@ -124,8 +157,11 @@ class Service:
         variant: Variant,
         served: Loaded,
         session_id: str | None,
-        answer: dict[str, Any],
+        history: History,
+        latency_ms: float,
+        answer: dict[str, Any] | None,
     ) -> str:
+        """Log one exposure; `answer` None: the model call raised and nothing answered."""
         exposure_id = uuid.uuid4().hex
         record = {
             "kind": "exposure",
@@ -133,12 +169,17 @@ class Service:
             "at": now(),
             "problem": served.problem,
             "experiment": experiment.name if experiment else None,
+            "stage": experiment.stage if experiment else None,
             "session_id": session_id,
             "variant": variant.name,
             "role": variant.role,
             "model_version": served.version,
             "weights": experiment.weights if experiment else None,
-            **answer,
+            "latency_ms": latency_ms,
+            "error": answer is None,
+            "history_events": history.events,
+            "history_adds": history.adds,
+            **(answer or {}),
         }
         try:
             self.events.write(record)
@@ -160,12 +201,14 @@ class Service:
         loaded = snapshot.model(experiment.problem, experiment.shadow or "")
         if loaded is None:
             return
+        began = time.perf_counter()
+        answer: dict[str, Any] | None
         try:
             answer = logged(await answer_of(loaded))
         except Exception:
+            answer = None
             self.metrics.inc("skiff_model_errors_total", problem=loaded.problem, role=loaded.role)
             log.exception("shadow %s %s failed", loaded.problem, loaded.version)
-            return
         try:
             self.events.write(
                 {
@@ -175,10 +218,13 @@ class Service:
                     "problem": loaded.problem,
                     "role": loaded.role,
                     "model_version": loaded.version,
-                    **answer,
+                    "latency_ms": _ms_since(began),
+                    "error": answer is None,
+                    **(answer or {}),
                 }
             )
         except OSError:
             self.metrics.inc("skiff_event_log_errors_total")
             log.exception("could not log the shadow score of %s", exposure_id)
-        self.metrics.inc("skiff_shadow_scores_total", problem=loaded.problem, role=loaded.role)
+        if answer is not None:
+            self.metrics.inc("skiff_shadow_scores_total", problem=loaded.problem, role=loaded.role)

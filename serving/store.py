@@ -7,6 +7,14 @@ swaps in a new immutable `Snapshot`. A request reads `store.snapshot` once and k
 object to the end, so a swap never changes a model under a request. A version that fails
 verification or loading is refused, logged and counted, and not retried until the pointer
 changes again; the previous model keeps serving.
+
+Each refresh also reads `<published>/experiments.json`, the experiment configuration the
+rollout controller writes (atomically: a reader sees the old file or the new one). It is
+parsed only when its bytes changed. A file that does not parse or validate is refused (logged,
+`skiff_experiment_config_refusals_total`), the previous configuration keeps running, and the
+file is tried again once its content changes; a removed file means no configuration, so the
+experiments fall back to the published roles. A new configuration swaps in a new snapshot like
+a new model does, so a ramp takes effect within one reload.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ import fsspec
 from prometheus_client.core import GaugeMetricFamily
 
 from ml.registry import ROLES, Manifest, load_published
-from serving.experiments import Experiment, resolve
+from serving.experiments import Experiment, parse, resolve
 from serving.metrics import Metrics
+from skiff.settings import ConfigError
 
 log = logging.getLogger("skiff.serving")
 
 LOOKUP = "next_items.parquet"  # the recommender's per-product list, a file of its version
+EXPERIMENTS = "experiments.json"  # the rollout controller's configuration, in the published root
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class ModelStore:
         self.challenger_traffic = challenger_traffic
         self.snapshot = Snapshot()
         self.refused: dict[tuple[str, str], str] = {}  # version refused per (problem, role)
+        self.published_experiments: dict[str, Experiment] = {}  # from EXPERIMENTS
+        self._experiments_content: bytes | None = None  # the EXPERIMENTS bytes last read
         self._fs, self._root = fsspec.core.url_to_fs(str(published))
 
     def _pointer(self, problem: str, role: str) -> str | None:
@@ -143,19 +155,48 @@ class ModelStore:
                     f"{problem} {role}: {loaded.version} ({loaded.manifest.algorithm})"
                     + (f", was {held.version}" if held else "")
                 )
+        changes += self._read_experiments()
         if changes:
             self.snapshot = Snapshot(models, self._experiments(models))
             for change in changes:
                 log.info("loaded %s", change)
         return changes
 
+    def _read_experiments(self) -> list[str]:
+        """Re-read EXPERIMENTS when its bytes changed; what changed (nothing when refused)."""
+        url = f"{str(self.published).rstrip('/')}/{EXPERIMENTS}"
+        try:
+            content = self._fs.cat_file(posixpath.join(self._root, EXPERIMENTS))
+        except FileNotFoundError:
+            content = None
+        except OSError as exc:  # storage hiccup: keep what runs, read again next time
+            log.error("could not read %s (keeping the running experiments): %s", url, exc)
+            return []
+        if content == self._experiments_content:
+            return []
+        self._experiments_content = content
+        if content is None:
+            self.published_experiments = {}
+            return [f"{url} removed: experiments follow the published roles"]
+        try:
+            parsed = parse(json.loads(content), url)
+        except (ValueError, TypeError, ConfigError) as exc:
+            self.metrics.inc("skiff_experiment_config_refusals_total")
+            log.error("refused the published experiments (keeping those running): %s", exc)
+            return []
+        self.published_experiments = parsed
+        return [
+            f"{url}: {e.problem} {e.name} stage {e.stage} weights {e.weights}"
+            for e in parsed.values()
+        ] or [f"{url}: no experiments"]
+
     def _experiments(self, models: Mapping[tuple[str, str], Loaded]) -> dict[str, Experiment]:
+        """Per problem: the operator's file, else EXPERIMENTS, else the published roles."""
         out = {}
         for problem in self.problems:
             versions = {role: m.version for (p, role), m in models.items() if p == problem}
-            experiment = resolve(
-                problem, self.configured.get(problem), versions, self.challenger_traffic
-            )
+            configured = self.configured.get(problem) or self.published_experiments.get(problem)
+            experiment = resolve(problem, configured, versions, self.challenger_traffic)
             if experiment is not None:
                 out[problem] = experiment
         return out
@@ -166,13 +207,15 @@ class ModelStore:
         snapshot = self.snapshot
         loaded_help = "1 when the role's published model is loaded."
         info_help = "The version (and algorithm) each role serves; always 1."
-        weight_help = "Traffic weight of each variant of the running experiment."
+        weight_help = "Traffic weight of each variant of the running experiment, and its stage."
         loaded = GaugeMetricFamily("skiff_model_loaded", loaded_help, labels=("problem", "role"))
         info = GaugeMetricFamily(
             "skiff_model_info", info_help, labels=("problem", "role", "version", "algorithm")
         )
         weight = GaugeMetricFamily(
-            "skiff_experiment_weight", weight_help, labels=("problem", "experiment", "variant")
+            "skiff_experiment_weight",
+            weight_help,
+            labels=("problem", "experiment", "stage", "variant"),
         )
         for problem in self.problems:
             for role in ROLES:
@@ -182,5 +225,6 @@ class ModelStore:
                     info.add_metric((problem, role, model.version, model.manifest.algorithm), 1.0)
             experiment = snapshot.experiments.get(problem)
             for variant in experiment.variants if experiment else ():
-                weight.add_metric((problem, experiment.name, variant.name), variant.weight)
+                labels = (problem, experiment.name, experiment.stage or "", variant.name)
+                weight.add_metric(labels, variant.weight)
         yield from (loaded, info, weight)

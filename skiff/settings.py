@@ -53,6 +53,7 @@ class Automation:
 
     timezone: str = "UTC"
     nightly_cron: str = "0 3 * * *"
+    release_cron: str = "0 * * * *"  # the rollout controller's looks: hourly
     drift_persistence_days: int = 3
     retrain_train_days: int = 14
     alert_webhook: str | None = None
@@ -167,17 +168,21 @@ def _automation() -> Automation:
         raise ConfigError(f"SKIFF_TIMEZONE={timezone!r} is not an IANA time zone") from exc
     cron = os.environ.get("SKIFF_NIGHTLY_CRON", "").strip() or Automation.nightly_cron
     if cron != Automation.nightly_cron:
-        _check_cron(cron)
+        _check_cron("SKIFF_NIGHTLY_CRON", cron)
+    release = os.environ.get("SKIFF_RELEASE_CRON", "").strip() or Automation.release_cron
+    if release != Automation.release_cron:
+        _check_cron("SKIFF_RELEASE_CRON", release)
     return Automation(
         timezone=timezone,
         nightly_cron=cron,
+        release_cron=release,
         drift_persistence_days=_positive_int("SKIFF_DRIFT_PERSISTENCE_DAYS", 3),
         retrain_train_days=_positive_int("SKIFF_RETRAIN_TRAIN_DAYS", 14),
         alert_webhook=os.environ.get("SKIFF_ALERT_WEBHOOK_URL", "").strip() or None,
     )
 
 
-def _check_cron(cron: str) -> None:
+def _check_cron(name: str, cron: str) -> None:
     """Dagster's own schedule validation, so a value is refused here, named, rather than when
     the definitions load. Imported only for a value other than the default: Dagster takes about
     a second to import, which processes that never schedule (`skiff serve`) need not pay."""
@@ -186,9 +191,7 @@ def _check_cron(cron: str) -> None:
     try:
         ScheduleDefinition(name="nightly", cron_schedule=cron, job_name="nightly")
     except DagsterInvalidDefinitionError as exc:
-        raise ConfigError(
-            f"SKIFF_NIGHTLY_CRON={cron!r} is not a five-field cron expression"
-        ) from exc
+        raise ConfigError(f"{name}={cron!r} is not a five-field cron expression") from exc
 
 
 def ensure_home(settings: Settings) -> Settings:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from skiff.settings import REPO_ROOT, ConfigError, Settings, ensure_home, load_settings
 
+MAX_ERROR_SHARE = 0.01  # `skiff simulate` fails above this share of failed requests
 UI_HINT = (
     "\nOpen the Dagster UI on this state:\n"
     "  .venv/bin/skiff ui        # = DAGSTER_HOME=$SKIFF_HOME/dagster dagster dev "
@@ -33,10 +34,11 @@ def _start(args: argparse.Namespace, settings: Settings) -> dt.date:
     return start
 
 
-def _generate(args: argparse.Namespace, settings: Settings, out: Path):
-    from ml.synthetic import GeneratorConfig, generate
+def _config(args: argparse.Namespace, settings: Settings):
+    """The generator's configuration from the data flags (the simulator's world uses it too)."""
+    from ml.synthetic import GeneratorConfig
 
-    config = GeneratorConfig(
+    return GeneratorConfig(
         days=args.days,
         sessions_per_day=args.sessions_per_day,
         seed=args.seed,
@@ -44,6 +46,12 @@ def _generate(args: argparse.Namespace, settings: Settings, out: Path):
         drift_from=args.drift_from,
         write_truth=not getattr(args, "no_truth", False),
     )
+
+
+def _generate(args: argparse.Namespace, settings: Settings, out: Path):
+    from ml.synthetic import generate
+
+    config = _config(args, settings)
     result = generate(out, config, progress=lambda line: print(f"  {line}", flush=True))
     print(
         f"generated {result.events:,} events in {result.sessions:,} sessions over "
@@ -99,7 +107,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"\nmodels skipped: training needs at least {demo.MIN_TRAINING_DAYS} days "
             "(training window, validation day, test day)"
         )
-    elif not demo.run_models(settings, days, args.drift_from, args.no_retrain):
+    elif not demo.run_models(
+        settings, days, args.drift_from, args.no_retrain, args.bad_challenger
+    ) or not (args.no_release or _release(args, settings)):
         print("a run failed; open the UI (`skiff ui`) and look at the run's logs")
         return 1
     print()
@@ -109,6 +119,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s")
     print(UI_HINT)
     print("\n" + serve_hint(settings))
+    return 0
+
+
+def _release(args: argparse.Namespace, settings: Settings) -> bool:
+    """The demo's release loop on the data's world (same generator config as the data)."""
+    from ml.simulate import world
+    from ml.synthetic import regime_of
+    from orchestration.demo_release import run_release
+
+    config = _config(args, settings)
+    last = config.start + dt.timedelta(days=config.days - 1)
+    print()
+    return run_release(settings, world(config, regime_of(last, config)), seed=args.seed)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from ml import release
+    from ml.registry import ArtifactError, Registry
+
+    settings = ensure_home(load_settings())
+    registry = Registry(settings.registry)
+    try:
+        registry.manifest(args.problem, args.version)
+        state = release.promote(
+            registry, str(settings.published), args.problem, args.version, args.reason
+        )
+    except (release.ReleaseError, ArtifactError) as exc:
+        print(f"skiff promote: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.problem} champion now {state.champion} (decided by operator: {args.reason})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from ml import release
+    from ml.registry import Registry
+
+    settings = ensure_home(load_settings())
+    try:
+        state = release.rollback(
+            Registry(settings.registry), str(settings.published), args.problem, args.reason
+        )
+    except release.ReleaseError as exc:
+        print(f"skiff rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.problem}: challenger rolled back; {state.champion} serves alone")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import json
+
+    from ml.registry import Registry
+    from orchestration.demo_release import history_table
+
+    settings = ensure_home(load_settings())
+    entries = Registry(settings.registry).history(args.problem)
+    if args.limit:
+        entries = entries[-args.limit :]
+    if args.json:
+        print(json.dumps(entries, indent=2, default=str))
+    elif not entries:
+        print(f"no history for {args.problem} yet: train models first (`skiff demo`)")
+    else:
+        print(history_table(entries))
     return 0
 
 
@@ -173,3 +248,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         challenger_traffic=args.challenger_traffic,
     )
     return serve(settings, config)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import secrets
+
+    from ml.simulate import ready, simulate, world
+    from ml.synthetic import GeneratorConfig, regime_of
+    from skiff.urls import serve_url
+
+    url = (args.url or serve_url()).rstrip("/")
+    ok, said = ready(url)
+    if not ok:
+        print(f"skiff simulate: the server at {url} is not ready: {said}", file=sys.stderr)
+        return 1
+    config = GeneratorConfig(seed=args.seed, drift_from=args.drift_from)
+    regime = regime_of(dt.datetime.now(dt.UTC).date(), config)
+    seed = secrets.randbelow(2**31) if args.traffic_seed is None else args.traffic_seed
+    print(
+        f"simulating {args.sessions:,} sessions against {url} (world seed {args.seed}, "
+        f"regime {regime}, --traffic-seed {seed})",
+        file=sys.stderr,
+        flush=True,
+    )
+    report = simulate(
+        url,
+        world(config, regime),
+        args.sessions,
+        seed,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+    )
+    print(report.to_json() if args.json else report.table())
+    if report.error_share > MAX_ERROR_SHARE:
+        print(
+            f"skiff simulate: {report.error_share:.1%} of the requests failed "
+            f"(more than {MAX_ERROR_SHARE:.0%}); see the errors above and the server's log",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -91,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the retraining the drift sensor requests instead of running it",
     )
+    demo.add_argument(
+        "--bad-challenger",
+        action="store_true",
+        help="start on the best recommender and admit POP as challenger by override: the "
+        "release loop rolls it back",
+    )
+    demo.add_argument(
+        "--no-release",
+        action="store_true",
+        help="skip the release loop (server + simulated shoppers + rollout controllers)",
+    )
     demo.set_defaults(func=commands.cmd_demo)
 
     imp = sub.add_parser(
@@ -132,4 +143,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--challenger-traffic", type=float, help="challenger share (0 = shadow), default 0"
     )
     serve.set_defaults(func=commands.cmd_serve)
+
+    problems = ("conversion", "recommender")
+    promote = sub.add_parser(
+        "promote",
+        help="make a registered version champion now (an operator's decision, recorded)",
+        description="Make VERSION the PROBLEM champion at once, bypassing the ramp; the old "
+        "champion is recorded as retired, a running challenger other than VERSION as rolled "
+        "back. Recorded in the history with --reason and decided_by operator.",
+        epilog="exit status: 0 promoted; 2 refused (unknown version, already champion)",
+    )
+    promote.add_argument("problem", choices=problems)
+    promote.add_argument("version", help="a version in the registry (see `skiff history`)")
+    promote.add_argument("--reason", required=True, help="why: kept in the history")
+    promote.set_defaults(func=commands.cmd_promote)
+
+    back = sub.add_parser(
+        "rollback",
+        help="end the running challenger's ramp now (an operator's decision, recorded)",
+        epilog="exit status: 0 rolled back; 2 refused (no challenger)",
+    )
+    back.add_argument("problem", choices=problems)
+    back.add_argument("--reason", required=True, help="why: kept in the history")
+    back.set_defaults(func=commands.cmd_rollback)
+
+    history = sub.add_parser(
+        "history",
+        help="every role change and ramp step of a problem, with who decided and why",
+    )
+    history.add_argument("problem", choices=problems)
+    history.add_argument("--json", action="store_true", help="a JSON list of the entries")
+    history.add_argument("--limit", type=_positive, help="only the latest N entries")
+    history.set_defaults(func=commands.cmd_history)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="send synthetic shoppers to the running server; print true and observed results",
+        description="Shoppers from the generator's world (same --seed as the data: same "
+        "catalogue and truth) browse, click recommendations, add to cart and buy through the "
+        "server's API, as the truth says (ml/simulate). Prints each variant's true and "
+        "observed click-through and conversion.",
+        epilog="exit status: 0 done; 1 the server is not ready, or more than "
+        f"{commands.MAX_ERROR_SHARE:.0%} of the requests failed",
+    )
+    sim.add_argument("--sessions", type=_positive, default=1000, help="default 1000")
+    sim.add_argument("--rate", type=float, help="sessions started per second (default: no limit)")
+    sim.add_argument("--concurrency", type=_positive, default=4, help="sessions at once (4)")
+    sim.add_argument("--timeout", type=float, default=600.0, help="time budget, s (600)")
+    sim.add_argument("--seed", type=int, default=7, help="the data's generator seed (default 7)")
+    sim.add_argument(
+        "--drift-from",
+        type=_date,
+        default=None,
+        help="the data's --drift-from: from this day on, shoppers follow the drifted world",
+    )
+    sim.add_argument(
+        "--traffic-seed",
+        type=int,
+        help="seeds the shoppers (default: a new one each run, printed; a seed reused "
+        "against the same server repeats its session ids)",
+    )
+    sim.add_argument("--url", help="the server (default SKIFF_SERVE_URL or http://127.0.0.1:8000)")
+    sim.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim.set_defaults(func=commands.cmd_simulate)
     return parser

@@ -127,3 +127,47 @@ def test_import_diginetica_sample_into_landing_days(settings):
     assert "skiff run --start" in done.stdout
     days = sorted(p.name for p in settings.landing.iterdir() if p.is_dir())
     assert days and all((settings.landing / d / "browsing_events.csv").exists() for d in days)
+
+
+def test_operator_promote_rollback_and_history(settings, tmp_path):
+    """`skiff promote`, `skiff rollback` and `skiff history` on a real registry folder."""
+    from ml import release
+    from ml.registry import Registry
+
+    registry = Registry(settings.registry)
+    versions = []
+    for name in ("pop", "sknn", "gru"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.txt").write_text(name)
+        manifest = registry.register(
+            "recommender", folder, algorithm=name, params={}, metrics={}, training_window={}
+        )
+        versions.append(manifest.version)
+    pop, sknn, gru = versions
+    published = str(settings.published)
+    release.bootstrap(registry, published, "recommender", pop, "first model")
+    release.admit(registry, published, "recommender", sknn, "passed the gates")
+
+    refused = skiff("promote", "recommender", "no-such-version", "--reason", "typo")
+    assert refused.returncode == 2 and "no-such-version" in refused.stderr
+    done = skiff("promote", "recommender", gru, "--reason", "hotfix for a broken model")
+    assert done.returncode == 0, done.stderr
+    assert registry.roles("recommender") == {"champion": gru}
+    nothing = skiff("rollback", "recommender", "--reason", "again")
+    assert nothing.returncode == 2 and "no challenger" in nothing.stderr
+
+    history = json.loads(skiff("history", "recommender", "--json").stdout)
+    fields = {"at", "version", "role", "stage", "traffic", "decided_by", "reason"}
+    assert all(fields <= set(entry) for entry in history)
+    assert [(e["role"], e["version"], e["decided_by"]) for e in history] == [
+        ("champion", pop, "bootstrap"),
+        ("challenger", sknn, "offline gates"),
+        ("champion", gru, "operator"),
+        ("retired", pop, "operator"),
+        ("rolled_back", sknn, "operator"),
+    ]
+    assert history[2]["reason"] == "hotfix for a broken model"
+    table = skiff("history", "recommender", "--limit", "2")
+    assert table.returncode == 0 and "retired" in table.stdout and "rolled_back" in table.stdout
+    assert "challenger" not in [e["role"] for e in history if e["version"] == pop]

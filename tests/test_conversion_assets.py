@@ -1,6 +1,7 @@
 """The conversion assets materialized for real: generated days through dbt, then training set,
-candidates, evaluation with its gates, champion and a day of predictions, on a temporary
-SKIFF_HOME; then a second, worse round whose gate fails, so nothing is promoted."""
+candidates, evaluation with its gates, the first champion (bootstrap: the logistic baseline,
+the best candidate admitted as challenger at once) and a day of predictions, on a temporary
+SKIFF_HOME; then a second, worse round whose gate fails, so nothing is admitted."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, defi
 from sklearn.metrics import roc_auc_score
 
 from bench.conversion_examples import examples_from_landing
+from ml import release
 from ml.conversion import dataset, features, models
 from ml.registry import Registry, load_published
 from ml.synthetic import GeneratorConfig, generate
+from orchestration.conversion.champion import first_champion
 from orchestration.conversion.config import (
     CANDIDATES,
     CHAMPION,
@@ -45,6 +48,7 @@ FIRST_ROUND = {
     TRAINING_SET: {"train_days": 7},
     "conversion_model_gru": {"epochs": 3},
     EVALUATION: {"pr_auc_margin": -0.05},
+    CHAMPION: {"bootstrap": "baseline"},
 }
 # Models that learn next to nothing: they do not beat logistic regression.
 WORSE_ROUND = {
@@ -74,6 +78,38 @@ def test_best_candidate_is_chosen_on_the_validation_day():
     # an undefined validation PR AUC counts as worst
     results["hgb"]["validation"]["pr_auc"] = float("nan")
     assert best_candidate(results) == "gru"
+
+
+def _evaluated(best: str = "hgb", **failed: bool) -> dict:
+    names = ("beats_logistic_pr_auc", "no_leakage", "calibration_bounded")
+    return {"best": best, "gates": {n: [not failed.get(n, False), f"{n} says"] for n in names}}
+
+
+def _tested(**metrics: dict) -> dict:
+    defaults = {"majority": (0.05, 0.0), "logistic": (0.30, 0.01), "hgb": (0.35, 0.02)}
+    return {
+        a: {"test": {"pr_auc": pr, "ece": ece}} for a, (pr, ece) in {**defaults, **metrics}.items()
+    }
+
+
+def test_first_champion_is_the_best_model_passing_leakage_and_calibration():
+    assert first_champion(_evaluated(), _tested(), "best")[:2] == ("hgb", None)
+    assert first_champion(_evaluated(), _tested(), "baseline")[:2] == ("logistic", "hgb")
+    # hgb does not beat logistic regression: the baseline serves, in either mode
+    behind = _evaluated(beats_logistic_pr_auc=True)
+    champion, challenger, reason = first_champion(behind, _tested(), "best")
+    assert (champion, challenger) == ("logistic", None)
+    assert "beats_logistic_pr_auc: beats_logistic_pr_auc says" in reason
+    assert "PR AUC 0.3000 > the majority baseline's 0.0500" in reason
+    assert first_champion(behind, _tested(), "baseline")[:2] == ("logistic", None)
+    # a logistic regression no better than the majority class, or miscalibrated, is no champion
+    assert first_champion(behind, _tested(logistic=(0.05, 0.01)), "best")[0] is None
+    assert first_champion(behind, _tested(logistic=(0.30, 0.2)), "best")[0] is None
+    # ... but a candidate that passes every gate still is, in either mode
+    assert first_champion(_evaluated(), _tested(logistic=(0.05, 0.2)), "baseline")[0] == "hgb"
+    # leakage spoils every model of the training set
+    leaky = first_champion(_evaluated(no_leakage=True), _tested(), "baseline")
+    assert leaky[:2] == (None, None) and "no_leakage: no_leakage says" in leaky[2]
 
 
 def _run(defs: Definitions, job: str, ops: dict, partition_key: str | None = None):
@@ -142,20 +178,33 @@ def test_conversion_assets_end_to_end(settings):
     assert checks["no_leakage"], "features recomputed from raw events differ from training"
     assert all(checks.values()), checks
 
+    # bootstrap "baseline": logistic regression serves from day one, the best candidate
+    # (every gate passed) is admitted as challenger at once; nothing is promoted offline
     champion = _metadata(first, CHAMPION)
-    assert champion["promoted"] is True, champion["reason"]
-    manifest, folder = load_published(settings.published, "conversion")
-    assert manifest.version == champion["champion_version"] == evaluation["best_version"]
-    assert manifest.training_window["test_day"] == evaluation["test_day"]
-    # the published artifact reproduces the champion's recorded test-day ROC AUC
+    assert champion["decision"] == "bootstrap + admitted as challenger", champion["reason"]
+    assert (champion["decided_by"], champion["champion_algorithm"]) == ("bootstrap", "logistic")
+    assert champion["candidate_role"] == "challenger"
+    assert champion["challenger_version"] == evaluation["best_version"]
+    manifest, _ = load_published(settings.published, "conversion")
+    assert manifest.version == champion["champion_version"] and manifest.algorithm == "logistic"
+    challenger, folder = load_published(settings.published, "conversion", "challenger")
+    assert challenger.version == evaluation["best_version"]
+    assert challenger.training_window["test_day"] == evaluation["test_day"]
+    served = release.read_serving_config(str(settings.published))["conversion"]
+    assert (served["name"], served["stage"], served["shadow"]) == (
+        f"conversion:{manifest.version}:vs:{challenger.version}",
+        "shadow",
+        "challenger",
+    )
+    # the published challenger reproduces its recorded test-day ROC AUC
     test = features.batch_from_frame(split_frames(settings)["test"])
     p_test = models.load_model(folder).predict_proba(test)
     assert len(p_test) == len(test.events) and ((p_test >= 0) & (p_test <= 1)).all()
     auc = roc_auc_score(dataset.labels(test.events), p_test)
-    assert auc == pytest.approx(manifest.metrics["roc_auc"], abs=1e-9)
+    assert auc == pytest.approx(challenger.metrics["roc_auc"], abs=1e-9)
     assert auc == pytest.approx(evaluation["roc_auc"], abs=1e-9)
 
-    # the default gates fail for models that learn next to nothing: nothing is promoted
+    # the default gates fail for models that learn next to nothing: nothing is admitted
     second = _run(defs, "train", WORSE_ROUND)
     assert second.success
     gates = {c.check_name: c for c in second.get_asset_check_evaluations()}
@@ -163,16 +212,24 @@ def test_conversion_assets_end_to_end(settings):
     worse = _metadata(second, EVALUATION)
     assert worse["pr_auc"] <= worse["logistic_pr_auc"]
     kept = _metadata(second, CHAMPION)
-    assert kept["promoted"] is False
+    assert kept["decision"] == "kept" and kept["promoted"] is False
     assert kept["reason"].startswith("gates failed — ")
     assert "beats_logistic_pr_auc" in kept["reason"]
-    assert kept["candidate_version"] == worse["best_version"] != manifest.version
+    assert kept["candidate_version"] == worse["best_version"] != challenger.version
+    assert kept["candidate_role"] == "none" and kept["champion_pr_auc"] > 0
     assert kept["champion_version"] == manifest.version
     assert load_published(settings.published, "conversion")[0].version == manifest.version
     registry = Registry(settings.registry)
+    assert registry.roles("conversion") == {
+        "champion": manifest.version,
+        "challenger": challenger.version,  # a failed gate is no challenger
+    }
     history = registry.history("conversion")
-    assert [h["version"] for h in history if h["role"] == "champion"] == [manifest.version]
-    assert registry.role("conversion", "challenger") is None  # a failed gate is no challenger
+    assert [(h["role"], h["version"], h["decided_by"]) for h in history] == [
+        ("champion", manifest.version, "bootstrap"),
+        ("challenger", challenger.version, "offline gates"),
+    ]
+    assert history[1]["evidence"]["pr_auc"] == pytest.approx(evaluation["pr_auc"])
 
     day = DAYS[-1]
     scored = _run(defs, "score", {}, partition_key=day.isoformat())

@@ -1,6 +1,7 @@
 """The recommendation assets materialized for real: generated days -> landing -> dbt marts ->
-training set -> candidates -> evaluation and checks -> champion published with its lookup ->
-batch predictions in the warehouse. Then a worse candidate is proposed and refused."""
+training set -> candidates -> evaluation and checks -> first champion (bootstrap) published with
+its lookup -> batch predictions in the warehouse. Then a worse candidate is proposed and
+refused, and the operator's override admits it as challenger (the demo's --bad-challenger)."""
 
 from __future__ import annotations
 
@@ -16,25 +17,31 @@ from dagster import (
     define_asset_job,
 )
 
+from ml import release
 from ml.recommend.compare import best_row
 from ml.registry import Registry, load_published
 from ml.synthetic import GeneratorConfig, generate
 from orchestration.definitions import build_definitions
-from orchestration.recommendation.config import GATE_NAMES
+from orchestration.recommendation.champion import first_champion
+from orchestration.recommendation.config import CHAMPION, GATE_NAMES
 from orchestration.runs import run_days
 
 START = dt.date(2026, 1, 5)
 JOB = "recommender_refresh"
+CHAMPION_ONLY = "recommender_champion_only"  # its inputs come from the last refresh
 FAST = {"ops": {"recommender_candidate_gru": {"config": {"params_json": '{"epochs": 3}'}}}}
 
 
 def _definitions(settings) -> Definitions:
-    job = define_asset_job(JOB, selection=AssetSelection.groups("recommendation"))
-    return Definitions.merge(build_definitions(settings), Definitions(jobs=[job]))
+    jobs = [
+        define_asset_job(JOB, selection=AssetSelection.groups("recommendation")),
+        define_asset_job(CHAMPION_ONLY, selection=AssetSelection.assets(CHAMPION)),
+    ]
+    return Definitions.merge(build_definitions(settings), Definitions(jobs=jobs))
 
 
-def _materialize(settings, run_config: dict):
-    job = _definitions(settings).resolve_job_def(JOB)
+def _materialize(settings, run_config: dict, job_name: str = JOB):
+    job = _definitions(settings).resolve_job_def(job_name)
     with DagsterInstance.get() as instance:
         return job.execute_in_process(instance=instance, run_config=run_config)
 
@@ -58,6 +65,28 @@ def test_best_candidate_is_chosen_on_the_validation_days():
     assert best_row(rows)["model"] == "sknn"
     with pytest.raises(ValueError, match="validation_hr_at_20"):
         best_row([{"model": "pop", "hr_at_20": 0.2}])
+
+
+def _candidate(hr: float, **failed: bool) -> dict:
+    checks = [
+        {"name": n, "gating": True, "passed": not failed.get(n, False)} for n in GATE_NAMES[:2]
+    ]
+    return {"version": f"v-{hr}", "row": {"hr_at_20": hr}, "checks": checks}
+
+
+def test_first_champion_is_the_best_passing_model_and_pop_counts():
+    candidates = {"pop": _candidate(0.2, beats_pop=True), "gru": _candidate(0.4)}
+    assert first_champion(candidates, "gru", "best")[:2] == ("gru", None)
+    assert first_champion(candidates, "gru", "baseline")[:2] == ("pop", "gru")
+    # a candidate that fails a gate: POP serves (beating itself is not asked of it)
+    candidates["gru"] = _candidate(0.4, unseen_items=True)
+    champion, challenger, reason = first_champion(candidates, "gru", "best")
+    assert (champion, challenger) == ("pop", None)
+    assert "gru: gating check(s) failed: unseen_items" in reason
+    assert first_champion(candidates, "gru", "baseline")[:2] == ("pop", None)
+    candidates["pop"] = _candidate(0.2, beats_pop=True, unseen_items=True)
+    assert first_champion(candidates, "gru", "best")[:2] == (None, None)
+    assert first_champion({"pop": _candidate(0.2, beats_pop=True)}, "pop", "best")[0] == "pop"
 
 
 @pytest.mark.slow
@@ -93,11 +122,18 @@ def test_recommendation_assets_end_to_end(settings):
     assert checks["beats_pop"].passed and checks["unseen_items"].passed
 
     champion = _metadata(result, "recommender_champion")
-    assert champion["decision"] == "promoted"
+    assert (champion["decision"], champion["decided_by"]) == ("bootstrap", "bootstrap")
+    assert champion["challenger"] == "none" and champion["proposed_role"] == "champion"
     registry = Registry(settings.registry)
     assert {m.algorithm for m in registry.versions("recommender")} == {"pop", "sknn", "gru"}
     version = registry.roles("recommender")["champion"]
     assert champion["champion"] == version and champion["champion_algorithm"] == evaluation["best"]
+    assert release.read_serving_config(str(settings.published))["recommender"] == {
+        "name": f"recommender:{version}",
+        "stage": None,
+        "variants": [{"name": "champion", "role": "champion", "weight": 1.0}],
+        "shadow": None,
+    }
 
     manifest, folder = load_published(settings.published, "recommender")
     assert manifest.version == version
@@ -120,14 +156,38 @@ def test_recommendation_assets_end_to_end(settings):
         ).fetchone()
     assert rows == (20 * len(lookup), len(lookup), version)
 
-    # an operator proposes POP: it fails the POP gate and is worse, so the champion stays
+    # an operator proposes POP: it fails the POP gate and is worse, so it is not admitted
     again = _materialize(
         settings,
         {**FAST, "ops": {**FAST["ops"], "recommender_champion": {"config": {"candidate": "pop"}}}},
     )
     assert again.success
     kept = _metadata(again, "recommender_champion")
-    assert kept["decision"] == "kept"
+    assert kept["decision"] == "kept" and kept["proposed_role"] == "none"
     assert "beats_pop" in kept["why"] and "below the champion" in kept["why"]
-    assert registry.roles("recommender")["champion"] == version
+    assert registry.roles("recommender") == {"champion": version}
     assert load_published(settings.published, "recommender")[0].version == version
+
+    # the override admits POP as challenger anyway (the demo's bad challenger); the champion
+    # stays, and the server is told to start the ramp in shadow
+    override = {"ops": {"recommender_champion": {"config": {"challenger": "pop"}}}}
+    admitted = _materialize(settings, override, CHAMPION_ONLY)
+    assert admitted.success
+    meta = _metadata(admitted, "recommender_champion")
+    assert meta["decision"] == "admitted as challenger (override)"
+    assert (meta["decided_by"], meta["challenger_algorithm"]) == ("operator/override", "pop")
+    pop = registry.roles("recommender")["challenger"]
+    assert registry.roles("recommender")["champion"] == version
+    assert load_published(settings.published, "recommender", "challenger")[0].version == pop
+    served = release.read_serving_config(str(settings.published))["recommender"]
+    assert (served["name"], served["stage"], served["shadow"]) == (
+        f"recommender:{version}:vs:{pop}",
+        "shadow",
+        "challenger",
+    )
+    history = registry.history("recommender")
+    assert [(h["role"], h["version"], h["decided_by"]) for h in history] == [
+        ("champion", version, "bootstrap"),
+        ("challenger", pop, "operator/override"),
+    ]
+    assert history[1]["evidence"]["algorithm"] == "pop" and history[1]["stage"] == "shadow"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ml.registry import ArtifactError, Registry, load_published
@@ -90,6 +93,61 @@ def test_roles_history_and_publish(registry, tmp_path):
         load_published(target, "conversion", "champion")
     with pytest.raises(ArtifactError, match="nothing is published"):
         load_published(target, "recommender", "champion")
+
+
+def test_history_lines_carry_who_decided_the_stage_and_the_evidence(registry, tmp_path):
+    first = _register(registry, _model(tmp_path, b"first"), auc=0.7)
+    second = _register(registry, _model(tmp_path, b"second"), auc=0.9)
+    at = dt.datetime(2026, 2, 1, 9, 30, tzinfo=dt.UTC)
+    registry.assign("conversion", "champion", first.version, "bootstrap", decided_by="bootstrap")
+    line = registry.assign(
+        "conversion",
+        "challenger",
+        second.version,
+        "gates passed",
+        decided_by="offline gates",
+        stage="shadow",
+        traffic=0,
+        evidence={"pr_auc": np.float64(0.9), "prefixes": np.int64(1200), "lift": math.nan},
+        at=at,
+    )
+    assert line == registry.history("conversion")[-1]
+    assert line == {
+        "at": "2026-02-01T09:30:00+00:00",
+        "problem": "conversion",
+        "version": second.version,
+        "role": "challenger",
+        "previous": None,
+        "stage": "shadow",
+        "traffic": 0.0,
+        "decided_by": "offline gates",
+        "reason": "gates passed",
+        "evidence": {"pr_auc": 0.9, "prefixes": 1200, "lift": None},
+    }
+    # several pointers in one write, lines recorded apart: a promotion
+    previous = registry.set_roles("conversion", {"champion": second.version, "challenger": None})
+    assert previous == {"champion": first.version, "challenger": second.version}
+    assert registry.roles("conversion") == {"champion": second.version}
+    registry.record("conversion", "retired", first.version, "replaced", decided_by="operator")
+    assert [h["role"] for h in registry.history("conversion")] == [
+        "champion",
+        "challenger",
+        "retired",
+    ]
+    with pytest.raises(ValueError, match="history role must be one of"):
+        registry.record("conversion", "loser", first.version, "no such role")
+    with pytest.raises(ValueError, match="evidence 'table' must be a number or text"):
+        registry.record("conversion", "retired", first.version, "x", evidence={"table": [1]})
+    with pytest.raises(ValueError, match="role must be one of"):
+        registry.set_roles("conversion", {"retired": first.version})
+
+
+def test_rollout_state_round_trip(registry):
+    assert registry.rollout("conversion") is None
+    state = {"problem": "conversion", "champion": "v1", "challenger": "v2", "stage": 2}
+    registry.set_rollout("conversion", state)
+    assert registry.rollout("conversion") == state
+    assert not [p for p in registry.fs.find(registry.root) if ".tmp-" in p]
 
 
 def _read_published(target: Path, weights: dict[str, bytes], stop, seen: Counter, failures: list):

@@ -166,6 +166,7 @@ def test_experiment_from_roles_and_from_a_file():
     assert shadow.shadow == "challenger" and [v.role for v in shadow.variants] == ["champion"]
     split = resolve("conversion", None, versions, 0.25)
     assert split.weights == {"champion": 0.75, "challenger": 0.25}
+    assert [v.role for v in split.variants] == ["challenger", "champion"]  # as the controller
     assert split.name == "conversion:v1:vs:v2" and split.shadow is None
     assert resolve("conversion", None, {"challenger": "v2"}, 0.5) is None
     alone = resolve("recommender", None, {"champion": "v1"}, 0.5)
@@ -188,6 +189,9 @@ def test_experiment_from_roles_and_from_a_file():
     assert inactive.name == "ab:inactive" and inactive.weights == {"champion": 1.0}
 
 
+VALID = {"name": "a", "role": "champion", "weight": 1}
+
+
 def _with(**variant: object) -> dict:
     return {"conversion": {"name": "x", "variants": [{"name": "a", **variant}]}}
 
@@ -200,11 +204,98 @@ def _with(**variant: object) -> dict:
         (_with(role="boss", weight=1), "role"),
         (_with(role="champion", weight=0), "weight"),
         (_with(role="champion"), "weight"),
+        ({"conversion": {"name": "x", "variants": 5}}, "variants"),
+        ({"conversion": {"name": "x", "stage": 5, "variants": [VALID]}}, "stage"),
     ],
 )
 def test_experiment_file_errors_name_the_field(data, names):
     with pytest.raises(ConfigError, match=names):
         parse(data, "experiments.json")
+
+
+def ramp(stage: str, share: float, name: str = "recommender:v1:vs:v2") -> dict:
+    """The recommender experiment as the rollout controller writes it (challenger first)."""
+    return {
+        "recommender": {
+            "name": name,
+            "stage": stage,
+            "variants": [
+                {"name": "challenger", "role": "challenger", "weight": share},
+                {"name": "champion", "role": "champion", "weight": 1 - share},
+            ],
+            "shadow": None,
+        }
+    }
+
+
+def test_growing_the_challenger_only_moves_champion_sessions():
+    """The ramp keeps the name and changes the weights: every session in the challenger at 5%
+    is still there at 25% and 50%, and the shares follow the weights."""
+    ids = [f"visitor-{i}" for i in range(20_000)]
+    served: dict[float, set[str]] = {}
+    for share in (0.05, 0.25, 0.5):
+        experiment = parse(ramp(f"{share:.0%}", share), "experiments.json")["recommender"]
+        assert experiment.stage == f"{share:.0%}"
+        served[share] = {s for s in ids if experiment.assign(s).role == "challenger"}
+        assert abs(len(served[share]) / len(ids) - share) < 4 * math.sqrt(
+            share * (1 - share) / len(ids)
+        )
+    assert served[0.05] <= served[0.25] <= served[0.5]
+    # listed the other way round, growing the challenger would move sessions both ways
+    flipped = parse(ramp("25%", 0.25), "x")["recommender"]
+    flipped = Experiment(flipped.name, "recommender", flipped.variants[::-1])
+    assert not served[0.05] <= {s for s in ids if flipped.assign(s).role == "challenger"}
+
+
+def test_store_reads_the_published_experiments(tmp_path):
+    """Precedence (operator's file > experiments.json > published roles), an invalid file
+    refused and counted once, retried when its content changes, the `:inactive` rule."""
+    from serving.config import PROBLEMS
+    from serving.metrics import Metrics
+    from serving.store import ModelStore
+
+    built = publish_models(tmp_path / "home", tmp_path / "work", days=2, sessions=200)
+    published, versions = built["published"], built["versions"]
+    champion, challenger = (versions[("recommender", r)] for r in ("champion", "challenger"))
+    operator = {"conversion": {"name": "operator", "variants": [VALID]}}
+    metrics = Metrics()
+    store = ModelStore(published, PROBLEMS, metrics, parse(operator, "operator.json"))
+    file = published / "experiments.json"
+
+    def running() -> tuple[str, str | None, dict]:
+        e = store.snapshot.experiments["recommender"]
+        return e.name, e.stage, e.weights
+
+    def refusals() -> float:
+        return metrics.value("skiff_experiment_config_refusals_total")
+
+    store.refresh()
+    assert running() == (f"recommender:{champion}:shadow:{challenger}", None, {"champion": 1})
+    name = f"recommender:{champion}:vs:{challenger}"
+    both = {**ramp("5%", 0.05, name), "conversion": {"name": "ignored", "variants": [VALID]}}
+    file.write_text(json.dumps(both))
+    assert store.refresh()
+    assert running() == (name, "5%", {"challenger": 0.05, "champion": 0.95})
+    assert store.snapshot.experiments["conversion"].name == "operator"  # the operator's wins
+    assert store.refresh() == []  # same content: nothing re-read into the snapshot
+
+    before = store.snapshot
+    for bad in ("{not json", json.dumps(ramp("25%", 0)), json.dumps({"ranking": {}})):
+        file.write_text(bad)
+        assert store.refresh() == [] and store.refresh() == []
+        assert store.snapshot is before
+    assert refusals() == 3  # once per bad content, not once per reload
+    file.write_text(json.dumps(ramp("25%", 0.25, name)))
+    store.refresh()
+    assert running() == (name, "25%", {"challenger": 0.25, "champion": 0.75})
+
+    (published / "recommender" / "challenger.json").unlink()  # its role is gone
+    store.refresh()
+    assert running() == (f"{name}:inactive", None, {"champion": 1.0})
+    file.unlink()
+    store.refresh()
+    assert running() == (f"recommender:{champion}", None, {"champion": 1.0})
+    assert refusals() == 3
 
 
 def test_variant_assignment_uses_the_experiment_name():

@@ -271,7 +271,7 @@ def test_operations_endpoints(server: str, state: dict):
         'skiff_recommendations_total{path="popularity"}',
         'skiff_unknown_products_total{endpoint="recommendations"}',
         'skiff_model_errors_total{problem="recommender",role="challenger"}',
-        'skiff_experiment_weight{experiment="recs-ab",problem="recommender",'
+        'skiff_experiment_weight{experiment="recs-ab",problem="recommender",stage="",'
         'variant="treatment"} 0.5',
     ):
         assert line in text, line
@@ -462,6 +462,187 @@ def test_feedback_survives_kill_9(state: dict):
         records = _log_records(home)  # every line parses: nothing torn
     ids = [r["exposure_id"] for r in records if r["kind"] == "feedback"]
     assert exposure_id in ids and "cd" * 16 in ids
+
+
+# --- the release loop's side: experiments.json from the rollout controller, richer records --
+
+
+@pytest.fixture(scope="module")
+def ramp_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Another published state, served without an operator's file: the conversion challenger
+    raises on every call (fitted on 2 features, scored on all of them)."""
+    from ml.conversion import models
+
+    home = tmp_path_factory.mktemp("ramp")
+    built = publish_models(home, tmp_path_factory.mktemp("ramp-landing"), days=2, sessions=300)
+    broken = models.make_model("logistic")
+    broken.estimator = broken._estimator().fit([[0.0, 0.0], [1.0, 1.0]], [0, 1])
+    registry = built["registry"]
+    manifest = models.register_model(registry, broken, metrics={}, training_window={})
+    registry.assign("conversion", "challenger", manifest.version, "broken on purpose")
+    registry.publish("conversion", built["published"])
+    built["versions"][("conversion", "challenger")] = manifest.version
+    return {**built, "home": home}
+
+
+@pytest.fixture(scope="module")
+def ramp_server(ramp_state: dict) -> Iterator[str]:
+    home = ramp_state["home"]
+    with serve(home, home / "server.log") as (url, _):
+        yield url
+
+
+def _publish_experiments(published: Path, content: str) -> None:
+    """Write experiments.json the way the rollout controller does: whole, then renamed."""
+    temporary = published / "experiments.json.tmp"
+    temporary.write_text(content)
+    os.replace(temporary, published / "experiments.json")
+
+
+def _wait_for(check, what: str, seconds: float = 10) -> float:
+    """Poll `check()` until true; the seconds it took."""
+    began = time.monotonic()
+    while not check():
+        assert time.monotonic() - began < seconds, what
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def _challenger_sessions(server: str, ids: list[str], item: str) -> set[str]:
+    """The session ids (of `ids`) the server answers from the recommender challenger (4
+    clients at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def variants(part: list[str]) -> dict[str, str]:
+        with httpx.Client(base_url=server, timeout=10) as client:
+            body = {"items": [item], "k": 3}
+            return {s: client.post(RECS, json={**body, "session_id": s}).json()["variant"]
+                    for s in part}  # fmt: skip
+
+    answered: dict[str, str] = {}
+    with ThreadPoolExecutor(4) as pool:
+        for part in pool.map(variants, [ids[i::4] for i in range(4)]):
+            answered |= part
+    return {s for s, variant in answered.items() if variant == "challenger"}
+
+
+def _record(home: Path, exposure_id: str, kind: str = "exposure") -> dict:
+    key = "id" if kind == "exposure" else "exposure_id"
+    found = [r for r in _log_records(home) if r["kind"] == kind and r.get(key) == exposure_id]
+    assert len(found) == 1, (kind, exposure_id, found)
+    return found[0]
+
+
+def test_records_carry_what_the_release_loop_reads(ramp_server: str, ramp_state: dict):
+    """Exposures log stage, latency, error and the request's history; the conversion
+    challenger runs in shadow (the default) and its failures are logged as shadow errors."""
+    home, viewed = ramp_state["home"], ramp_state["sessions"][0][:3]
+    events = _events(7)  # 2 of them add to cart
+    scored = httpx.post(f"{ramp_server}{SCORE}", json={"session_id": "rich", "events": events})
+    assert scored.status_code == 200, scored.text
+    exposure = _record(home, scored.json()["exposure_id"])
+    assert exposure["probability"] == scored.json()["probability"]
+    assert (exposure["stage"], exposure["error"]) == (None, False)
+    assert (exposure["history_events"], exposure["history_adds"]) == (7, 2)
+    assert 0 < exposure["latency_ms"] < 5_000
+    recs = httpx.post(f"{ramp_server}{RECS}", json={"session_id": "rich", "items": viewed})
+    record = _record(home, recs.json()["exposure_id"])
+    assert record["path"] == "model" and record["items"] == recs.json()["items"]
+    assert (record["history_events"], record["history_adds"], record["error"]) == (3, 0, False)
+    assert record["latency_ms"] > 0
+    _wait_for(
+        lambda: any(r.get("exposure_id") == exposure["id"] for r in _log_records(home)),
+        "no shadow record",
+    )
+    shadow = _record(home, exposure["id"], "shadow")
+    assert shadow["role"] == "challenger" and shadow["error"] is True
+    assert "probability" not in shadow and shadow["latency_ms"] >= 0
+
+
+def test_published_experiments_ramp_the_challenger(ramp_server: str, ramp_state: dict):
+    """experiments.json moves traffic within a reload and only champion sessions move; an
+    invalid file keeps the running weights and is counted; a failing model call is a 500
+    logged with error=true; a removed file falls back to the published roles."""
+    home, published, versions = ramp_state["home"], ramp_state["published"], ramp_state["versions"]
+    champion, challenger = (versions[("recommender", r)] for r in ("champion", "challenger"))
+    name = f"recommender:{champion}:vs:{challenger}"
+    item, viewed = ramp_state["sessions"][1][0], ramp_state["sessions"][0][:3]
+    ids = [f"shopper-{i}" for i in range(2_000)]
+
+    def stage() -> str | None:
+        return httpx.get(f"{ramp_server}/readyz").json()["experiments"]["recommender"]["stage"]
+
+    def ramp(share: float, label: str) -> str:
+        spec = {
+            "name": name,
+            "stage": label,
+            "variants": [
+                {"name": "challenger", "role": "challenger", "weight": share},
+                {"name": "champion", "role": "champion", "weight": 1 - share},
+            ],
+            "shadow": None,
+        }
+        conversion = {**spec, "name": "conversion-ramp", "stage": "50%"}
+        conversion["variants"] = [{**v, "weight": 0.5} for v in spec["variants"]]
+        return json.dumps({"recommender": spec, "conversion": conversion})
+
+    assert _challenger_sessions(ramp_server, ids, item) == set()  # shadow mode: none shown
+    served = {}
+    for share, label in ((0.05, "5%"), (0.25, "25%")):
+        _publish_experiments(published, ramp(share, label))
+        took = _wait_for(lambda label=label: stage() == label, f"{label} not applied")
+        assert took < 2  # the server reloads every 0.2 s
+        served[share] = _challenger_sessions(ramp_server, ids, item)
+        weights = [("challenger", share), ("champion", 1 - share)]
+        assert served[share] == {s for s in ids if stats.assign(name, s, weights) == "challenger"}
+        assert abs(len(served[share]) / len(ids) - share) < 4 * math.sqrt(share * (1 - share) / 2e3)
+    assert served[0.05] <= served[0.25]
+    metrics = httpx.get(f"{ramp_server}/metrics").text
+    gauge = f'skiff_experiment_weight{{experiment="{name}",problem="recommender",stage="25%",'
+    assert gauge + 'variant="challenger"} 0.25' in metrics
+
+    # an exposure of the 25% stage carries it; the broken challenger's fallback is an error
+    sid = sorted(served[0.25])[0]
+    recs = httpx.post(f"{ramp_server}{RECS}", json={"session_id": sid, "items": viewed}).json()
+    record = _record(home, recs["exposure_id"])
+    assert (record["stage"], record["role"], record["path"], record["error"]) == (
+        "25%",
+        "challenger",
+        "item_lookup",
+        True,
+    )
+    assert record["weights"] == {"challenger": 0.25, "champion": 0.75}
+
+    # the conversion challenger raises: a 500, and an exposure with error=true, no answer
+    weights = [("challenger", 0.5), ("champion", 0.5)]
+    sid = next(s for s in ids if stats.assign("conversion-ramp", s, weights) == "challenger")
+    errors = 'skiff_model_errors_total{problem="conversion",role="challenger"}'
+    failed = httpx.post(f"{ramp_server}{SCORE}", json={"session_id": sid, "events": _events(4)})
+    assert failed.status_code == 500
+    (record,) = [
+        r
+        for r in _log_records(home)
+        if r.get("problem") == "conversion" and r.get("session_id") == sid
+    ]
+    assert (record["role"], record["error"], record["stage"]) == ("challenger", True, "50%")
+    assert "probability" not in record and record["history_events"] == 4
+    assert record["latency_ms"] > 0
+    assert errors in httpx.get(f"{ramp_server}/metrics").text
+
+    # an invalid file is refused: the 25% weights keep running; a fixed file is applied
+    refused = "skiff_experiment_config_refusals_total 1.0"
+    _publish_experiments(published, ramp(0.5, "50%").replace('"weight": 0.5', '"weight": -1'))
+    _wait_for(lambda: refused in httpx.get(f"{ramp_server}/metrics").text, "not refused")
+    assert stage() == "25%"
+    assert _challenger_sessions(ramp_server, ids, item) == served[0.25]
+    _publish_experiments(published, ramp(0.5, "50%"))
+    _wait_for(lambda: stage() == "50%", "the fixed file was not applied")
+
+    (published / "experiments.json").unlink()
+    _wait_for(lambda: stage() is None, "the removed file still runs")
+    running = httpx.get(f"{ramp_server}/readyz").json()["experiments"]["recommender"]
+    assert running["name"] == f"recommender:{champion}:shadow:{challenger}"
+    assert refused in httpx.get(f"{ramp_server}/metrics").text
 
 
 def _load(server: str, stop: threading.Event, outcomes: list, versions: Counter, viewed) -> None:

@@ -24,6 +24,7 @@ def test_everything_lives_under_skiff_home(settings):
         ("SKIFF_TIMEZONE", "Mars/Olympus", "is not an IANA time zone"),
         ("SKIFF_NIGHTLY_CRON", "at three", "is not a five-field cron"),
         ("SKIFF_NIGHTLY_CRON", "61 3 * * *", "is not a five-field cron"),  # Dagster refuses
+        ("SKIFF_RELEASE_CRON", "every hour", "is not a five-field cron"),
         ("SKIFF_DRIFT_PERSISTENCE_DAYS", "0", "at least 1"),
         ("SKIFF_RETRAIN_TRAIN_DAYS", "two weeks", "at least 1"),
     ],

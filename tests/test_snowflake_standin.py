@@ -4,7 +4,8 @@ marts and the conversion model (training set, candidates, evaluation with its le
 champion, a day of predictions) once on the local DuckDB and once with SKIFF_ENV=prod (the dbt
 `snowflake` target, the Snowflake warehouse resource); every table must hold the same rows,
 the training set must split the same, and the day's predictions must be as many, with the
-champion's version, in both warehouses.
+champion's version, in both warehouses; a server log goes through the release loop (raw log
+tables, experiment marts, experiment_results) to the same marts and the same numbers.
 
 What this proves: the prod switch, the Snowflake connection settings, the Snowflake dispatch
 macros, the SQL and the Python assets' reads and writes run through the Snowflake connector and
@@ -37,8 +38,9 @@ from orchestration.conversion.config import (
 from orchestration.conversion.files import training_set_dir
 from orchestration.dbt.project import build_dbt_project, dbt_cli
 from orchestration.definitions import SCORE_DAYS, build_definitions
+from orchestration.partitions import partition_range_tags
 from orchestration.resources import build_warehouse
-from orchestration.runs import SUMMARY_TABLES, partition_range_tags, run_days
+from orchestration.runs import SUMMARY_TABLES, run_days
 from skiff.settings import Settings, ensure_home, load_settings
 from tests.servers import free_port, running, wait_for_port
 
@@ -112,6 +114,45 @@ def _conversion(settings: Settings) -> dict:
     }
 
 
+def _experiments(settings: Settings) -> dict:
+    """A server log written into `settings.home`, then one run of the release loop on it: the
+    marts' row counts and the recommender experiment's numbers."""
+    import numpy as np
+
+    from orchestration.definitions import RELEASE_LOOP
+    from orchestration.experiments.assets import RESULTS
+    from serving.eventlog import EventLog
+    from tests.test_experiments import _simulate
+
+    log = EventLog(settings.home / "serving")
+    shares, ctr = {"control": 0.5, "treatment": 0.5}, {"control": 0.1, "treatment": 0.2}
+    _simulate(log, "recommender", "recs-ab", shares, ctr, 400, np.random.default_rng(3))
+    log.close()
+    with DagsterInstance.get() as instance:
+        result = (
+            build_definitions(settings)
+            .resolve_job_def(RELEASE_LOOP)
+            .execute_in_process(
+                instance=instance,
+                partition_key=dt.datetime.now(dt.UTC).date().isoformat(),
+                raise_on_error=False,
+            )
+        )
+    _succeeded(result, f"{RELEASE_LOOP} ({settings.env})")
+    metadata = result.asset_materializations_for_node(RESULTS)[0].metadata
+    warehouse = build_warehouse(settings)
+    counts = {
+        table: int(
+            warehouse.query(f"select count(*) as n from {warehouse.models_schema}.{table}").iloc[0][
+                "n"
+            ]
+        )
+        for table in ("experiment_exposures", "experiment_sessions")
+    }
+    numbers = ("recommender_sessions", "recommender_ctr_difference", "recommender_srm_p_value")
+    return {**counts, **{k: round(metadata[k].value, 9) for k in numbers}}
+
+
 def _succeeded(result, what: str) -> None:
     failures = [
         f"{e.step_key}: {e.step_failure_data.error.message}"
@@ -141,6 +182,7 @@ def test_same_rows_on_duckdb_and_on_the_snowflake_standin(
     assert run_days(settings, DAYS[0], DAYS[-1])
     local = _counts(settings)
     local_model = _conversion(settings)
+    local_experiments = _experiments(settings)
 
     prod_home = tmp_path / "prod"
     for name, value in {
@@ -179,6 +221,9 @@ def test_same_rows_on_duckdb_and_on_the_snowflake_standin(
     for model in (local_model, prod_model):
         assert model["predictions"] == {model["champion"]: model["examples"]}, model
     assert prod_model["examples"] == local_model["examples"] > 0
+
+    # the experiment data through the stand-in: the same server log -> the same marts and evidence
+    assert _experiments(prod) == local_experiments
 
     # every model, test and macro compiles for the Snowflake target
     compiled = dbt_cli(build_dbt_project(prod)).cli(["compile"], raise_on_error=False).wait()

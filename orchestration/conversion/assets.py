@@ -281,6 +281,8 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 "test_day": chosen["window"]["test_day"],
                 "metrics": chosen["test"],
                 "gates": {n: list(v) for n, v in outcome.items()},
+                # the champion step checks other candidates' calibration against the same limit
+                "max_calibration_error": config.max_calibration_error,
                 "leaderboard": leaderboard,
                 "selection": selection_table(results),
             },

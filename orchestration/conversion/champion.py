@@ -1,6 +1,15 @@
-"""What the conversion champion does: promotion through the gates (published for the server),
-then the champion's purchase probabilities for every session prefix of each day."""
+"""What the conversion champion does: the offline side of release by evidence (`ml.release`),
+then the champion's purchase probabilities for every session prefix of each day.
 
+`conversion_champion` never promotes. Without a champion it bootstraps one at once (a small
+shop is served from day one, a baseline included); with one, the chosen candidate that passes
+every gate and scores at least as well as the champion on the same test day is admitted as
+challenger, and the rollout controller ramps it on live traffic. A challenger in its rollout is
+not replaced by a newer candidate (the experiment would restart every night); an operator's
+override (`challenger`) replaces it. Both roles are published for the server.
+"""
+
+import functools
 from typing import Any
 
 from dagster import (
@@ -15,6 +24,8 @@ from dagster import (
 
 from ml.conversion import gates
 from orchestration.conversion.config import (
+    ALGORITHMS,
+    BOOTSTRAP_MODES,
     CHAMPION,
     EVALUATION,
     EXAMPLES,
@@ -22,12 +33,91 @@ from orchestration.conversion.config import (
     PREDICTION_COLUMNS,
     PREDICTIONS,
     PROBLEM,
+    ChampionConfig,
 )
-from orchestration.conversion.files import evaluation_path, read_json, split_frames
+from orchestration.conversion.files import candidate_path, evaluation_path, read_json, split_frames
 from orchestration.partitions import partition_days
 from orchestration.policy import asset, warehouse_asset
 from orchestration.sql import date_sql
 from skiff.settings import Settings
+
+Results = dict[str, dict[str, Any]]
+
+
+def safety(evaluation: dict, results: Results, algorithm: str) -> gates.Gate:
+    """The gates no model skips: leakage (one training set for all) and its own calibration."""
+    leak_passed, leak_reason = evaluation["gates"]["no_leakage"]
+    if not leak_passed:
+        return False, f"no_leakage: {leak_reason}"
+    limit = evaluation.get("max_calibration_error", gates.MAX_CALIBRATION_ERROR)
+    passed, reason = gates.calibration_bounded(results[algorithm]["test"], limit)
+    return passed, reason if passed else f"calibration_bounded: {reason}"
+
+
+def first_champion(
+    evaluation: dict, results: Results, mode: str
+) -> tuple[str | None, str | None, str]:
+    """Who serves a problem without a champion: (champion, challenger, reason), as algorithms.
+
+    The chosen candidate qualifies when every gate passes (so it beats logistic regression);
+    logistic regression when it passes leakage and calibration and beats the majority
+    baseline's PR AUC. "best" takes the candidate first; "baseline" takes logistic regression
+    first and admits a qualifying candidate as challenger at once."""
+    best = evaluation["best"]
+    failed = [f"{name}: {why}" for name, (ok, why) in evaluation["gates"].items() if not ok]
+    logistic, majority = (
+        results["logistic"]["test"]["pr_auc"],
+        results["majority"]["test"]["pr_auc"],
+    )
+    safe, why = safety(evaluation, results, "logistic")
+    beats = logistic > majority
+    qualified = {
+        best: (not failed, "; ".join(failed) or "every gate passed"),
+        "logistic": (
+            safe and beats,
+            why
+            if not safe
+            else f"PR AUC {logistic:.4f} {'>' if beats else '<='} the majority "
+            f"baseline's {majority:.4f}; {why}",
+        ),
+    }
+    order = [best, "logistic"] if mode == "best" else ["logistic", best]
+    champion = next((a for a in order if qualified[a][0]), None)
+    challenger = (
+        best if champion == "logistic" and mode == "baseline" and qualified[best][0] else None
+    )
+    return champion, challenger, "; ".join(f"{a}: {qualified[a][1]}" for a in order)
+
+
+def _champion_metrics(context, registry, current, settings: Settings) -> dict[str, float] | None:
+    """The current champion scored on this run's test day, so both face the same sessions."""
+    from ml.conversion import dataset, features, metrics, models
+    from ml.registry import ArtifactError
+
+    try:
+        model = models.load_registered(registry, current.version)
+    except ArtifactError as exc:
+        context.log.warning(f"current champion {current.version} unusable: {exc}")
+        return None
+    test = features.batch_from_frame(split_frames(settings)["test"])
+    return metrics.scores(
+        dataset.labels(test.events),
+        model.predict_proba(test),
+        float(current.metrics.get("threshold", 0.5)),
+    )
+
+
+def _evidence(evaluation: dict, results: Results, algorithm: str, champion: dict | None) -> dict:
+    test = results[algorithm]["test"]
+    numbers = {
+        "test_day": evaluation["test_day"],
+        "algorithm": algorithm,
+        **{m: float(test[m]) for m in ("pr_auc", "roc_auc", "ece")},
+        "logistic_pr_auc": float(results["logistic"]["test"]["pr_auc"]),
+    }
+    if champion is not None:
+        numbers["champion_pr_auc"] = float(champion["pr_auc"])
+    return numbers
 
 
 def build_champion_asset(settings: Settings) -> AssetsDefinition:
@@ -36,61 +126,126 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
         deps=[EVALUATION],
         group_name=GROUP,
         kinds={"python"},
-        description="Promotion: the best candidate becomes champion only when every gate "
-        "passes and it scores at least as well as the current champion on the same test day; "
-        "otherwise the champion stays and the metadata says why. Publishes for the server.",
+        description="Release by evidence, offline side: bootstraps a first champion (the best "
+        "model passing leakage and calibration, a baseline counts); otherwise admits the "
+        "candidate that passes every gate and beats the champion on the same test day as "
+        "challenger, for the rollout controller to ramp. Publishes both roles for the server.",
     )
-    def conversion_champion(context: AssetExecutionContext) -> MaterializeResult:
-        from ml.conversion import dataset, features, metrics, models
-        from ml.registry import ArtifactError, Registry
+    def conversion_champion(
+        context: AssetExecutionContext, config: ChampionConfig
+    ) -> MaterializeResult:
+        from ml import release
+        from ml.registry import Registry
 
+        if config.bootstrap not in BOOTSTRAP_MODES:
+            raise Failure(
+                description=f"bootstrap must be one of {BOOTSTRAP_MODES}, got {config.bootstrap!r}",
+                allow_retries=False,
+            )
+        if config.challenger and config.challenger not in ALGORITHMS:
+            raise Failure(
+                description=f"challenger {config.challenger!r} is not a model; have {ALGORITHMS}",
+                allow_retries=False,
+            )
         evaluation = read_json(evaluation_path(settings))
+        results = {a: read_json(candidate_path(settings, a)) for a in ALGORITHMS}
         registry = Registry(settings.registry)
-        candidate = evaluation["version"]
+        url = str(settings.published)
+        before = registry.roles(PROBLEM)
         current = registry.role(PROBLEM, "champion")
-        champion_metrics: dict[str, float] | None = None
-        note = ""
-        if current is not None and current.version != candidate:
-            try:
-                model = models.load_registered(registry, current.version)
-                test = features.batch_from_frame(split_frames(settings)["test"])
-                champion_metrics = metrics.scores(
-                    dataset.labels(test.events),
-                    model.predict_proba(test),
-                    float(current.metrics.get("threshold", 0.5)),
+        best, candidate = evaluation["best"], evaluation["version"]
+        champion_metrics = None
+        decided_by = "offline gates"
+
+        admit = functools.partial(release.admit, registry, url, PROBLEM)
+
+        def refuse(why: str):
+            raise Failure(description=f"override refused: {why}", allow_retries=False)
+
+        if config.challenger:
+            name, decided_by = config.challenger, "operator/override"
+            version = results[name]["version"]
+            if current is None:
+                refuse("no champion to challenge yet; materialize once without `challenger`")
+            if version in before.values():
+                refuse(f"{name} ({version}) is already the {PROBLEM} champion or challenger")
+            passed, why = safety(evaluation, results, name)
+            if not passed:
+                refuse(f"{name} fails {why}")
+            reason = f"operator override: {name} admitted without the 'better than' gates; {why}"
+            admit(
+                version,
+                reason,
+                decided_by=decided_by,
+                evidence=_evidence(evaluation, results, name, None),
+            )
+            decision = "admitted as challenger (override)"
+        elif current is None:
+            first, second, why = first_champion(evaluation, results, config.bootstrap)
+            if first is None:
+                decision, reason = "no champion", f"nothing qualifies as first champion — {why}"
+            else:
+                decision, decided_by = "bootstrap", "bootstrap"
+                reason = f"first champion ({config.bootstrap}): {first} — {why}"
+                release.bootstrap(
+                    registry,
+                    url,
+                    PROBLEM,
+                    results[first]["version"],
+                    reason,
+                    evidence=_evidence(evaluation, results, first, None),
                 )
-            except ArtifactError as exc:
-                note = f" (current champion {current.version} unusable: {exc})"
-                context.log.warning(note)
-        gate_results = {name: tuple(value) for name, value in evaluation["gates"].items()}
-        if current is not None and current.version == candidate:
-            promoted, reason = False, f"{candidate} is already the champion"
+            if second is not None:
+                why = (
+                    f"{second} passed every gate: {evaluation['gates']['beats_logistic_pr_auc'][1]}"
+                )
+                admit(
+                    results[second]["version"],
+                    why,
+                    evidence=_evidence(evaluation, results, second, None),
+                )
+                decision += " + admitted as challenger"
+        elif candidate in before.values():
+            role = next(r for r, v in before.items() if v == candidate)
+            decision, reason = "unchanged", f"{candidate} is already the {role}"
         else:
+            champion_metrics = _champion_metrics(context, registry, current, settings)
             versus = gates.at_least_as_good(evaluation["metrics"], champion_metrics)
-            promoted, reason = gates.promotion(gate_results, versus)
-        reason += note
-        if promoted:
-            registry.assign(PROBLEM, "champion", candidate, reason)
-            if current is not None and current.version != candidate:
-                registry.assign(PROBLEM, "challenger", current.version, f"replaced by {candidate}")
-        elif all(passed for passed, _ in gate_results.values()) and (
-            current is None or current.version != candidate
-        ):
-            registry.assign(PROBLEM, "challenger", candidate, f"not promoted: {reason}")
-        published = registry.publish(PROBLEM, settings.published)
+            results_of_gates = {n: tuple(v) for n, v in evaluation["gates"].items()}
+            admitted, reason = gates.promotion(results_of_gates, versus)
+            rollout = release.load_state(registry, PROBLEM)
+            if admitted and rollout.challenger is not None:
+                admitted = False
+                reason += (
+                    f", but challenger {rollout.challenger} is still in its rollout (stage "
+                    f"{rollout.stage_name}): the candidate waits for its promotion or rollback"
+                )
+            decision = "admitted as challenger" if admitted else "kept"
+            if admitted:
+                admit(
+                    candidate,
+                    reason,
+                    evidence=_evidence(evaluation, results, best, champion_metrics),
+                )
+        context.log.info(f"{decision}: {reason}")
+        roles = registry.roles(PROBLEM)
         champion = registry.role(PROBLEM, "champion")
-        context.log.info(f"{'promoted' if promoted else 'kept'}: {reason}")
         metadata: dict[str, Any] = {
-            "promoted": promoted,
+            "decision": MetadataValue.text(decision),
+            "promoted": roles.get("champion") != before.get("champion"),  # only a bootstrap
+            "decided_by": MetadataValue.text(decided_by),
             "reason": MetadataValue.text(reason),
             "candidate_version": MetadataValue.text(candidate),
-            "champion_version": MetadataValue.text(champion.version if champion else "none"),
-            "challenger_version": MetadataValue.text(published.get("challenger", "none")),
+            "candidate_role": MetadataValue.text(
+                next((r for r, v in roles.items() if v == candidate), "none")
+            ),
+            "champion_version": MetadataValue.text(roles.get("champion", "none")),
+            "challenger_version": MetadataValue.text(roles.get("challenger", "none")),
             "test_day": MetadataValue.text(evaluation["test_day"]),
             "candidate_pr_auc": float(evaluation["metrics"]["pr_auc"]),
         }
         if champion_metrics is not None:
-            metadata["previous_champion_pr_auc"] = float(champion_metrics["pr_auc"])
+            metadata["champion_pr_auc"] = float(champion_metrics["pr_auc"])
         if champion is not None:
             metadata["champion_algorithm"] = MetadataValue.text(champion.algorithm)
         return MaterializeResult(metadata=metadata)

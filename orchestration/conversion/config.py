@@ -101,3 +101,23 @@ class EvaluationConfig(Config):
         description="Gate: sessions (half of them buyers) whose features are recomputed from "
         "int_events_sessionized cut strictly before the purchase.",
     )
+
+
+BOOTSTRAP_MODES = ("best", "baseline")
+
+
+class ChampionConfig(Config):
+    bootstrap: str = Field(
+        default="best",
+        description="Without a champion: 'best' makes the best model that passes the leakage "
+        "and calibration gates champion at once (the chosen candidate if it passes every gate, "
+        "else logistic regression if it beats the majority baseline); 'baseline' makes logistic "
+        "regression champion and admits the chosen candidate as challenger if it passes every "
+        "gate, so a known-better model earns its traffic.",
+    )
+    challenger: str = Field(
+        default="",
+        description="Operator override: admit this model (majority, logistic, hgb, gru) as "
+        "challenger even if it does not beat logistic regression or the champion offline; "
+        "leakage and calibration must still pass. Recorded as decided by operator/override.",
+    )

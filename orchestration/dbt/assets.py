@@ -1,6 +1,11 @@
 """The dbt project as Dagster assets: staging -> intermediate -> marts, tests as asset checks.
 
-The dbt models are daily-partitioned like the raw tables. A run passes its day range to dbt as
+Two assets. `skiff_dbt_models`: the browsing data's models, daily-partitioned like the raw
+tables. `experiment_dbt_models`: the serving log's models (dbt tag `experiments`),
+unpartitioned tables rebuilt from the whole raw log, run by the hourly rollout loop apart from
+the nightly run; the daily asset excludes them.
+
+The daily models are partitioned by day. A run passes its day range to dbt as
 `--vars {"start_day", "end_day"}`; the incremental models rebuild those days, so the nightly
 run costs one day and a backfill of many days is one dbt invocation. Session-grain models
 (session_day, the day a visit starts) also rebuild the day before the range, which the range's
@@ -21,7 +26,13 @@ from dagster import (
     BackfillPolicy,
     TimeWindowPartitionsDefinition,
 )
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
 
 from orchestration.dbt.project import ensure_manifest
 from orchestration.partitions import partition_days
@@ -29,21 +40,30 @@ from orchestration.policy import RETRIES, WAREHOUSE_POOL
 
 # Partitioned by session_day: a run rewrites the day before its range too.
 SESSION_GROUPS = ("intermediate", "marts")
+EXPERIMENT_MODELS = "tag:experiments"
 
 
 class SkiffDbtTranslator(DagsterDbtTranslator):
-    """Sources keep the asset keys of the ingestion assets that write them; groups follow the
-    dbt folders."""
+    """Sources keep the asset keys of the Python assets that write them: the `dagster:
+    asset_key` of the source's meta when it has one (one asset writes several tables), else the
+    table's name. Groups follow the dbt folders."""
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
         if dbt_resource_props["resource_type"] == "source":
-            return AssetKey(dbt_resource_props["name"])
+            meta = dbt_resource_props.get("source_meta", {}).get("dagster", {})
+            return AssetKey(meta.get("asset_key") or dbt_resource_props["name"])
         return super().get_asset_key(dbt_resource_props)
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         fqn = dbt_resource_props.get("fqn", [])
         # fqn = [project, folder, ..., model]: the folder is the layer
         return fqn[1] if len(fqn) > 2 else "dbt"
+
+
+# The serving log's tables are all written by one asset, so their sources share its key.
+TRANSLATOR = SkiffDbtTranslator(
+    settings=DagsterDbtTranslatorSettings(enable_duplicate_source_asset_keys=True)
+)
 
 
 def build_dbt_assets(
@@ -54,7 +74,8 @@ def build_dbt_assets(
     @dbt_assets(
         manifest=manifest,
         project=project,
-        dagster_dbt_translator=SkiffDbtTranslator(),
+        dagster_dbt_translator=TRANSLATOR,
+        exclude=EXPERIMENT_MODELS,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
@@ -68,15 +89,38 @@ def build_dbt_assets(
         # Unit tests check SQL logic, not data: they run in CI (tests/test_dbt_project.py), not
         # in every partition run.
         args = ["build", "--vars", json.dumps(dbt_vars), "--exclude-resource-type", "unit_test"]
-        invocation = dbt.cli(args, context=context)
-        yield from invocation.stream()
-        # Each invocation writes its own target folder; once it succeeded, its events are in
-        # Dagster and the folder is only disk (kept on failure, for debugging).
-        if invocation.is_successful():
-            shutil.rmtree(invocation.target_path, ignore_errors=True)
+        yield from _build(dbt, context, args)
         yield from completed_days(context, partitions_def, days[0] - dt.timedelta(days=1))
 
     return skiff_dbt_models
+
+
+def build_experiment_dbt_assets(project: DbtProject) -> AssetsDefinition:
+    """experiment_exposures and experiment_sessions (and their staging views), downstream of
+    the `serving_log` asset; unpartitioned: each run rebuilds them from every log day loaded."""
+
+    @dbt_assets(
+        manifest=ensure_manifest(project),
+        project=project,
+        dagster_dbt_translator=TRANSLATOR,
+        select=EXPERIMENT_MODELS,
+        pool=WAREHOUSE_POOL,
+        retry_policy=RETRIES,
+        name="experiment_dbt_models",
+    )
+    def experiment_dbt_models(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator:
+        yield from _build(dbt, context, ["build", "--exclude-resource-type", "unit_test"])
+
+    return experiment_dbt_models
+
+
+def _build(dbt: DbtCliResource, context: AssetExecutionContext, args: list[str]) -> Iterator:
+    invocation = dbt.cli(args, context=context)
+    yield from invocation.stream()
+    # Each invocation writes its own target folder; once it succeeded, its events are in
+    # Dagster and the folder is only disk (kept on failure, for debugging).
+    if invocation.is_successful():
+        shutil.rmtree(invocation.target_path, ignore_errors=True)
 
 
 def completed_days(

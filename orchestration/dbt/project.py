@@ -24,15 +24,14 @@ def dbt_cli(project: DbtProject) -> DbtCliResource:
     )
 
 
+# dbt's own output: runs write and remove folders there while other processes look for sources
+_NOT_SOURCES = {"target", "logs", "dbt_packages"}
+
+
 def _dbt_sources_newer_than(manifest: Path) -> bool:
-    newest = max(
-        (
-            p.stat().st_mtime
-            for p in DBT_PROJECT_DIR.rglob("*")
-            if p.suffix in {".sql", ".yml"} and "target" not in p.relative_to(DBT_PROJECT_DIR).parts
-        ),
-        default=0.0,
-    )
+    tops = [p for p in DBT_PROJECT_DIR.iterdir() if p.name not in _NOT_SOURCES]
+    files = [f for top in tops for f in ([top] if top.is_file() else top.rglob("*"))]
+    newest = max((f.stat().st_mtime for f in files if f.suffix in {".sql", ".yml"}), default=0.0)
     return newest > manifest.stat().st_mtime
 
 

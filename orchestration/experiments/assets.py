@@ -1,11 +1,12 @@
 """Online experiments in Dagster: what the server's champion/challenger traffic showed.
 
-`experiment_results` reads the server's event log (`$SKIFF_HOME/serving/events-*.jsonl`:
-exposures, shadow scores and feedback) and, per experiment and variant, shows sessions,
-exposures, click-through and conversion, the challenger's lift over the champion with
-confidence intervals, a sample-ratio-mismatch check and a recommendation (promote, keep,
-stop). It only recommends: the registry's roles still change only through the gates of the
-model assets. The statistics are `ml.experiments`.
+`experiment_results` reads the marts `experiment_sessions` and `experiment_exposures` (built
+by dbt from the server's log, `serving_log`) and, per experiment and variant, shows sessions,
+exposures, click-through, conversion, error rate and p99 latency, the challenger's lift over
+the champion with always-valid intervals (and the fixed-horizon ones beside them), and a
+sample-ratio check against the weights in force in each period. It decides nothing: each
+problem's rollout controller (`rollout.py`) reads the same marts and decides. The statistics
+are `ml.experiments`.
 """
 
 import datetime as dt
@@ -24,7 +25,14 @@ from dagster import (
 from pydantic import Field
 
 from ml import experiments as stats
-from orchestration.policy import asset
+from orchestration.experiments.rollout import (
+    EXPOSURES,
+    PROBLEMS,
+    SESSIONS,
+    build_rollout_asset,
+)
+from orchestration.policy import warehouse_asset
+from orchestration.sql import date_sql
 from skiff.settings import Settings
 from skiff.urls import report_url
 
@@ -35,21 +43,19 @@ SRM_CHECK = "sample_ratio_matches"
 
 class ExperimentResultsConfig(Config):
     days: int = Field(default=0, description="Read the log of the last N days only; 0 = all.")
-    confidence: float = Field(default=stats.CONFIDENCE, description="Of the lift intervals.")
-    min_sessions: int = Field(
-        default=stats.MIN_SESSIONS,
-        description="Sessions each variant needs before a recommendation other than keep.",
+    alpha: float = Field(
+        default=stats.ALPHA, description="1 - the level of the always-valid intervals."
     )
     srm_alpha: float = Field(
         default=stats.SRM_ALPHA, description="A sample-ratio p-value below this is a mismatch."
     )
 
 
-def _pct(value: float) -> str:
+def _pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2%}"
 
 
-def _interval(row, metric: str) -> str:
+def _interval(row: dict, metric: str) -> str:
     lift = row.get(f"{metric}_lift")
     if lift is None or math.isnan(lift):
         return "-"
@@ -57,128 +63,138 @@ def _interval(row, metric: str) -> str:
     return f"{lift:+.1%} ({low:+.1%} .. {high:+.1%}), p {row[f'{metric}_p_value']:.3g}"
 
 
-def results_markdown(results: list[stats.ExperimentResult], confidence: float) -> str:
-    """One section per experiment: its variants as a table, the SRM check, the decision."""
+def _ms(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.1f}"
+
+
+def results_markdown(results: list[stats.ExperimentResult], alpha: float) -> str:
+    """One section per experiment: its variants as a table and the sample-ratio check."""
     if not results:
-        return "No exposures in the serving log yet: send traffic to `skiff serve`."
+        return "No exposures in the experiment marts yet: send traffic to `skiff serve`."
+    level = f"{1 - alpha:.0%}"
     parts = []
     for r in results:
-        header = (
-            "| variant | role | weight | sessions | exposures | CTR | conversion "
-            f"| CTR lift ({confidence:.0%} CI) | conversion lift ({confidence:.0%} CI) |"
-        )
-        lines = [header, "|---|---|---:|---:|---:|---:|---:|---|---|"]
+        lines = [
+            "| variant | role | weight | sessions | exposures | CTR | conversion | errors "
+            f"| p99 ms | CTR lift ({level} always valid) "
+            f"| conversion lift ({level} always valid) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
         for row in r.variants.to_dict("records"):
             lines.append(
                 f"| {row['variant']} | {row.get('role') or '-'} | {row['weight']:.2f} "
                 f"| {int(row['sessions']):,} | {int(row['exposures']):,} | {_pct(row.get('ctr'))} "
-                f"| {_pct(row.get('conversion'))} | {_interval(row, 'ctr')} "
+                f"| {_pct(row.get('conversion'))} | {_pct(row.get('error_rate'))} "
+                f"| {_ms(row.get('p99_latency_ms'))} | {_interval(row, 'ctr')} "
                 f"| {_interval(row, 'conversion')} |"
             )
+        e = r.evidence
         parts.append(
-            f"### {r.problem}: `{r.experiment}`\n\n{r.first_at} .. {r.last_at}; primary metric "
-            f"**{r.primary}**; {r.shadow_scores:,} shadow scores\n\n"
-            + "\n".join(lines)
-            + f"\n\nSample ratio: chi-square {r.srm_statistic:.2f}, p {r.srm_p_value:.3g}\n\n"
-            f"**Recommendation: {r.decision.upper()}** — {r.reason}"
+            f"### {r.problem}: `{r.experiment}`\n\n{e.first_at} .. {e.last_at}; stage "
+            f"{e.stage or '-'}; primary metric **{r.primary}**; {e.shadow_scores:,} shadow "
+            "scores\n\n" + "\n".join(lines) + f"\n\nSample ratio (weights in force per "
+            f"period): p {e.srm_p_value:.3g}"
         )
-    parts.append("_A recommendation only: champions change through the gates of the model assets._")
+    parts.append("_The rollout controllers (`*_rollout`) decide on these numbers._")
     return "\n\n".join(parts)
 
 
+def _read(warehouse, days: int):
+    schema = warehouse.models_schema
+    where = ""
+    if days > 0:
+        first = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days - 1)
+        where = f" where first_at >= {date_sql(first)}"
+    sessions = warehouse.query(f"select * from {schema}.{SESSIONS}{where}")
+    exposures = warehouse.query(
+        "select problem, experiment, stage, variant, role, latency_ms, error, shadow_scored,"
+        f" exposed_at as at from {schema}.{EXPOSURES}"
+        + (where.replace("first_at", "exposed_at") if where else "")
+    )
+    return sessions, exposures
+
+
 def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
-    log_folder = settings.home / "serving"
     report = settings.reports / "experiments" / "results.md"
 
-    @asset(
+    @warehouse_asset(
         name=RESULTS,
         group_name=GROUP,
-        deps=["conversion_champion", "recommender_champion"],
+        deps=[SESSIONS, EXPOSURES],
         kinds={"python"},
         check_specs=[
             AssetCheckSpec(
                 SRM_CHECK,
                 asset=RESULTS,
-                description="Sessions per variant match the configured traffic weights "
-                "(chi-square); a mismatch means broken assignment or logging.",
+                description="Sessions per variant match the traffic weights in force in each "
+                "period (chi-square); a mismatch means broken assignment or logging.",
             )
         ],
         description="Per experiment and variant of the server's traffic: exposures, "
-        "click-through, conversion, lift with confidence intervals, sample-ratio check and a "
-        "recommendation (promote, keep, stop). Reads $SKIFF_HOME/serving/events-*.jsonl.",
+        "click-through, conversion, errors, p99 latency, lift with always-valid intervals and "
+        "a sample-ratio check, from the experiment marts. Decides nothing (see *_rollout).",
     )
     def experiment_results(context: AssetExecutionContext, config: ExperimentResultsConfig):
-        since = (
-            dt.datetime.now(dt.UTC).date() - dt.timedelta(days=config.days - 1)
-            if config.days > 0
-            else None
-        )
-        log = stats.read_log(log_folder, since)
+        sessions, exposures = _read(context.resources.warehouse, config.days)
+        shadows = exposures[exposures["shadow_scored"].astype(bool)]
         results = stats.experiment_results(
-            log,
-            confidence=config.confidence,
-            min_sessions=config.min_sessions,
-            srm_alpha=config.srm_alpha,
+            sessions,
+            exposures,
+            alpha=config.alpha,
+            shadow_scores=shadows.groupby("experiment").size().to_dict(),
         )
-        orphans = int((~log.feedback["exposure_id"].isin(log.exposures["id"])).sum())
-        markdown = results_markdown(results, config.confidence)
+        markdown = results_markdown(results, config.alpha)
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(markdown + "\n")
         context.log.info(
-            f"{len(log.exposures):,} exposures, {len(log.feedback):,} feedback "
-            f"({orphans:,} without exposure), {log.bad_lines} unreadable lines, "
-            f"{len(results)} experiments"
+            f"{len(sessions):,} sessions, {len(exposures):,} exposures, {len(results)} experiments"
         )
         metadata: dict = {
             "results": MetadataValue.md(markdown),
-            "exposures": len(log.exposures),
-            "feedback": len(log.feedback),
-            "feedback_without_exposure": orphans,
-            "unreadable_lines": log.bad_lines,
-            "log_files": log.files,
+            "sessions": len(sessions),
+            "exposures": len(exposures),
             "experiments": len(results),
             "report": MetadataValue.url(report_url(settings, report)),
         }
         latest: dict[str, stats.ExperimentResult] = {}
         for r in results:
-            if r.problem not in latest or r.last_at > latest[r.problem].last_at:
+            if r.problem not in latest or r.evidence.last_at > latest[r.problem].evidence.last_at:
                 latest[r.problem] = r
         for problem, r in sorted(latest.items()):
-            variants = r.variants.set_index("variant")
-            challengers = [v for v in variants.index if variants.loc[v, "role"] != "champion"]
+            primary = r.evidence.comparisons[r.primary]
             metadata[f"{problem}_experiment"] = MetadataValue.text(r.experiment)
-            metadata[f"{problem}_recommendation"] = MetadataValue.text(r.decision)
-            metadata[f"{problem}_sessions"] = int(variants["sessions"].sum())
-            metadata[f"{problem}_srm_p_value"] = _number(r.srm_p_value)
-            if challengers and f"{r.primary}_lift" in variants:
-                row = variants.loc[challengers[0]]
-                metadata[f"{problem}_{r.primary}_lift"] = _number(row[f"{r.primary}_lift"])
-                metadata[f"{problem}_{r.primary}_lift_low"] = _number(row[f"{r.primary}_lift_low"])
-                metadata[f"{problem}_{r.primary}_lift_high"] = _number(
-                    row[f"{r.primary}_lift_high"]
-                )
+            metadata[f"{problem}_stage"] = MetadataValue.text(r.evidence.stage or "-")
+            metadata[f"{problem}_sessions"] = int(r.variants["sessions"].sum())
+            metadata[f"{problem}_srm_p_value"] = _number(r.evidence.srm_p_value)
+            metadata[f"{problem}_{r.primary}_difference"] = _number(primary.absolute)
+            metadata[f"{problem}_{r.primary}_difference_low"] = _number(primary.low)
+            metadata[f"{problem}_{r.primary}_difference_high"] = _number(primary.high)
         yield MaterializeResult(metadata=metadata)
 
-        mismatched = [
-            r for r in results if not math.isnan(r.srm_p_value) and r.srm_p_value < config.srm_alpha
-        ]
-        p_values = [r.srm_p_value for r in results if not math.isnan(r.srm_p_value)]
+        # the running experiment of each problem: a finished one's mismatch is history
+        p_values = {r.experiment: r.evidence.srm_p_value for r in latest.values()}
+        mismatched = {k: p for k, p in p_values.items() if p < config.srm_alpha}
+        known = [p for p in p_values.values() if not math.isnan(p)]
         yield AssetCheckResult(
             check_name=SRM_CHECK,
             passed=not mismatched,
             severity=AssetCheckSeverity.ERROR,
-            description="; ".join(
-                f"{r.problem} {r.experiment}: p {r.srm_p_value:.2g}" for r in mismatched
-            )
-            or f"{len(p_values)} experiments with traffic split checked",
+            description="; ".join(f"{k}: p {p:.2g}" for k, p in mismatched.items())
+            or f"{len(known)} experiments with traffic split checked",
             metadata={
-                "smallest_p_value": _number(min(p_values)) if p_values else _number(math.nan),
+                "smallest_p_value": _number(min(known)) if known else _number(math.nan),
                 "alpha": config.srm_alpha,
                 "mismatched": len(mismatched),
             },
         )
 
-    return [experiment_results]
+    # One after the other: both rewrite the server's experiments.json, each its own entry.
+    conversion, recommender = PROBLEMS
+    return [
+        experiment_results,
+        build_rollout_asset(settings, conversion, [RESULTS]),
+        build_rollout_asset(settings, recommender, [RESULTS, f"{conversion}_rollout"]),
+    ]
 
 
 def _number(value: float) -> MetadataValue:

@@ -1,16 +1,22 @@
 """The recommender champion and its batch predictions.
 
-- `recommender_champion` promotes a candidate only when its gating checks pass and it is at
-  least as good (HR@20) as the current champion on the same test days (the champion is
-  re-evaluated when it was measured on other days); otherwise the champion stays and the
-  metadata says why. It then publishes the champion: since the lookup is a file of the
-  registered version, `registry.publish` ships model and lookup in one pointer swap, so the
-  server never pairs a model with another model's lookup.
+- `recommender_champion` is the offline side of release by evidence (`ml.release`); it never
+  promotes. Without a champion it bootstraps one at once: the proposed candidate if its gating
+  checks pass, else POP (a baseline counts, so a small shop is served from day one); with
+  `bootstrap: baseline`, POP first and the proposed candidate admitted as challenger. With a
+  champion, a proposed candidate whose gating checks pass and that is at least as good (HR@20)
+  as the champion on the same test days (the champion is re-evaluated when it was measured on
+  other days) is admitted as challenger, for the rollout controller to ramp; a challenger in its
+  rollout is not replaced, except by an operator's override (`challenger`; on an empty registry
+  the bootstrap runs first, then the override is admitted against it). Publishing ships
+  each role's model and lookup in one pointer swap (the lookup is a file of the version), so
+  the server never pairs a model with another model's lookup.
 - `recommender_next_items` loads the published champion's lookup (verified) into the
   warehouse table `recommender_next_items`, for analysts and monitoring.
 """
 
 import datetime as dt
+import functools
 import tempfile
 from pathlib import Path
 
@@ -18,6 +24,9 @@ from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Failure, M
 
 from orchestration.policy import asset, warehouse_asset
 from orchestration.recommendation.config import (
+    BASELINE,
+    BETTER_THAN_GATES,
+    BOOTSTRAP_MODES,
     CHAMPION,
     EVALUATION,
     GROUP,
@@ -34,6 +43,41 @@ from orchestration.recommendation.reports import lookup_rows, lookup_sample
 from skiff.settings import Settings
 
 
+def failed_gates(entry: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """The gating checks a candidate failed, leaving out `skip`."""
+    return [
+        c["name"]
+        for c in entry["checks"]
+        if c["gating"] and not c["passed"] and c["name"] not in skip
+    ]
+
+
+def first_champion(
+    candidates: dict, proposed: str, mode: str
+) -> tuple[str | None, str | None, str]:
+    """Who serves a problem without a champion: (champion, challenger, reason), as algorithms.
+    The proposed candidate qualifies when its gating checks pass (so it beats POP); POP when
+    the checks other than beating itself pass."""
+    failed = {
+        proposed: failed_gates(candidates[proposed]),
+        BASELINE: failed_gates(candidates[BASELINE], BETTER_THAN_GATES),
+    }
+    order = list(dict.fromkeys([proposed, BASELINE] if mode == "best" else [BASELINE, proposed]))
+    champion = next((a for a in order if not failed[a]), None)
+    both = mode == "baseline" and champion == BASELINE and proposed != BASELINE
+    challenger = proposed if both and not failed[proposed] else None
+    said = {a: ", ".join(failed[a]) for a in order}
+    reason = "; ".join(
+        f"{a}: gating check(s) failed: {said[a]}" if said[a] else f"{a}: gating checks passed"
+        for a in order
+    )
+    return champion, challenger, reason
+
+
+def _hr(candidates: dict, name: str) -> float:
+    return float(candidates[name]["row"]["hr_at_20"])
+
+
 def build_champion_asset(settings: Settings) -> AssetsDefinition:
     published = settings.published
 
@@ -42,9 +86,10 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
         group_name=GROUP,
         ins={"evaluation": AssetIn(EVALUATION), "training_set": AssetIn(TRAINING_SET)},
         kinds={"python"},
-        description="The recommender the server uses: changed only through the gating checks "
-        "and when at least as good as the current champion on the same test days; published "
-        "with its last-item lookup in one pointer swap.",
+        description="Release by evidence, offline side: bootstraps a first champion (POP "
+        "counts); otherwise admits a candidate that passes the gating checks and is at least as "
+        "good as the champion on the same test days as challenger, for the rollout controller "
+        "to ramp. Publishes both roles, each with its last-item lookup in one pointer swap.",
     )
     def recommender_champion(
         context: AssetExecutionContext,
@@ -52,64 +97,137 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
         evaluation: dict,
         training_set: dict,
     ) -> Output[dict]:
+        from ml import release
         from ml.registry import Registry
 
-        registry = Registry(settings.registry)
-        name = config.candidate or evaluation["best"]
-        if name not in evaluation["candidates"]:
+        candidates = evaluation["candidates"]
+        for field, value in (("candidate", config.candidate), ("challenger", config.challenger)):
+            if value and value not in candidates:
+                raise Failure(
+                    description=f"{field}: no candidate {value!r}; have {sorted(candidates)}",
+                    allow_retries=False,
+                )
+        if config.bootstrap not in BOOTSTRAP_MODES:
             raise Failure(
-                description=f"no candidate {name!r}; have {sorted(evaluation['candidates'])}",
+                description=f"bootstrap must be one of {BOOTSTRAP_MODES}, got {config.bootstrap!r}",
                 allow_retries=False,
             )
-        proposed = evaluation["candidates"][name]
-        proposed_hr = proposed["row"]["hr_at_20"]
-        failed = [c["name"] for c in proposed["checks"] if c["gating"] and not c["passed"]]
+        registry = Registry(settings.registry)
+        url = str(published)
+        admit = functools.partial(release.admit, registry, url, PROBLEM)
+        before = registry.roles(PROBLEM)
         current = registry.role(PROBLEM, "champion")
+        name = config.challenger or config.candidate or evaluation["best"]
+        proposed = candidates[name]
+        window = training_set["window"]
+        days = f"{window['test_start']} .. {window['test_end']}"
+        evidence = {"test_days": days, "algorithm": name, "hr_at_20": _hr(candidates, name)}
         current_hr = None
-        reasons = []
-        if failed:
-            reasons.append(f"gating check(s) failed: {', '.join(failed)}")
-        if current is not None and current.version != proposed["version"]:
-            current_hr = _champion_hr(registry, current, training_set, context)
-            if proposed_hr < current_hr:
-                reasons.append(
-                    f"HR@20 {proposed_hr:.4f} is below the champion's {current_hr:.4f} "
-                    "on the same test days"
+        decided_by = "offline gates"
+
+        decision, reasons, bootstrapped = "", [], current is None
+        if bootstrapped:
+            base = config.candidate or evaluation["best"]
+            first, second, why = first_champion(candidates, base, config.bootstrap)
+            decision, reasons = "no champion", [f"nothing qualifies as first champion — {why}"]
+            if first is not None:
+                decision, decided_by = "bootstrap", "bootstrap"
+                reasons = [
+                    f"first champion ({config.bootstrap}): {first} HR@20 "
+                    f"{_hr(candidates, first):.4f} on {days} — {why}"
+                ]
+                first_evidence = {
+                    **evidence,
+                    "algorithm": first,
+                    "hr_at_20": _hr(candidates, first),
+                }
+                release.bootstrap(
+                    registry,
+                    url,
+                    PROBLEM,
+                    candidates[first]["version"],
+                    reasons[0],
+                    evidence=first_evidence,
                 )
-        if current is not None and current.version == proposed["version"]:
-            decision, reasons = "unchanged", ["the proposed version is already the champion"]
-        elif reasons:
-            decision = "kept"
-        else:
-            decision = "promoted"
-            reason = (
-                f"{name} HR@20 {proposed_hr:.4f} on {training_set['window']['test_start']}"
-                f" .. {training_set['window']['test_end']}, gates passed"
-                + (f"; champion had {current_hr:.4f}" if current_hr is not None else "")
+            if second is not None and not config.challenger:
+                reasons.append(f"{second} admitted as challenger: its gating checks passed")
+                admit(candidates[second]["version"], reasons[-1], evidence=evidence)
+                decision += " + admitted as challenger"
+            current, before = registry.role(PROBLEM, "champion"), registry.roles(PROBLEM)
+        if config.challenger:
+            decided_by = "operator/override"
+            failed = failed_gates(proposed, BETTER_THAN_GATES)
+            if current is None or proposed["version"] in before.values() or failed:
+                why = (
+                    "no champion to challenge: nothing qualifies as first champion"
+                    if current is None
+                    else f"gating check(s) failed: {', '.join(failed)}"
+                    if failed
+                    else f"{name} is already the champion or challenger"
+                )
+                raise Failure(description=f"override refused: {why}", allow_retries=False)
+            decision = (f"{decision} + " if bootstrapped else "") + (
+                "admitted as challenger (override)"
             )
-            registry.assign(PROBLEM, "champion", proposed["version"], reason)
-            reasons = [reason]
+            reasons.append(f"operator override: {name} admitted without the 'better than' gates")
+            admit(proposed["version"], reasons[-1], decided_by=decided_by, evidence=evidence)
+        elif bootstrapped:
+            pass
+        elif proposed["version"] in before.values():
+            role = next(r for r, v in before.items() if v == proposed["version"])
+            decision, reasons = "unchanged", [f"the proposed version is already the {role}"]
+        else:
+            reasons = []
+            if failed := failed_gates(proposed):
+                reasons.append(f"gating check(s) failed: {', '.join(failed)}")
+            current_hr = _champion_hr(registry, current, training_set, context)
+            evidence["champion_hr_at_20"] = current_hr
+            if _hr(candidates, name) < current_hr:
+                reasons.append(
+                    f"HR@20 {_hr(candidates, name):.4f} is below the champion's "
+                    f"{current_hr:.4f} on the same test days"
+                )
+            rollout = release.load_state(registry, PROBLEM)
+            if not reasons and rollout.challenger is not None:
+                reasons.append(
+                    f"challenger {rollout.challenger} is still in its rollout (stage "
+                    f"{rollout.stage_name}): the candidate waits for its promotion or rollback"
+                )
+            decision = "kept" if reasons else "admitted as challenger"
+            if not reasons:
+                reasons = [
+                    f"{name} HR@20 {_hr(candidates, name):.4f} on {days}, gates passed; "
+                    f"champion had {current_hr:.4f}"
+                ]
+                admit(proposed["version"], reasons[0], evidence=evidence)
+        roles = registry.roles(PROBLEM)
         champion = registry.role(PROBLEM, "champion")
+        challenger = registry.role(PROBLEM, "challenger")
+        why = "\n".join(f"- {r}" for r in reasons)
         if champion is None:
             context.log.warning(f"no champion: {'; '.join(reasons)}")
             return Output(
-                {"version": None},
-                metadata={"decision": decision, "why": MetadataValue.md("\n".join(reasons))},
+                {"version": None}, metadata={"decision": decision, "why": MetadataValue.md(why)}
             )
-        registry.publish(PROBLEM, published, roles=("champion",))
         context.log.info(f"{decision}: champion {champion.version} ({'; '.join(reasons)})")
         return Output(
             {"version": champion.version, "algorithm": champion.algorithm},
             metadata={
                 "decision": decision,
-                "why": MetadataValue.md("\n".join(f"- {r}" for r in reasons)),
+                "decided_by": decided_by,
+                "why": MetadataValue.md(why),
                 "champion": champion.version,
                 "champion_algorithm": champion.algorithm,
+                "challenger": challenger.version if challenger else "none",
+                "challenger_algorithm": challenger.algorithm if challenger else "none",
                 "proposed": proposed["version"],
-                "proposed_hr_at_20": proposed_hr,
-                "champion_hr_at_20": champion.metrics.get("hr_at_20", float("nan"))
-                if current_hr is None or decision == "promoted"
-                else current_hr,
+                "proposed_role": next(
+                    (r for r, v in roles.items() if v == proposed["version"]), "none"
+                ),
+                "proposed_hr_at_20": _hr(candidates, name),
+                "champion_hr_at_20": current_hr
+                if current_hr is not None
+                else champion.metrics.get("hr_at_20", float("nan")),
                 "published_to": MetadataValue.path(str(published / PROBLEM)),
             },
         )

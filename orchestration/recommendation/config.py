@@ -54,8 +54,21 @@ class CandidateConfig(Config):
     params_json: str = ""  # hyper-parameters over ml.recommend.compare.DEFAULT_PARAMS, as JSON
 
 
+BOOTSTRAP_MODES = ("best", "baseline")
+BASELINE = "pop"
+# The gating checks that compare a candidate with POP; an override skips them, no other.
+BETTER_THAN_GATES = ("beats_pop",)
+
+
 class ChampionConfig(Config):
     candidate: str = ""  # propose this algorithm's candidate; empty = the evaluation's best
+    # Without a champion: "best" makes the proposed candidate champion if its gating checks
+    # pass, else POP; "baseline" makes POP champion and admits the proposed candidate as
+    # challenger at once if its gating checks pass.
+    bootstrap: str = "best"
+    # Operator override: admit this algorithm's candidate as challenger even if it does not
+    # beat POP or the champion (other gating checks still apply); recorded as operator/override.
+    challenger: str = ""
 
 
 def split_window(

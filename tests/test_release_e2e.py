@@ -1,0 +1,145 @@
+"""The release loop end to end: a real `skiff serve` on 127.0.0.1, simulated shoppers from
+the data's world, and the rollout controllers' looks as real Dagster runs on a real DuckDB
+(serving log -> raw tables -> dbt marts -> experiment_results -> rollouts).
+
+One small world, trained once with POP as the first recommender champion and the best model
+that passes the offline gates admitted as challenger. The simulator knows each variant's
+true click-through, so the test checks the controller against the truth: the challenger it
+promotes is truly better, and POP, admitted again by an operator against the new champion,
+is rolled back at the first stage that shows it to shoppers. The registry's history, the
+published experiments.json and what the server answers must agree at the end of each ramp.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import httpx
+import pytest
+
+from ml import release
+from ml.registry import Registry
+from ml.simulate import world as simulated_world
+from ml.synthetic import GeneratorConfig, generate
+from orchestration.definitions import TRAIN_MODELS
+from orchestration.demo import training_windows
+from orchestration.demo_release import release_looks, server
+from orchestration.runs import run_days, run_job
+from skiff.settings import ensure_home, load_settings
+from tests.conftest import AUTOMATION_VARIABLES
+
+PROBLEM = "recommender"
+CONFIG = GeneratorConfig(days=6, sessions_per_day=600, seed=5, start=dt.date(2026, 1, 5))
+POLICY = {
+    "stages": ["shadow:0", "25%:0.25", "50%:0.5"],
+    "min_sessions": 60,
+    "min_hours": 0.0,
+    "n_star": 300,
+}
+SMALL_MODELS = {
+    "conversion_model_hgb": {"max_iter": 20},
+    "conversion_model_gru": {"epochs": 1, "hidden": 8},
+    "recommender_candidate_gru": {"params_json": json.dumps({"epochs": 2})},
+}
+LOOKS = {"sessions_per_look": 250, "max_looks": 8, "policy": POLICY}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A SKIFF_HOME with the marts built and the models trained: POP champion, the best
+    recommender admitted as challenger at the first stage; conversion without a challenger."""
+    root = tmp_path_factory.mktemp("release") / "skiff"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKIFF_HOME", str(root))
+        patch.setenv("SKIFF_ENV", "local")
+        cleared = ("DAGSTER_HOME", "SKIFF_DAGSTER_HOME", "SKIFF_ARTIFACTS_URL")
+        for name in (*cleared, *AUTOMATION_VARIABLES):
+            patch.delenv(name, raising=False)
+        settings = ensure_home(load_settings())
+        days = generate(settings.landing, CONFIG).days
+        assert run_days(settings, days[0], days[-1])
+        ops = {
+            **{name: {"config": config} for name, config in SMALL_MODELS.items()},
+            **training_windows(days[0], days[-1]),
+            "recommender_champion": {"config": {"bootstrap": "baseline"}},
+        }
+        assert run_job(settings, TRAIN_MODELS, ops=ops)
+        yield settings
+
+
+def _served(url: str) -> dict:
+    """The recommender experiment the server runs now, once it has reloaded."""
+    time.sleep(1.5)
+    return httpx.get(f"{url}/readyz", timeout=5).json()["experiments"][PROBLEM]
+
+
+def _true_ctr(reports: list, role_variant: str) -> float:
+    """The simulator's true click-through of a variant over all looks (exposure-weighted)."""
+    rows = [v for r in reports for v in r.variants if v.problem == PROBLEM]
+    rows = [v for v in rows if v.variant == role_variant]
+    return sum(v.expected_clicks for v in rows) / sum(v.exposures for v in rows)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_better_challenger_ramps_to_champion_and_a_worse_one_is_rolled_back(home):
+    settings = home
+    registry = Registry(settings.registry)
+    first = release.load_state(registry, PROBLEM)
+    assert registry.manifest(PROBLEM, first.champion).algorithm == "pop"
+    assert first.challenger is not None and first.stage_name == "shadow"
+    world = simulated_world(CONFIG, "pre")
+
+    with server(settings, settings.home / "logs" / "serve.log") as url:
+        reports = release_looks(settings, url, world, seed=1, **LOOKS)
+        assert reports is not None
+        promoted = release.load_state(registry, PROBLEM)
+        assert promoted.champion == first.challenger and promoted.challenger is None
+        # the truth agrees with the decision: the challenger was better for shoppers
+        assert _true_ctr(reports, "challenger") > _true_ctr(reports, "champion")
+        ramp = [
+            e
+            for e in registry.history(PROBLEM)
+            if e["version"] == first.challenger and e["decided_by"] == release.CONTROLLER
+        ]
+        assert [(e["role"], e["stage"]) for e in ramp] == [
+            ("challenger", "25%"),
+            ("challenger", "50%"),
+            ("champion", "50%"),
+        ]
+        assert ramp[-1]["evidence"]["ctr_low"] > 0  # promoted on an always-valid lower bound
+        retired = registry.history(PROBLEM)[-1]
+        assert (retired["role"], retired["version"]) == ("retired", first.champion)
+        served = _served(url)
+        written = release.read_serving_config(str(settings.published))[PROBLEM]
+        assert served["name"] == written["name"] == f"{PROBLEM}:{promoted.champion}"
+        assert served["weights"] == {"champion": 1.0}
+
+        # POP again, by an operator's override, against the better champion
+        release.admit(
+            registry,
+            str(settings.published),
+            PROBLEM,
+            first.champion,
+            "demo of a rollback",
+            decided_by="operator",
+        )
+        reports = release_looks(settings, url, world, seed=2, **LOOKS)
+        assert reports is not None
+        after = release.load_state(registry, PROBLEM)
+        assert (after.champion, after.challenger) == (promoted.champion, None)
+        last = registry.history(PROBLEM)[-1]
+        assert (last["role"], last["version"], last["stage"]) == (
+            "rolled_back",
+            first.champion,
+            "25%",
+        )
+        assert last["decided_by"] == release.CONTROLLER and "ctr" in last["reason"]
+        assert _true_ctr(reports, "challenger") < _true_ctr(reports, "champion")
+        served = _served(url)
+        assert served["weights"] == {"champion": 1.0}
+        assert (
+            served["name"] == release.read_serving_config(str(settings.published))[PROBLEM]["name"]
+        )
