@@ -126,7 +126,10 @@ def test_a_better_challenger_ramps_to_champion_and_a_worse_one_is_rolled_back(ho
             "demo of a rollback",
             decided_by="operator",
         )
-        reports = release_looks(settings, url, world, seed=2, **LOOKS)
+        # more sessions a stage than the first ramp needed: a worse model must be caught
+        # before the stage's minimum lets it advance, i.e. at the first stage that shows it
+        strict = {**LOOKS, "policy": {**POLICY, "min_sessions": 200}}
+        reports = release_looks(settings, url, world, seed=2, **strict)
         assert reports is not None
         after = release.load_state(registry, PROBLEM)
         assert (after.champion, after.challenger) == (promoted.champion, None)

@@ -235,7 +235,7 @@ def build_rollout_asset(settings: Settings, problem: str, deps: list[str]) -> As
             )
         now = dt.datetime.now(dt.UTC)
         decision = release.decide(policy, state, evidence, now)
-        if release.load_state(registry, problem) != state:
+        if _pair(release.load_state(registry, problem)) != _pair(state):
             # an operator or a training run changed the roles during this look: its decision
             # is about a state that is gone; the next look decides on the new one
             context.log.warning(f"{problem}: roles changed during the look; nothing applied")
@@ -263,6 +263,11 @@ def build_rollout_asset(settings: Settings, problem: str, deps: list[str]) -> As
         )
 
     return rollout
+
+
+def _pair(state: release.RolloutState | None) -> tuple | None:
+    """What a look decides about: the versions and the stage (not the state's timestamps)."""
+    return state and (state.champion, state.challenger, state.stage_name, state.experiment)
 
 
 def _metadata(
