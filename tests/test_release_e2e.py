@@ -94,7 +94,8 @@ def test_a_better_challenger_ramps_to_champion_and_a_worse_one_is_rolled_back(ho
 
     with server(settings, settings.home / "logs" / "serve.log") as url:
         reports = release_looks(settings, url, world, seed=1, **LOOKS)
-        assert reports is not None
+        # every look ran (release_looks gives None on a failed run) and the server answered all
+        assert reports and all(r.error_share == 0 and r.sessions_run > 0 for r in reports)
         promoted = release.load_state(registry, PROBLEM)
         assert promoted.champion == first.challenger and promoted.challenger is None
         # the truth agrees with the decision: the challenger was better for shoppers
@@ -130,7 +131,8 @@ def test_a_better_challenger_ramps_to_champion_and_a_worse_one_is_rolled_back(ho
         # before the stage's minimum lets it advance, i.e. at the first stage that shows it
         strict = {**LOOKS, "policy": {**POLICY, "min_sessions": 200}}
         reports = release_looks(settings, url, world, seed=2, **strict)
-        assert reports is not None
+        # every look ran (release_looks gives None on a failed run) and the server answered all
+        assert reports and all(r.error_share == 0 and r.sessions_run > 0 for r in reports)
         after = release.load_state(registry, PROBLEM)
         assert (after.champion, after.challenger) == (promoted.champion, None)
         last = registry.history(PROBLEM)[-1]

@@ -556,7 +556,7 @@ def test_records_carry_what_the_release_loop_reads(ramp_server: str, ramp_state:
     )
     shadow = _record(home, exposure["id"], "shadow")
     assert shadow["role"] == "challenger" and shadow["error"] is True
-    assert "probability" not in shadow and shadow["latency_ms"] >= 0
+    assert "probability" not in shadow and 0 < shadow["latency_ms"] < 5_000
 
 
 def test_published_experiments_ramp_the_challenger(ramp_server: str, ramp_state: dict):

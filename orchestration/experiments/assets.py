@@ -30,6 +30,8 @@ from orchestration.experiments.rollout import (
     PROBLEMS,
     SESSIONS,
     build_rollout_asset,
+    float_or_null,
+    read_marts,
 )
 from orchestration.policy import warehouse_asset
 from orchestration.sql import date_sql
@@ -100,18 +102,10 @@ def results_markdown(results: list[stats.ExperimentResult], alpha: float) -> str
 
 
 def _read(warehouse, days: int):
-    schema = warehouse.models_schema
-    where = ""
-    if days > 0:
-        first = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days - 1)
-        where = f" where first_at >= {date_sql(first)}"
-    sessions = warehouse.query(f"select * from {schema}.{SESSIONS}{where}")
-    exposures = warehouse.query(
-        "select problem, experiment, stage, variant, role, latency_ms, error, shadow_scored,"
-        f" exposed_at as at from {schema}.{EXPOSURES}"
-        + (where.replace("first_at", "exposed_at") if where else "")
-    )
-    return sessions, exposures
+    if days <= 0:
+        return read_marts(warehouse, "true", "true")
+    first = date_sql(dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days - 1))
+    return read_marts(warehouse, f"first_at >= {first}", f"exposed_at >= {first}")
 
 
 def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
@@ -165,10 +159,10 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
             metadata[f"{problem}_experiment"] = MetadataValue.text(r.experiment)
             metadata[f"{problem}_stage"] = MetadataValue.text(r.evidence.stage or "-")
             metadata[f"{problem}_sessions"] = int(r.variants["sessions"].sum())
-            metadata[f"{problem}_srm_p_value"] = _number(r.evidence.srm_p_value)
-            metadata[f"{problem}_{r.primary}_difference"] = _number(primary.absolute)
-            metadata[f"{problem}_{r.primary}_difference_low"] = _number(primary.low)
-            metadata[f"{problem}_{r.primary}_difference_high"] = _number(primary.high)
+            metadata[f"{problem}_srm_p_value"] = float_or_null(r.evidence.srm_p_value)
+            metadata[f"{problem}_{r.primary}_difference"] = float_or_null(primary.absolute)
+            metadata[f"{problem}_{r.primary}_difference_low"] = float_or_null(primary.low)
+            metadata[f"{problem}_{r.primary}_difference_high"] = float_or_null(primary.high)
         yield MaterializeResult(metadata=metadata)
 
         # the running experiment of each problem: a finished one's mismatch is history
@@ -182,7 +176,7 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
             description="; ".join(f"{k}: p {p:.2g}" for k, p in mismatched.items())
             or f"{len(known)} experiments with traffic split checked",
             metadata={
-                "smallest_p_value": _number(min(known)) if known else _number(math.nan),
+                "smallest_p_value": float_or_null(min(known)) if known else float_or_null(math.nan),
                 "alpha": config.srm_alpha,
                 "mismatched": len(mismatched),
             },
@@ -195,12 +189,3 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
         build_rollout_asset(settings, conversion, [RESULTS]),
         build_rollout_asset(settings, recommender, [RESULTS, f"{conversion}_rollout"]),
     ]
-
-
-def _number(value: float) -> MetadataValue:
-    """Dagster's float metadata cannot hold NaN; an undefined value is shown as null."""
-    return (
-        MetadataValue.null()
-        if value is None or math.isnan(value)
-        else MetadataValue.float(float(value))
-    )

@@ -112,19 +112,27 @@ class RolloutConfig(Config):
         return release.Policy.from_dict({**values, "stages": stages})
 
 
-def read_experiment(warehouse: Any, problem: str, experiment: str) -> tuple[Any, Any, int]:
-    """The experiment's sessions and exposures from the marts, and its shadow scores."""
+def read_marts(warehouse: Any, sessions_where: str, exposures_where: str) -> tuple[Any, Any]:
+    """Rows of `experiment_sessions` and `experiment_exposures` (the columns the statistics
+    read, `exposed_at` as `at`), each filtered by its `where` (SQL; "true" for all)."""
     schema = warehouse.models_schema
-    where = f"problem = {text_sql(problem)} and experiment = {text_sql(experiment)}"
-    sessions = warehouse.query(f"select * from {schema}.{SESSIONS} where {where}")
+    sessions = warehouse.query(f"select * from {schema}.{SESSIONS} where {sessions_where}")
     exposures = warehouse.query(
         "select problem, experiment, stage, variant, role, latency_ms, error, shadow_scored,"
-        f" exposed_at as at from {schema}.{EXPOSURES} where {where}"
+        f" exposed_at as at from {schema}.{EXPOSURES} where {exposures_where}"
     )
+    return sessions, exposures
+
+
+def read_experiment(warehouse: Any, problem: str, experiment: str) -> tuple[Any, Any, int]:
+    """The experiment's sessions and exposures from the marts, and its shadow scores."""
+    where = f"problem = {text_sql(problem)} and experiment = {text_sql(experiment)}"
+    sessions, exposures = read_marts(warehouse, where, where)
     return sessions, exposures, int(exposures["shadow_scored"].astype(bool).sum())
 
 
-def _number(value: float | None) -> MetadataValue:
+def float_or_null(value: float | None) -> MetadataValue:
+    """Dagster's float metadata cannot hold NaN; an undefined value is shown as null."""
     return (
         MetadataValue.null()
         if value is None or math.isnan(value)
@@ -259,7 +267,7 @@ def build_rollout_asset(settings: Settings, problem: str, deps: list[str]) -> As
             check_name=SRM_CHECK,
             passed=not srm_p < policy.srm_alpha,
             severity=AssetCheckSeverity.ERROR,
-            metadata={"p_value": _number(srm_p), "alpha": policy.srm_alpha},
+            metadata={"p_value": float_or_null(srm_p), "alpha": policy.srm_alpha},
         )
 
     return rollout
@@ -294,16 +302,16 @@ def _metadata(
             "sessions_champion": evidence.control.sessions,
             "sessions_challenger": evidence.treatment.sessions,
             "stage_sessions": evidence.stage_sessions,
-            "lift": _number(primary.absolute),
-            "lift_low": _number(primary.low),
-            "lift_high": _number(primary.high),
-            "relative_lift": _number(primary.relative),
-            "srm_p_value": _number(evidence.srm_p_value),
+            "lift": float_or_null(primary.absolute),
+            "lift_low": float_or_null(primary.low),
+            "lift_high": float_or_null(primary.high),
+            "relative_lift": float_or_null(primary.relative),
+            "srm_p_value": float_or_null(evidence.srm_p_value),
         }
     for g in decision.guardrails:  # the numbers for the Plots tab, the state as text
         metadata[f"guardrail_{g.name}"] = MetadataValue.text(
             f"{'ok' if g.ok else 'BREACHED'} ({g.value:.4g} vs {g.threshold:.4g})"
         )
-        metadata[f"guardrail_{g.name}_value"] = _number(g.value)
-        metadata[f"guardrail_{g.name}_threshold"] = _number(g.threshold)
+        metadata[f"guardrail_{g.name}_value"] = float_or_null(g.value)
+        metadata[f"guardrail_{g.name}_threshold"] = float_or_null(g.threshold)
     return metadata
