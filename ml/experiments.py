@@ -100,6 +100,7 @@ EXPOSURE_COLUMNS = (
     "at",
     "problem",
     "experiment",
+    "mode",
     "stage",
     "session_id",
     "variant",
@@ -113,10 +114,11 @@ EXPOSURE_COLUMNS = (
 )
 FEEDBACK_COLUMNS = ("exposure_id", "action", "at")
 SHADOW_COLUMNS = ("exposure_id", "role", "model_version")
-SESSION_KEYS = ("problem", "experiment", "stage", "weights", "variant", "session_id")
+SESSION_KEYS = ("problem", "experiment", "mode", "stage", "weights", "variant", "session_id")
 SESSION_COLUMNS = (
     "problem",
     "experiment",
+    "mode",
     "stage",
     "weights",
     "variant",
@@ -176,12 +178,13 @@ def read_log(folder: Path, since: dt.date | None = None) -> Log:
 
 
 def sessions_table(exposures: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
-    """The mart `experiment_sessions` from the log: one row per (problem, experiment, stage,
-    weights, variant, session) with its role and model version, first exposure time,
-    exposures, exposures clicked, whether it added to cart / purchased after any of its
-    exposures (0/1), exposures whose model call failed, and `history_events`/`history_adds`
+    """The mart `experiment_sessions` from the log: one row per (problem, experiment, mode
+    (missing: "ab"), stage, weights, variant, session) with its role and model version, first
+    exposure time, exposures, exposures clicked, whether it added to cart / purchased after any
+    of its exposures (0/1), exposures whose model call failed, and `history_events`/`history_adds`
     of its first exposure (earliest `at`, ties by exposure id)."""
     shown = exposures[exposures["experiment"].notna() & exposures["session_id"].notna()]
+    shown = shown.assign(mode=shown["mode"].fillna("ab") if "mode" in shown else "ab")
     if shown.empty:
         return pd.DataFrame(columns=list(SESSION_COLUMNS))
     acted = (

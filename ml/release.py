@@ -16,9 +16,16 @@ Decisions, in the order `decide` takes them:
   comparison of the groups can be trusted;
 - the primary or the other metric worse beyond the margin (always-valid upper bound of
   treatment - control < -margin x control): roll back;
+- the replay gate (recommender, first stage, `replay_gate`): the challenger's off-policy
+  estimate on the champion's logged traffic (`ReplayCheck`, from the `recommender_replay` asset)
+  has an upper bound below the champion's logged click-through x (1 - replay_margin): roll back,
+  before any shopper sees it (the first stage is shadow by default). It passes only once its
+  lower bound is at or above that threshold: an interval that straddles it holds the stage
+  (a wide interval, e.g. a target far from the champion at 5% exploration, decides nothing);
 - the stage has run fewer than min_sessions challenger sessions (shadow: shadow scores) or
-  fewer than min_hours, or the log is not yet on this stage (the server has not reloaded):
-  hold;
+  fewer than min_hours, or the log is not yet on this stage (the server has not reloaded), or
+  (replay gate) fewer than replay_min_exposures logged exposures were replayed or the replay's
+  interval straddles the threshold: hold;
 - otherwise advance to the next stage; at the last stage promote when the primary metric is
   superior (always-valid lower bound > 0) or non-inferior (lower bound > -margin x control),
   and hold while it is neither (guardrails still watch it; there is no time limit, so an
@@ -91,6 +98,9 @@ class Policy:
     non_inferiority_margin: float = 0.01  # share of control, for decision = "non_inferior"
     alpha: float = 0.05  # the always-valid intervals' level
     srm_alpha: float = 0.001
+    replay_gate: bool = True  # recommender: a replay estimate must pass before the first stage
+    replay_margin: float = 0.05  # share of the champion's logged CTR the estimate may fall short
+    replay_min_exposures: int = 1000  # logged champion exposures replayed before it can pass
 
     def __post_init__(self) -> None:
         stages = tuple(s if isinstance(s, Stage) else Stage(*s) for s in self.stages)
@@ -116,6 +126,8 @@ class Policy:
             "non_inferiority_margin": 0 <= self.non_inferiority_margin < 1,
             "alpha": 0 < self.alpha < 1,
             "srm_alpha": 0 < self.srm_alpha < 1,
+            "replay_margin": 0 <= self.replay_margin < 1,
+            "replay_min_exposures": self.replay_min_exposures >= 1,
         }
         bad = [f"{name} = {getattr(self, name)!r}" for name, ok in checks.items() if not ok]
         if bad:
@@ -164,6 +176,29 @@ class RolloutState:
                 f"not a rollout state: missing {missing}, unknown {sorted(set(data) - known)}"
             )
         return cls(**data)
+
+
+REPLAY_PROBLEMS = ("recommender",)  # the problems whose logs carry propensities
+
+
+@dataclass(frozen=True)
+class ReplayCheck:
+    """What the replay gate reads: the challenger's off-policy click-through estimate on the
+    champion's logged traffic (`ml.offpolicy`, combined over the days replayed) beside the
+    champion's own logged click-through on its non-explored exposures."""
+
+    estimator: str  # "dr", "snips" or "ips"
+    challenger: str  # the version estimated
+    champion: str  # the logging version
+    estimate: float
+    low: float
+    high: float
+    champion_ctr: float
+    exposures: int  # logged champion exposures replayed
+    days: str  # "first .. last" log day
+
+    def numbers(self) -> dict[str, Any]:
+        return {f"replay_{k}": v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -283,11 +318,22 @@ def _stage_index(policy: Policy, state: RolloutState) -> int | None:
     return names.index(state.stage_name) if state.stage_name in names else None
 
 
+def _replay_guardrail(policy: Policy, replay: ReplayCheck) -> Guardrail:
+    threshold = (1 - policy.replay_margin) * replay.champion_ctr
+    return Guardrail(
+        f"replay_{replay.estimator}", not replay.high < threshold, replay.high, threshold
+    )
+
+
 def decide(
-    policy: Policy, state: RolloutState, evidence: Evidence | None, now: dt.datetime
+    policy: Policy,
+    state: RolloutState,
+    evidence: Evidence | None,
+    now: dt.datetime,
+    replay: ReplayCheck | None = None,
 ) -> Decision:
     """What the controller does at this look (see the module's docstring for the order).
-    `now` is timezone-aware."""
+    `now` is timezone-aware; `replay` is the challenger's replay estimate, if any."""
     here = _stage_index(policy, state)
     guardrails: tuple[Guardrail, ...] = ()
     seen: dict[str, Any] = {}
@@ -317,7 +363,19 @@ def decide(
     operational = _operational(policy, evidence)
     metrics = [evidence.primary, *sorted(set(evidence.comparisons) - {evidence.primary})]
     comparisons = [_metric_guardrail(policy, m, evidence.comparisons.get(m)) for m in metrics]
-    guardrails = (*operational, *comparisons)
+    gated = policy.replay_gate and state.problem in REPLAY_PROBLEMS and here == 0
+    if gated and replay is not None and replay.challenger != state.challenger:
+        replay = None  # an estimate of another version says nothing of this one
+    replayed = (
+        gated
+        and replay is not None
+        and replay.exposures >= policy.replay_min_exposures
+        and not (_nan(replay.high) or _nan(replay.champion_ctr))  # undefined: not yet read
+    )
+    gate = [_replay_guardrail(policy, replay)] if replayed and replay is not None else []
+    if replay is not None and gated:
+        seen |= replay.numbers()
+    guardrails = (*operational, *comparisons, *gate)
 
     def rollback(breached: list[Guardrail]) -> Decision:
         names = ", ".join(g.name for g in breached)
@@ -332,6 +390,15 @@ def decide(
         return out("hold", f"sample ratio mismatch ({srm}): {broken}")
     if breached := [g for g in comparisons if not g.ok]:
         return rollback(breached)
+    if gate and not gate[0].ok and replay is not None:
+        return out(
+            "rollback",
+            f"rolled back at stage {current.name} by the replay gate: {replay.estimator} "
+            f"estimate of the challenger's CTR {replay.estimate:.4f} ({replay.low:.4f} .. "
+            f"{replay.high:.4f}) on {replay.exposures:,} logged exposures of {replay.champion} "
+            f"({replay.days}) lies below {gate[0].threshold:.4f}, the champion's logged CTR "
+            f"{replay.champion_ctr:.4f} less the {policy.replay_margin:.0%} margin",
+        )
     if evidence.stage != current.name:
         waiting = "waiting for the server to load the configuration"
         return out(
@@ -347,9 +414,36 @@ def decide(
         short.append(f"{count:,} {unit} of the {policy.min_sessions:,} needed")
     if hours < policy.min_hours:
         short.append(f"{hours:.1f} h of the {policy.min_hours:g} h needed")
+    if gated and not replayed:
+        if replay is None:
+            short.append(
+                f"no replay estimate of {state.challenger} on the logs of {state.champion} yet "
+                "(recommender_replay)"
+            )
+        elif replay.exposures < policy.replay_min_exposures:
+            short.append(
+                f"a replay on {replay.exposures:,} logged champion exposures of the "
+                f"{policy.replay_min_exposures:,} the replay gate needs"
+            )
+        else:
+            short.append(
+                f"a replay on {replay.exposures:,} exposures whose interval or baseline is "
+                "undefined (too few sessions, or no unexplored champion exposure)"
+            )
+    if gate and replay is not None and not replay.low >= gate[0].threshold:
+        short.append(
+            f"a replay that cannot tell yet: {replay.estimator} {replay.estimate:.4f} "
+            f"({replay.low:.4f} .. {replay.high:.4f}) on {replay.exposures:,} exposures "
+            f"straddles {gate[0].threshold:.4f}, the champion's logged CTR less the margin; "
+            "more logged traffic narrows it"
+        )
     if short:
         return out("hold", f"stage {current.name}: " + " and ".join(short))
     met = f"stage {current.name} met its minimums ({count:,} {unit}, {hours:.1f} h), guardrails ok"
+    if gate and replay is not None:
+        met += (
+            f", replay {replay.estimator} {replay.estimate:.4f} vs logged {replay.champion_ctr:.4f}"
+        )
     if here + 1 < len(policy.stages):
         nxt = policy.stages[here + 1]
         return out("advance", f"{met}: advancing to {nxt.name} ({nxt.traffic:.0%} of sessions)")

@@ -23,7 +23,17 @@ Decisions:
 - `weights` are stored as canonical JSON text (`weights_text`): the same object gives the
   same text, so a period (experiment, stage, weights) can be grouped on in SQL.
 - Answer fields (`probability`, `items`, `path`) are optional: an exposure whose model call
-  raised has none. `items` is kept as JSON text.
+  raised has none. Lists (`items`, `context`, `propensities`, `teams`) are kept as JSON text.
+- The off-policy and interleaving fields of an exposure (issue #14) are optional too, so the
+  logs of an older server still load (the marts read a missing `mode` as 'ab' and a missing
+  `explored` as false): `mode` ('ab' | 'interleaving', else `unknown_mode`), `context` (the
+  request's items, oldest first), `propensities` (the logging policy's probability of
+  showing that item at that position: each in (0, 1], since an item that was shown had a
+  chance to be; 0 or more than 1 is `wrong_type:propensities`, as a negative count is a
+  wrong type), `explored`, `logging_policy` and `teams` (each a role, else
+  `wrong_type:teams`). One propensity or team per shown item: with `items` present, a
+  `propensities` or `teams` of another length is `length_mismatch:<field>`; the only check
+  across fields, it comes last.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ml.experiments import ACTIONS
@@ -41,10 +52,11 @@ from ml.experiments import ACTIONS
 KINDS = ("exposure", "feedback", "shadow")
 PROBLEMS = ("conversion", "recommender")
 ROLES = ("champion", "challenger")
+MODES = ("ab", "interleaving")
 MAX_QUARANTINED_CHARS = 10_000  # of a refused line kept in the quarantine
 
-# Why a line is no record, first applicable wins. `missing_field` and `wrong_type` are followed
-# by `:<field>`.
+# Why a line is no record, first applicable wins. `missing_field`, `wrong_type` and
+# `length_mismatch` are followed by `:<field>`.
 REASONS = (
     "empty_line",
     "invalid_utf8",
@@ -57,10 +69,15 @@ REASONS = (
     "bad_timestamp",
     "unknown_problem",
     "unknown_role",
+    "unknown_mode",
     "unknown_action",
+    "length_mismatch",
 )
 
 _STR, _NUMBER, _INT, _BOOL, _WEIGHTS = "str", "number", "int", "bool", "weights"
+# lists, kept as JSON text: of str; of probabilities in (0, 1]; of roles
+_ITEMS, _PROPENSITIES, _TEAMS = "items", "propensities", "teams"
+_LISTS = (_ITEMS, _PROPENSITIES, _TEAMS)
 # field: (type, nullable), per kind, in the order of the frames' columns
 FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
     "exposure": {
@@ -94,17 +111,39 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
 }
 # Optional fields: kept when present (and of the right type), null otherwise.
 OPTIONAL: dict[str, dict[str, str]] = {
-    "exposure": {"probability": _NUMBER, "items": "items", "path": _STR},
+    "exposure": {
+        "probability": _NUMBER,
+        "items": _ITEMS,
+        "path": _STR,
+        "mode": _STR,
+        "context": _ITEMS,
+        "propensities": _PROPENSITIES,
+        "teams": _TEAMS,
+        "explored": _BOOL,
+        "logging_policy": _STR,
+    },
     "feedback": {"item": _STR},
     "shadow": {
         "latency_ms": _NUMBER,
         "error": _BOOL,
         "probability": _NUMBER,
-        "items": "items",
+        "items": _ITEMS,
         "path": _STR,
     },
 }
+# Lists that must have one element per shown item (`items`), when both are present.
+ALIGNED = ("propensities", "teams")
 QUARANTINE_COLUMNS = ("line_number", "reason", "line")
+
+
+def json_list(value) -> list | None:
+    """A list field as stored (JSON text, see the module docstring) or as a list or array
+    already, back as a list; None for a missing value (None, NaN, pandas NA)."""
+    if isinstance(value, str):
+        return json.loads(value)
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return None
+    return list(value)
 
 
 def columns(kind: str) -> list[str]:
@@ -146,8 +185,12 @@ def _is(value: object, kind: str) -> bool:
         return isinstance(value, dict) and all(
             isinstance(k, str) and _is(v, _NUMBER) and v >= 0 for k, v in value.items()
         )
-    if kind == "items":
+    if kind == _ITEMS:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _PROPENSITIES:
+        return isinstance(value, list) and all(_is(v, _NUMBER) and 0 < v <= 1 for v in value)
+    if kind == _TEAMS:
+        return isinstance(value, list) and all(v in ROLES for v in value)
     raise ValueError(f"unknown field type {kind!r}")
 
 
@@ -192,12 +235,19 @@ def check_record(record: object) -> tuple[str, dict] | str:
         return "unknown_problem"
     if "role" in row and row["role"] not in ROLES:
         return "unknown_role"
+    if row.get("mode") is not None and row["mode"] not in MODES:
+        return "unknown_mode"
     if "action" in row and row["action"] not in ACTIONS:
         return "unknown_action"
+    shown = row.get("items")
+    for name in ALIGNED:
+        if row.get(name) is not None and shown is not None and len(row[name]) != len(shown):
+            return f"length_mismatch:{name}"
     if "weights" in row:
         row["weights"] = weights_text(row["weights"])
-    if row.get("items") is not None:
-        row["items"] = json.dumps(row["items"])
+    for name, kind_of_value in OPTIONAL[kind].items():
+        if kind_of_value in _LISTS and row[name] is not None:
+            row[name] = json.dumps(row[name])
     return kind, row
 
 
@@ -252,7 +302,7 @@ _DTYPES = {
     _INT: "Int64",
     _BOOL: "boolean",
     _WEIGHTS: "object",
-    "items": "object",
+    **dict.fromkeys(_LISTS, "object"),
 }
 
 

@@ -30,6 +30,8 @@ from orchestration.monitoring.assets import build_monitoring_assets
 from orchestration.monitoring.sensors import RETRAIN_JOBS, build_drift_sensor
 from orchestration.partitions import daily_partitions
 from orchestration.recommendation.assets import build_recommendation_assets
+from orchestration.recommendation.offline_online import GROUP as OFFLINE_ONLINE_GROUP
+from orchestration.recommendation.offline_online import build_offline_online_asset
 from orchestration.resources import build_resources
 from skiff.settings import Settings, ensure_home, load_settings
 
@@ -39,6 +41,7 @@ SCORE_DAYS = "score_days"
 NIGHTLY = "nightly_refresh"
 MONITOR_DAYS = "monitor_days"
 RELEASE_LOOP = "release_loop"
+OFFLINE_VS_ONLINE = "offline_vs_online"
 DATA_GROUPS = ("ingestion", "staging", "intermediate", "marts")
 
 
@@ -55,6 +58,7 @@ def build_definitions(settings: Settings) -> Definitions:
             build_serving_log_asset(settings),
             build_experiment_dbt_assets(project),
             *build_experiment_assets(settings),
+            build_offline_online_asset(settings),
         ],
         settings.env,
     )
@@ -110,6 +114,12 @@ def build_definitions(settings: Settings) -> Definitions:
         description="One look of the rollout controllers: the server's log of a day -> raw "
         "tables -> experiment marts -> experiment_results -> each problem's rollout step.",
     )
+    offline_vs_online = define_asset_job(
+        OFFLINE_VS_ONLINE,
+        selection=AssetSelection.groups(OFFLINE_ONLINE_GROUP),
+        description="The offline-vs-online table of the latest recommender candidates on the "
+        "synthetic data's world: offline metrics, replay, interleaving, A/B and the truth.",
+    )
     return Definitions(
         assets=assets,
         jobs=[
@@ -119,6 +129,7 @@ def build_definitions(settings: Settings) -> Definitions:
             monitor_days,
             nightly,
             release_loop,
+            offline_vs_online,
             *retrain,
         ],
         schedules=[

@@ -13,7 +13,14 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, RunRequest, b
 
 from ml.monitoring import worst
 from ml.registry import ArtifactError, Registry, load_published
-from orchestration.definitions import MONITOR_DAYS, SCORE_DAYS, TRAIN_MODELS, build_definitions
+from orchestration.definitions import (
+    MONITOR_DAYS,
+    OFFLINE_VS_ONLINE,
+    SCORE_DAYS,
+    TRAIN_MODELS,
+    build_definitions,
+)
+from orchestration.recommendation import offline_online
 from orchestration.runs import run_job, run_requested
 from skiff.settings import ConfigError, Settings
 
@@ -209,6 +216,22 @@ def run_models(
         if not retrain(settings, request):
             return False
         print("  " + champion_line(settings, request.job_name))
+    return True
+
+
+def offline_vs_online(settings: Settings, seed: int, products: int, regime: str) -> bool:
+    """The offline-vs-online table of the latest recommender candidates on the data's world
+    (the generator's seed and catalogue), printed. False when the run failed."""
+    print(
+        "\noffline vs online: each recommender's offline metrics beside replay, interleaving, "
+        "A/B and the simulator's truth (one Dagster run)...",
+        flush=True,
+    )
+    world = {"world_seed": seed, "world_products": products, "regime": regime}
+    ops = {offline_online.ASSET: {"config": world}}
+    if not run_job(settings, OFFLINE_VS_ONLINE, ops=ops):
+        return False
+    print(offline_online.report_path(settings).read_text().split("\n", 2)[-1].strip())
     return True
 
 

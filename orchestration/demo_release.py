@@ -38,6 +38,7 @@ DEMO_POLICY = {
     "min_sessions": 150,
     "min_hours": 0.0,
     "n_star": 300,
+    "replay_min_exposures": 300,
 }
 SESSIONS_PER_LOOK = 600
 MAX_LOOKS = 12

@@ -17,7 +17,7 @@ from dagster import ConfigurableResource
 from dagster_dbt import DbtProject
 
 from orchestration.dbt.project import dbt_cli
-from orchestration.sql import days_sql
+from orchestration.sql import days_sql, text_sql
 from skiff.settings import Settings
 
 # Raw tables written by the ingestion assets. Types are portable (DuckDB and Snowflake).
@@ -95,6 +95,42 @@ class Warehouse(ConfigurableResource):
         setup = [f"create schema if not exists {schema}", _ddl(schema, table, columns)]
         delete = f"delete from {schema}.{table} where {day_column} in ({days_sql(days)})"
         self._replace(setup, delete, schema, table, frame[list(columns)], columns)
+
+    def exists(self, table: str, *, schema: str | None = None) -> bool:
+        """Whether `schema.table` exists (names compared in lower case, as Snowflake keeps
+        them in upper case)."""
+        found = self.query(
+            "select count(*) as n from information_schema.tables"
+            f" where lower(table_schema) = {text_sql((schema or self.schema_name).lower())}"
+            f" and lower(table_name) = {text_sql(table.lower())}"
+        )
+        return int(found["n"].iloc[0]) > 0
+
+    def add_missing_columns(
+        self, table: str, columns: dict[str, str], *, schema: str | None = None
+    ) -> list[str]:
+        """Add the `columns` an existing table lacks (one written by an older version: the rows
+        already there get nulls); the names added. A missing table is left to `replace_days`,
+        which creates it whole. Snowflake keeps names in upper case, DuckDB as written: compared
+        in lower case."""
+        schema = schema or self.schema_name
+        found = self.query(
+            "select lower(column_name) as name from information_schema.columns"
+            f" where lower(table_schema) = {text_sql(schema.lower())}"
+            f" and lower(table_name) = {text_sql(table.lower())}"
+        )
+        missing = {n: k for n, k in columns.items() if len(found) and n not in set(found["name"])}
+        if missing:
+            alters = [
+                f"alter table {schema}.{table} add column {n} {k}" for n, k in missing.items()
+            ]
+            # DDL as setup statements (plain executes): Snowflake's connector cannot fetch a
+            # frame from a DDL statement, which `query` would ask for; no row is replaced
+            empty = pd.DataFrame(columns=list(columns))
+            self._replace(
+                alters, f"delete from {schema}.{table} where 1 = 0", schema, table, empty, columns
+            )
+        return list(missing)
 
     def _replace(
         self,

@@ -11,6 +11,9 @@
 |  |  | controller's `<published>/experiments.json`, which wins over the published roles |
 | SKIFF_CHALLENGER_TRAFFIC | 0 | share of sessions a published challenger gets when no file is |
 |  |  | given; 0 runs the challenger in shadow mode |
+| SKIFF_SERVE_EXPLORE | 0.05 | share of A/B recommender answers shuffled from the model's top M |
+|  |  | (logged propensities for off-policy replay); 0 = off, answers exactly the model's top k |
+| SKIFF_SERVE_EXPLORE_POOL | 20 | M = max(pool, k): how deep an explored answer shuffles from |
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skiff.settings import ConfigError
+
+if TYPE_CHECKING:
+    from ml.offpolicy import Exploration
 
 PROBLEMS = ("conversion", "recommender")
 
@@ -34,7 +40,7 @@ def _number(name: str, text: str, kind: type, low: float, high: float | None = N
         value = kind(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a {kind.__name__}") from None
-    if value < low or (high is not None and value > high):
+    if value != value or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ConfigError(f"{name}={text!r} must be {bound}")
     return value
@@ -50,6 +56,14 @@ class ServeConfig:
     require: tuple[str, ...] = PROBLEMS
     experiments_file: Path | None = None
     challenger_traffic: float = 0.0
+    explore: float = 0.05
+    explore_pool: int = 20
+
+    @property
+    def exploration(self) -> Exploration:
+        from ml.offpolicy import Exploration
+
+        return Exploration(share=self.explore, pool=self.explore_pool)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ServeConfig:
@@ -77,6 +91,12 @@ class ServeConfig:
             experiments_file=Path(experiments) if experiments else None,
             challenger_traffic=_number(
                 "SKIFF_CHALLENGER_TRAFFIC", _env("SKIFF_CHALLENGER_TRAFFIC", "0"), float, 0, 1
+            ),
+            explore=_number(
+                "SKIFF_SERVE_EXPLORE", _env("SKIFF_SERVE_EXPLORE", "0.05"), float, 0, 1
+            ),
+            explore_pool=_number(
+                "SKIFF_SERVE_EXPLORE_POOL", _env("SKIFF_SERVE_EXPLORE_POOL", "20"), int, 1
             ),
         )
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -26,6 +26,12 @@ versions, so a new champion or challenger starts a new experiment. An experiment
 are not all loaded serves the champion alone, under the name `<name>:inactive` and no stage,
 so its results stay apart.
 
+An experiment's `mode` is "ab" (the default: each session sees its variant's model) or
+"interleaving" (recommender only; needs a champion variant and a challenger variant): a session
+assigned to the challenger-role variant is shown the team draft of the challenger's and the
+champion's lists, every other session sees the champion (see `serving.showing`). An inactive
+experiment runs "ab": the champion alone has nothing to interleave with.
+
 A ramp changes weights only, never the name: assignment hashes (name, session id) onto [0, 1)
 and the weights cut that line in the order listed, so with the challenger listed first, growing
 its weight only moves champion sessions to it; a session never flips back and forth.
@@ -40,6 +46,7 @@ from pathlib import Path
 
 from ml import experiments as stats
 from ml.registry import ROLES
+from ml.serving_log import MODES
 from skiff.settings import ConfigError
 
 
@@ -57,6 +64,7 @@ class Experiment:
     variants: tuple[Variant, ...]
     shadow: str | None = None  # a role scored but never shown
     stage: str | None = None  # the rollout stage, as the configuration names it
+    mode: str = "ab"  # one of MODES
 
     @property
     def weights(self) -> dict[str, float]:
@@ -110,8 +118,21 @@ def parse(data: Mapping, source: str) -> dict[str, Experiment]:
         stage = spec.get("stage")
         if stage is not None and not isinstance(stage, str):
             raise ConfigError(f"{where}.stage: must be a string, got {stage!r}")
-        out[problem] = Experiment(str(spec["name"]), problem, tuple(variants), shadow, stage)
+        mode = _mode(spec.get("mode", "ab"), problem, variants, where)
+        out[problem] = Experiment(str(spec["name"]), problem, tuple(variants), shadow, stage, mode)
     return out
+
+
+def _mode(mode: object, problem: str, variants: list[Variant], where: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"{where}.mode: {mode!r} not in {MODES}")
+    roles = {v.role for v in variants}
+    if mode == "interleaving" and (problem != "recommender" or roles != set(ROLES)):
+        raise ConfigError(
+            f"{where}.mode: interleaving needs the recommender problem and both a champion and "
+            f"a challenger variant (got {problem}, roles {sorted(roles)})"
+        )
+    return str(mode)
 
 
 def load_file(path: Path) -> dict[str, Experiment]:

@@ -52,6 +52,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "skiff_recommendations_total": (
         "Recommendation answers by the path that answered.", ("path",)
     ),
+    "skiff_explored_recommendations_total": (
+        "Recommendation answers shuffled for exploration (see serving.showing).", ()
+    ),
     "skiff_unknown_products_total": (
         "Products in requests that the serving model does not know.", ("endpoint",)
     ),

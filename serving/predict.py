@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,8 @@ class Recommended:
     path: str  # what answered: one of PATHS
     unknown: int  # viewed products the model does not know
     failed: bool = False  # the model raised, and the lookup answered instead
+    # what `serving.showing` adds to the exposure record (context, propensities, teams, ...)
+    logged: Mapping[str, Any] = field(default_factory=dict)
 
 
 async def recommend(

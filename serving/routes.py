@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from serving import predict
+from serving import predict, showing
 from serving.experiments import Variant
 from serving.metrics import CONTENT_TYPE
 from serving.schemas import (
@@ -22,7 +23,8 @@ from serving.schemas import (
     RecommendationRequest,
     Recommendations,
 )
-from serving.service import History, Service, Unavailable, now
+from serving.service import Assignment, History, Service, Unavailable, now
+from serving.store import Loaded
 
 log = logging.getLogger("skiff.serving")
 
@@ -74,17 +76,33 @@ async def recommend(
     request: RecommendationRequest, background: BackgroundTasks, service: ServiceDep
 ) -> Recommendations:
     """The k products a session is most likely to view next, from the products it viewed.
-    Unknown products are skipped and counted; with no known product, popular products."""
+    Unknown products are skipped and counted; with no known product, popular products. A small
+    share of answers explores (a shuffle of the model's top products), and an interleaving
+    experiment's challenger sessions see the champion's and the challenger's lists merged."""
     service.at_most("items", len(request.items))
+
+    def top(model: Loaded, n: int) -> Awaitable[predict.Recommended]:
+        return predict.recommend(model, request.items, n, service.metrics, service.batcher)
+
+    def show(assignment: Assignment) -> Awaitable[predict.Recommended]:
+        exploration = service.config.exploration
+        return showing.shown(
+            assignment, top, request.items, request.k, exploration, service.metrics
+        )
+
     exposure = await service.exposed(
         "recommender",
         request.session_id,
         History(len(request.items)),
         background,
-        lambda model: predict.recommend(
-            model, request.items, request.k, service.metrics, service.batcher
-        ),
-        lambda answer: {"items": answer.items, "path": answer.path, "error": answer.failed},
+        lambda model: top(model, request.k),
+        lambda answer: {
+            "items": answer.items,
+            "path": answer.path,
+            "error": answer.failed,
+            **answer.logged,
+        },
+        show,
     )
     answer = exposure.answer
     service.metrics.inc("skiff_recommendations_total", path=answer.path)
@@ -159,12 +177,18 @@ async def healthz() -> dict:
 @operations.get("/readyz", responses={503: {"description": "Not ready."}})
 async def readyz(service: ServiceDep) -> JSONResponse:
     """Ready once the champion of every required problem (SKIFF_SERVE_REQUIRE) is loaded;
-    also the experiment each problem runs: its name, stage and weights."""
+    also the experiment each problem runs: its name, stage, weights, shadow and mode."""
     snapshot = service.store.snapshot
     loaded = {f"{p}/{r}": m.version for (p, r), m in sorted(snapshot.models.items())}
     missing = [p for p in service.config.require if snapshot.model(p, "champion") is None]
     experiments = {
-        problem: {"name": e.name, "stage": e.stage, "weights": e.weights, "shadow": e.shadow}
+        problem: {
+            "name": e.name,
+            "stage": e.stage,
+            "weights": e.weights,
+            "shadow": e.shadow,
+            "mode": e.mode,
+        }
         for problem, e in sorted(snapshot.experiments.items())
     }
     body = {

@@ -7,7 +7,13 @@ time the answer took (`latency_ms`: the model call, batching wait included, not 
 round trip), whether the model call raised (`error`), and the size of the request's history
 (`history_events`, `history_adds`), a pre-exposure covariate for variance reduction. When the
 model call raises and nothing can answer, the exposure is logged with `error` true and no
-answer fields, counted, and the exception goes on to the client as a 500, as before.
+answer fields, counted, and the exception goes on to the client as a 500, as before. Every
+exposure of an experiment logs its `mode` ("ab" or "interleaving").
+
+A request's randomness (the recommender's exploration and team draft, `serving.showing`) comes
+from `Assignment.rng`, a generator seeded by the exposure id: a uuid4, so fresh entropy for
+every request, and an explored or interleaved answer can be recomputed from its log record and
+the model's list.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 from fastapi import BackgroundTasks
 
 from serving import predict
@@ -63,6 +70,24 @@ class Unavailable(Exception):
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
         self.problem = problem
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What answers one request: the experiment, the session's variant and its model, from
+    the snapshot the request read, and the id its exposure is logged under."""
+
+    snapshot: Snapshot
+    experiment: Experiment
+    variant: Variant
+    served: Loaded
+    exposure_id: str
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(uuid.UUID(self.exposure_id).int)
+
+
+ShowOf = Callable[[Assignment], Awaitable[A]]
 
 
 @dataclass(frozen=True)
@@ -126,27 +151,34 @@ class Service:
         background: BackgroundTasks,
         answer_of: AnswerOf[A],
         logged: Callable[[A], dict[str, Any]],
+        show: ShowOf[A] | None = None,
     ) -> Exposure[A]:
         """Answer with the model of the session's variant and log the exposure (`logged` gives
         the answer's fields in the log, `"error": True` among them when the model raised and a
-        fallback answered); a shadow role answers after the response went out."""
+        fallback answered); a shadow role answers after the response went out. `show`, when
+        given, computes what is shown instead of `answer_of(the variant's model)` (the
+        recommender's exploration and interleaving); the shadow role is always `answer_of`."""
         snapshot = self.store.snapshot
         experiment = snapshot.experiments.get(problem)
         if experiment is None:
             raise Unavailable(problem)
         variant = experiment.assign(session_id)
         served = snapshot.model(problem, variant.role)
+        assignment = Assignment(snapshot, experiment, variant, served, uuid.uuid4().hex)
+        exposure_id = assignment.exposure_id
         began = time.perf_counter()
         try:
-            answer = await answer_of(served)
+            answer = await (show(assignment) if show else answer_of(served))
         except Exception:
             latency = _ms_since(began)
             self.metrics.inc("skiff_model_errors_total", problem=problem, role=served.role)
-            self.expose(experiment, variant, served, session_id, history, latency, None)
+            self.expose(
+                experiment, variant, served, session_id, history, latency, None, exposure_id
+            )
             raise
         latency = _ms_since(began)
         fields = logged(answer)
-        exposure_id = self.expose(experiment, variant, served, session_id, history, latency, fields)
+        self.expose(experiment, variant, served, session_id, history, latency, fields, exposure_id)
         if experiment.shadow:
             background.add_task(self._shadow, snapshot, experiment, exposure_id, answer_of, logged)
         return Exposure(served, experiment, variant, exposure_id, answer)
@@ -160,9 +192,11 @@ class Service:
         history: History,
         latency_ms: float,
         answer: dict[str, Any] | None,
+        exposure_id: str | None = None,
     ) -> str:
-        """Log one exposure; `answer` None: the model call raised and nothing answered."""
-        exposure_id = uuid.uuid4().hex
+        """Log one exposure (under a new id unless given); `answer` None: the model call raised
+        and nothing answered."""
+        exposure_id = exposure_id or uuid.uuid4().hex
         record = {
             "kind": "exposure",
             "id": exposure_id,
@@ -179,6 +213,7 @@ class Service:
             "error": answer is None,
             "history_events": history.events,
             "history_adds": history.adds,
+            **({"mode": experiment.mode} if experiment else {}),
             **(answer or {}),
         }
         try:

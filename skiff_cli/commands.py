@@ -107,9 +107,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"\nmodels skipped: training needs at least {demo.MIN_TRAINING_DAYS} days "
             "(training window, validation day, test day)"
         )
-    elif not demo.run_models(
-        settings, days, args.drift_from, args.no_retrain, args.bad_challenger
-    ) or not (args.no_release or _release(args, settings)):
+    elif (
+        not demo.run_models(settings, days, args.drift_from, args.no_retrain, args.bad_challenger)
+        or not (args.no_release or _release(args, settings))
+        or not (args.no_offline_online or _offline_online(args, settings))
+    ):
         print("a run failed; open the UI (`skiff ui`) and look at the run's logs")
         return 1
     print()
@@ -132,6 +134,18 @@ def _release(args: argparse.Namespace, settings: Settings) -> bool:
     last = config.start + dt.timedelta(days=config.days - 1)
     print()
     return run_release(settings, world(config, regime_of(last, config)), seed=args.seed)
+
+
+def _offline_online(args: argparse.Namespace, settings: Settings) -> bool:
+    """The offline-vs-online table on the data's world, if both champions were published."""
+    from ml.synthetic import regime_of
+    from orchestration import demo
+
+    if not demo.champions_published(settings):
+        return True
+    config = _config(args, settings)
+    last = config.start + dt.timedelta(days=config.days - 1)
+    return demo.offline_vs_online(settings, config.seed, config.n_products, regime_of(last, config))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -246,6 +260,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_events=args.max_events,
         reload_seconds=args.reload_seconds,
         challenger_traffic=args.challenger_traffic,
+        explore=args.explore,
+        explore_pool=args.explore_pool,
     )
     return serve(settings, config)
 

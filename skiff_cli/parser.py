@@ -33,6 +33,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, days: int, sessions: int) -> None:
     parser.add_argument("--days", type=_positive, default=days, help=f"days (default {days})")
     parser.add_argument(
@@ -95,12 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--bad-challenger",
         action="store_true",
         help="start on the best recommender and admit POP as challenger by override: the "
-        "release loop rolls it back",
+        "replay gate rolls it back before any shopper sees it",
     )
     demo.add_argument(
         "--no-release",
         action="store_true",
         help="skip the release loop (server + simulated shoppers + rollout controllers)",
+    )
+    demo.add_argument(
+        "--no-offline-online",
+        action="store_true",
+        help="skip the offline-vs-online table (offline metrics beside replay, interleaving, "
+        "A/B and the simulator's truth)",
     )
     demo.set_defaults(func=commands.cmd_demo)
 
@@ -141,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reload-seconds", type=float, help="pointer check interval, default 2")
     serve.add_argument(
         "--challenger-traffic", type=float, help="challenger share (0 = shadow), default 0"
+    )
+    serve.add_argument(
+        "--explore",
+        type=_share,
+        metavar="SHARE",
+        help="share of recommender answers shuffled to log propensities (0 = off), "
+        "default SKIFF_SERVE_EXPLORE or 0.05",
+    )
+    serve.add_argument(
+        "--explore-pool",
+        type=_positive,
+        metavar="N",
+        help="explored answers shuffle the top max(N, k), default SKIFF_SERVE_EXPLORE_POOL or 20",
     )
     serve.set_defaults(func=commands.cmd_serve)
 

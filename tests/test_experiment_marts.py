@@ -4,7 +4,9 @@ DuckDB file) -> the experiment dbt models (real dbt) -> marts equal to the panda
 The log is written here as the server writes it (one JSON object a line, the server's field
 set), with the faults a real one has: an exposure logged twice, feedback for an exposure of
 another replica, a last line cut short by a crash, a wrong-typed field, an unknown kind and the
-other reasons of `ml.serving_log.REASONS`.
+other reasons of `ml.serving_log.REASONS`. Two server versions wrote it: the lines of some
+sessions lack the off-policy and interleaving fields (issue #14), the others log them, and one
+experiment switches from A/B to interleaving while some of its sessions are under way.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ from dagster import (
 )
 
 from ml import serving_log
-from ml.experiments import assign, log_file, sessions_table
+from ml.experiments import SESSION_COLUMNS, assign, log_file, sessions_table
 from orchestration.dbt.assets import build_dbt_assets, build_experiment_dbt_assets
 from orchestration.dbt.project import build_dbt_project
 from orchestration.experiments import log as log_asset
-from orchestration.experiments.log import build_serving_log_asset, serving_log_partitions
+from orchestration.experiments.log import (
+    DAY_COLUMN,
+    build_serving_log_asset,
+    serving_log_partitions,
+)
 from orchestration.partitions import daily_partitions
 from orchestration.resources import build_resources
 from skiff.settings import Settings, ensure_home, load_settings
@@ -40,7 +46,9 @@ START = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 RAW = ("serving_exposures", "serving_feedback", "serving_shadows", "serving_log_quarantine")
 REC = "recommender:r1:vs:r2"
 CONV = "conversion:c1:vs:c2"
+IL = "recommender:r1:il:r3"  # switches from A/B to interleaving (same stage and weights)
 # The recommender ramps from 25% to 50% half-way: two periods of one experiment.
+CONV_WEIGHTS = {"challenger": 1, "champion": 1}
 PERIODS = [
     ("25%", {"challenger": 0.25, "champion": 0.75}),
     ("50%", {"challenger": 0.5, "champion": 0.5}),
@@ -48,7 +56,11 @@ PERIODS = [
 VERSIONS = {
     REC: {"champion": "r1", "challenger": "r2"},
     CONV: {"champion": "c1", "challenger": "c2"},
+    IL: {"champion": "r1", "challenger": "r3"},
 }
+# The fields a server before issue #14 did not log.
+NEW_FIELDS = ("mode", "context", "propensities", "teams", "explored", "logging_policy")
+POLICY = "shuffle:top20:0.05"
 
 
 def _at(seconds: float) -> str:
@@ -84,21 +96,59 @@ def _exposure(rng, problem, experiment, stage, weights, session, seconds, *, err
     return record
 
 
-def _feedback(exposure: dict, action: str, seconds: float) -> dict:
-    return {"kind": "feedback", "exposure_id": exposure["id"], "action": action, "at": _at(seconds)}
+def _logged(record: dict, rng: random.Random, mode: str) -> dict:
+    """The fields of issue #14 on a recommender exposure, as the newer server logs them."""
+    record["mode"] = mode
+    if record["error"]:
+        return record
+    k = len(record["items"])
+    record["context"] = [f"sku{rng.randint(1, 50)}" for _ in range(rng.randint(1, 3))]
+    record["logging_policy"] = POLICY
+    record["explored"] = mode == "ab" and rng.random() < 0.3
+    if mode == "interleaving" and record["role"] == "challenger":
+        record["teams"] = [rng.choice(serving_log.ROLES) for _ in range(k)]
+    elif record["explored"]:  # a shuffled top 20: share / 20, or that plus 1 - share
+        record["propensities"] = [rng.choice([0.0025, 0.9525]) for _ in range(k)]
+    else:
+        record["propensities"] = [0.9525 if mode == "ab" else 1.0] * k
+    return record
+
+
+def _feedback(exposure: dict, action: str, seconds: float, item: str | None = None) -> dict:
+    record = {"kind": "feedback", "exposure_id": exposure["id"], "action": action}
+    record["at"] = _at(seconds)
+    return record if item is None else {**record, "item": item}
+
+
+def _clicks(rng: random.Random, exposure: dict, seconds: float) -> list[tuple[float, dict]]:
+    """A click on one shown item; now and then the same item again (a double click, the
+    server's retry) or a second item."""
+    item = rng.choice(exposure["items"])
+    clicks = [(seconds, _feedback(exposure, "click", seconds, item))]
+    if rng.random() < 0.3:
+        clicks.append((seconds + 1, _feedback(exposure, "click", seconds + 1, item)))
+    if rng.random() < 0.3:
+        other = rng.choice(exposure["items"])
+        clicks.append((seconds + 3, _feedback(exposure, "click", seconds + 3, other)))
+    return clicks
 
 
 def server_records(seed: int = 7) -> list[dict]:
-    """A day of traffic in time order: two experiments (one ramping), lookups outside any."""
-    rng = random.Random(seed)
+    """A day of traffic in time order: three experiments (one ramping, one switching to
+    interleaving), lookups outside any. The recommender sessions s0..s19 and the lookups come
+    from the older server (none of the fields of issue #14); the item a click names too."""
+    rng, fields = random.Random(seed), random.Random(seed + 1)
     timed: list[tuple[float, dict]] = []
-    for n in range(150):
-        problem, experiment = ("recommender", REC) if n < 100 else ("conversion", CONV)
+    for n in range(170):
+        problem, experiment = ("conversion", CONV) if 100 <= n < 150 else ("recommender", REC)
+        experiment = IL if n >= 150 else experiment
         start = n * 60.0
-        for step in range(rng.randint(1, 4)):
+        # sessions 160..169 of the interleaving experiment began before its switch from A/B
+        steps = rng.randint(2, 4) if n >= 160 else rng.randint(1, 4)
+        for step in range(steps):
             # sessions 40..49 are still browsing when the ramp moves on: rows in both periods
             period = PERIODS[int(n >= 50 or (n >= 40 and step > 0))]
-            stage, weights = period if n < 100 else (None, {"challenger": 1, "champion": 1})
+            stage, weights = period if problem == "recommender" else (None, CONV_WEIGHTS)
             # every tenth session has two exposures in one millisecond (ties break by id)
             seconds = start + (0 if n % 10 == 0 and step < 2 else step * 7.5)
             exposure = _exposure(
@@ -111,10 +161,16 @@ def server_records(seed: int = 7) -> list[dict]:
                 seconds,
                 error=rng.random() < 0.05,
             )
+            if problem == "recommender" and n >= 20:
+                mode = "ab" if n < 150 or (n >= 160 and step == 0) else "interleaving"
+                exposure = _logged(exposure, fields, mode)
             timed.append((seconds, exposure))
             for action, chance in (("click", 0.35), ("add", 0.12), ("purchase", 0.05)):
                 if not exposure["error"] and rng.random() < chance:
-                    timed.append((seconds + 2, _feedback(exposure, action, seconds + 2)))
+                    if action == "click" and "mode" in exposure:
+                        timed.extend(_clicks(fields, exposure, seconds + 2))
+                    else:
+                        timed.append((seconds + 2, _feedback(exposure, action, seconds + 2)))
             if problem == "conversion" and step == 0:
                 shadow = {k: exposure[k] for k in ("problem", "at")}
                 shadow.update(kind="shadow", exposure_id=exposure["id"], role="challenger")
@@ -129,9 +185,12 @@ def server_records(seed: int = 7) -> list[dict]:
 def write_log(folder: Path, day: dt.date = DAY) -> tuple[list[dict], dict[int, str]]:
     """The day's log file; returns the valid records written and {line number: reason} of
     the lines that must be quarantined."""
-    records = server_records()
+    records: list = server_records()
     exposures = [r for r in records if r["kind"] == "exposure" and r["experiment"]]
-    orphan = {**_feedback(exposures[0], "click", 10), "exposure_id": "f" * 32}
+    # a click of another replica's exposure: it waits in experiment_clicks too
+    orphan = {**_feedback(exposures[0], "click", 10, "sku1"), "exposure_id": "f" * 32}
+    ab = [r for r in exposures if r.get("propensities") and r["mode"] == "ab"]
+    teamed = [r for r in exposures if r.get("teams")]
     bad = {
         "wrong_type:latency_ms": json.dumps({**exposures[3], "id": "a" * 32, "latency_ms": "12"}),
         "unknown_kind": json.dumps({"kind": "heartbeat", "at": _at(1)}),
@@ -147,6 +206,22 @@ def write_log(folder: Path, day: dt.date = DAY) -> tuple[list[dict], dict[int, s
         "not_json": '{"kind": "exposure", "id": ',
         "not_an_object": "[1, 2, 3]",
         "empty_line": "",
+        # the fields of issue #14
+        "unknown_mode": json.dumps({**ab[0], "id": "1" * 32, "mode": "bandit"}),
+        "wrong_type:context": json.dumps({**ab[0], "id": "2" * 32, "context": "sku1"}),
+        "wrong_type:propensities": json.dumps(
+            {**ab[1], "id": "3" * 32, "propensities": [0.0] * len(ab[1]["items"])}
+        ),
+        "wrong_type:explored": json.dumps({**ab[2], "id": "4" * 32, "explored": "yes"}),
+        "length_mismatch:propensities": json.dumps(
+            {**ab[3], "id": "5" * 32, "propensities": ab[3]["propensities"][:-1]}
+        ),
+        "wrong_type:teams": json.dumps(
+            {**teamed[0], "id": "6" * 32, "teams": ["shadow"] * len(teamed[0]["items"])}
+        ),
+        "length_mismatch:teams": json.dumps(
+            {**teamed[1], "id": "7" * 32, "teams": [*teamed[1]["teams"], "champion"]}
+        ),
     }
     lines = [json.dumps(r).encode() for r in records]
     lines.insert(40, json.dumps(orphan).encode())
@@ -154,22 +229,18 @@ def write_log(folder: Path, day: dt.date = DAY) -> tuple[list[dict], dict[int, s
     duplicate = json.dumps(exposures[10]).encode()
     lines.insert(200, duplicate)  # the server retried a write: the same record twice
     records.insert(200, exposures[10])
-    for i, text in enumerate(bad.values()):
+    for i, (reason, text) in enumerate(bad.items()):
         lines.insert(20 + 25 * i, text.encode())
-        records.insert(20 + 25 * i, None)
+        records.insert(20 + 25 * i, reason)  # a refused line: its reason in place of a record
     lines.insert(300, b"\xff\xfe not utf-8")
-    records.insert(300, None)
+    records.insert(300, "invalid_utf8")
     cut = json.dumps({**exposures[-1], "id": "e" * 32}).encode()[:60]  # crashed mid-write
-    expected: dict[int, str] = {}
-    reasons = iter([*bad, "invalid_utf8"])
-    for number, record in enumerate(records, start=1):
-        if record is None:
-            expected[number] = next(reasons)
+    expected = {n: r for n, r in enumerate(records, start=1) if isinstance(r, str)}
     expected[len(lines) + 1] = "cut_short"
     path = log_file(folder, day)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\n".join(lines) + b"\n" + cut)
-    return [r for r in records if r is not None], expected
+    return [r for r in records if isinstance(r, dict)], expected
 
 
 def _table(settings: Settings, sql: str) -> pd.DataFrame:
@@ -302,9 +373,10 @@ def test_the_marts_pass_their_dbt_tests_and_the_orphan_feedback_warns(run) -> No
     assert len(checks) > 20
     failed = {name for name, c in checks.items() if not c.passed}
     assert failed == {
-        "relationships_stg_serving_feedback_exposure_id__exposure_id__ref_stg_serving_exposures_"
+        "relationships_stg_serving_feedback_exposure_id__exposure_id__ref_stg_serving_exposures_",
+        "relationships_experiment_clicks_exposure_id__exposure_id__ref_experiment_exposures_",
     }
-    assert checks[failed.pop()].severity.value == "WARN"
+    assert {checks[name].severity.value for name in failed} == {"WARN"}
 
 
 def _mart(settings: Settings, name: str) -> pd.DataFrame:
@@ -324,12 +396,14 @@ def test_experiment_exposures_has_one_row_per_exposure_with_its_feedback(run) ->
 
 def test_experiment_sessions_equals_the_pandas_twin(run) -> None:
     """The mart against ml.experiments.sessions_table on the same records (those the contract
-    accepts, each exposure once): equal up to row order and dtypes."""
+    accepts, each exposure once; a missing mode is 'ab' in both): equal up to row order and
+    dtypes."""
     settings = run["settings"]
     parsed = serving_log.parse_log(log_file(settings.home / "serving", DAY).read_bytes())
-    twin = sessions_table(parsed.exposures.drop_duplicates("id"), parsed.feedback)
+    exposures = parsed.exposures.drop_duplicates("id")
     mart = _mart(settings, "experiment_sessions")
-    assert list(mart.columns) == list(twin.columns)
+    twin = sessions_table(exposures, parsed.feedback)
+    assert list(mart.columns) == list(SESSION_COLUMNS)
     assert len(mart) == len(twin) > 150  # two periods of the ramp give some sessions two rows
     assert set(mart["stage"].dropna()) == {"25%", "50%"} and mart["stage"].isna().any()
 
@@ -339,10 +413,98 @@ def test_experiment_sessions_equals_the_pandas_twin(run) -> None:
         )
         counts = ["exposures", "clicked", "added", "purchased", "errors", "history_events"]
         frame = frame.astype({c: "int64" for c in [*counts, "history_adds"]})
-        keys = ["problem", "experiment", "stage", "weights", "variant", "session_id"]
+        keys = ["problem", "experiment", "mode", "stage", "weights", "variant", "session_id"]
         return frame.sort_values(keys).reset_index(drop=True)
 
     pd.testing.assert_frame_equal(canonical(mart), canonical(twin), check_dtype=False)
+
+
+def test_an_experiment_switched_to_interleaving_keeps_each_modes_sessions_apart(run) -> None:
+    """Sessions s160..s169 of IL were shown an A/B answer, then (same stage, same weights)
+    interleaved ones: a row per mode, each with its own exposures."""
+    mart = _mart(run["settings"], "experiment_sessions")
+    il = mart[mart["experiment"] == IL]
+    modes = il.groupby("session_id")["mode"].agg(lambda m: tuple(sorted(m)))
+    switched = {f"s{n}" for n in range(160, 170)}
+    assert set(modes[modes.map(len) == 2].index) == switched
+    assert set(modes[list(switched)]) == {("ab", "interleaving")}
+    assert set(modes.drop(list(switched))) == {("interleaving",)}
+    shown = pd.Series(
+        [r["session_id"] for r in run["records"] if r["kind"] == "exposure" and r.get("mode")]
+    )
+    ab = il[il["mode"] == "ab"].set_index("session_id")
+    assert ab["exposures"].eq(1).all()  # the first exposure of each switched session
+    counts = il.groupby("session_id")["exposures"].sum()
+    # each exposure is counted once (the duplicate line aside: it is in REC)
+    assert counts.to_dict() == shown[shown.isin(counts.index)].value_counts().to_dict()
+    assert set(mart.loc[mart["experiment"] != IL, "mode"]) == {"ab"}
+
+
+def _newer(records: list[dict]) -> dict[str, dict]:
+    return {r["id"]: r for r in records if r["kind"] == "exposure" and "mode" in r}
+
+
+def test_the_fields_of_issue_14_round_trip_from_the_log_to_experiment_exposures(run) -> None:
+    records = _newer(run["records"])
+    raw = run["raw"]["serving_exposures"].drop_duplicates("id").set_index("id")
+    mart = _mart(run["settings"], "experiment_exposures").set_index("exposure_id")
+    assert {"mode", "explored", *NEW_FIELDS} <= set(raw.columns) & set(mart.columns)
+    kinds = {"teams": 0, "propensities": 0, "explored": 0}
+    for exposure_id, record in records.items():
+        for table in (raw, mart):
+            row = table.loc[exposure_id]
+            assert row["mode"] == record["mode"]
+            for name in ("items", "context", "propensities", "teams"):
+                value = row[name]
+                assert (None if pd.isna(value) else json.loads(value)) == record.get(name), name
+            assert pd.isna(row["logging_policy"]) or row["logging_policy"] == POLICY
+            assert (row["logging_policy"] == POLICY) == ("logging_policy" in record)
+        assert bool(mart.loc[exposure_id, "explored"]) == record.get("explored", False)
+        kinds["teams"] += "teams" in record
+        kinds["propensities"] += "propensities" in record
+        kinds["explored"] += record.get("explored", False)
+    assert min(kinds.values()) >= 10, kinds  # every kind of answer is among them
+    assert raw["explored"].isna().any()  # the raw table keeps what the line said: nothing
+
+
+def test_lines_of_the_older_server_load_as_ab_and_not_explored(run) -> None:
+    older = [r for r in run["records"] if r["kind"] == "exposure" and "mode" not in r]
+    assert len(older) > 100 and not any(set(NEW_FIELDS) & set(r) for r in older)
+    raw = run["raw"]["serving_exposures"].set_index("id").loc[[r["id"] for r in older]]
+    assert raw[list(NEW_FIELDS)].isna().all().all()
+    mart = _mart(run["settings"], "experiment_exposures").set_index("exposure_id")
+    rows = mart.loc[[r["id"] for r in older]]
+    assert (rows["mode"] == "ab").all() and not rows["explored"].any()
+    assert rows[["context", "propensities", "teams", "logging_policy"]].isna().all().all()
+    stg = _table(run["settings"], "select mode, explored from main.stg_serving_exposures")
+    assert stg.notna().all().all()
+
+
+def test_experiment_clicks_has_one_row_per_clicked_item_at_its_first_click(run) -> None:
+    clicks = [
+        r
+        for r in run["records"]
+        if r["kind"] == "feedback" and r["action"] == "click" and r.get("item") is not None
+    ]
+    expected: dict[tuple[str, str], pd.Timestamp] = {}
+    for click in clicks:
+        key, at = (click["exposure_id"], click["item"]), pd.Timestamp(click["at"]).tz_convert(None)
+        expected[key] = min(expected.get(key, at), at)
+    twice = len(clicks) - len(expected)
+    assert twice >= 10  # clicked again on the same item, or the same line logged twice
+    per_exposure = pd.Series([k[0] for k in expected]).value_counts()
+    assert (per_exposure > 1).sum() >= 5  # exposures with clicks on two items
+    mart = _mart(run["settings"], "experiment_clicks")
+    assert list(mart.columns) == ["exposure_id", "item", "clicked_at"]
+    assert (
+        dict(
+            zip(
+                zip(mart["exposure_id"], mart["item"], strict=True), mart["clicked_at"], strict=True
+            )
+        )
+        == expected
+    )
+    assert ("f" * 32, "sku1") in expected  # the orphan click waits here (and warns)
 
 
 def test_lineage_runs_from_the_log_to_the_marts_apart_from_the_daily_models(settings) -> None:
@@ -399,6 +561,26 @@ def test_the_reconcile_check_fails_when_the_loader_loses_a_line(settings, monkey
         ({"variant": None}, "wrong_type:variant"),
         ({"role": "retired"}, "unknown_role"),
         ({"latency_ms": float("nan")}, "wrong_type:latency_ms"),
+        # the fields of issue #14: optional, typed, aligned with the items shown
+        ({"mode": None, "propensities": None, "teams": None, "explored": None}, None),
+        ({"mode": "interleaving", "items": ["a", "b"], "teams": ["challenger", "champion"]}, None),
+        ({"mode": "ab", "items": ["a", "b"], "propensities": [1, 0.0025], "explored": True}, None),
+        ({"mode": "bandit"}, "unknown_mode"),
+        ({"mode": 1}, "wrong_type:mode"),
+        ({"context": ["a", 3]}, "wrong_type:context"),
+        ({"context": "a"}, "wrong_type:context"),
+        ({"propensities": [0.5, 0.0]}, "wrong_type:propensities"),  # never shown: not logged
+        ({"propensities": [1.0000001]}, "wrong_type:propensities"),
+        ({"propensities": [True]}, "wrong_type:propensities"),
+        ({"propensities": [float("nan")]}, "wrong_type:propensities"),
+        ({"teams": ["challenger", "shadow"]}, "wrong_type:teams"),
+        ({"explored": 1}, "wrong_type:explored"),
+        ({"logging_policy": 0.05}, "wrong_type:logging_policy"),
+        ({"items": ["a", "b"], "propensities": [1.0]}, "length_mismatch:propensities"),
+        ({"items": ["a"], "teams": ["champion", "champion"]}, "length_mismatch:teams"),
+        ({"items": None, "propensities": [1.0]}, None),  # no answer: nothing to align with
+        # a wrong type is the first reason, before the lengths are compared
+        ({"items": ["a"], "propensities": [2.0, 1.0]}, "wrong_type:propensities"),
     ],
 )
 def test_a_record_is_checked_field_by_field(change: dict, reason: str | None) -> None:
@@ -407,5 +589,70 @@ def test_a_record_is_checked_field_by_field(change: dict, reason: str | None) ->
     if reason is None:
         assert outcome[0] == "exposure"
         assert outcome[1]["at"] == dt.datetime(2026, 3, 2, 9, 0)
+        for name in ("items", "context", "propensities", "teams"):  # lists: JSON text
+            value = record.get(name)
+            assert outcome[1][name] == (None if value is None else json.dumps(value))
     else:
         assert outcome == reason
+
+
+def test_the_reasons_are_documented_in_the_order_they_are_checked() -> None:
+    assert serving_log.REASONS.index("unknown_role") < serving_log.REASONS.index("unknown_mode")
+    assert serving_log.REASONS[-1] == "length_mismatch"
+    for reason in ("unknown_mode", "length_mismatch"):
+        assert reason in serving_log.__doc__
+
+
+def test_a_raw_table_of_the_previous_version_gains_the_new_columns_in_place(settings) -> None:
+    """A warehouse whose serving_exposures was created before issue #14 (without its columns,
+    holding a day already): the next load adds the columns, keeps that day, loads the new one,
+    and the marts read the old day's exposure as 'ab', not explored."""
+    columns = log_asset.TABLES["serving_exposures"][1]
+    old_columns = {n: k for n, k in columns.items() if n not in NEW_FIELDS}
+    before = DAY - dt.timedelta(days=1)
+    old = server_records()[0]
+    values = {
+        **{k: v for k, v in old.items() if k in old_columns},
+        DAY_COLUMN: before.isoformat(),
+        "line_number": 1,
+        "logged_at": old["at"][:-6],
+        "weights": serving_log.weights_text(old["weights"]),
+        "items": json.dumps(old.get("items")),
+        "id": "9" * 32,
+    }
+    spec = ", ".join(f"{n} {k}" for n, k in old_columns.items())
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute("create schema raw")
+        con.execute(f"create table raw.serving_exposures ({spec})")
+        names = list(old_columns)
+        marks = ", ".join("?" for _ in names)
+        row = [values.get(n) for n in names]
+        con.execute(f"insert into raw.serving_exposures ({', '.join(names)}) values ({marks})", row)
+    warehouse = build_resources(settings, build_dbt_project(settings))["warehouse"]
+    # a missing table is left alone: the load creates it whole
+    assert warehouse.add_missing_columns("no_such_table", columns) == []
+
+    records, _ = write_log(settings.home / "serving")
+    defs = _definitions(settings)
+    instance = DagsterInstance.ephemeral()
+    result = _load_day(defs, DAY, instance)
+    assert result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+    raw = _table(settings, "select * from raw.serving_exposures")
+    assert list(raw.columns) == [*old_columns, *NEW_FIELDS]  # added at the end, in place
+    kept = raw[raw[DAY_COLUMN] == pd.Timestamp(before)]
+    assert list(kept["id"]) == ["9" * 32] and kept[list(NEW_FIELDS)].isna().all().all()
+    newer = _newer(records)
+    assert raw["mode"].eq("interleaving").sum() == sum(
+        r["mode"] == "interleaving" for r in newer.values()
+    )
+    assert warehouse.add_missing_columns("serving_exposures", columns) == []  # all there now
+
+    marts = defs.resolve_job_def("experiment_marts").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    assert marts.success
+    mart = _mart(settings, "experiment_exposures").set_index("exposure_id")
+    assert (mart.loc["9" * 32, "mode"], mart.loc["9" * 32, "explored"]) == ("ab", False)
+    assert set(mart["mode"]) == {"ab", "interleaving"}

@@ -294,6 +294,46 @@ def _release_loop(settings):
         )
 
 
+def _interleave(log: EventLog, experiment: str, sessions: int, rng: np.random.Generator) -> None:
+    """Interleaved exposures as the server logs them (mode, teams) with clicks naming an item:
+    the challenger's items are clicked twice as often as the champion's."""
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    chance = {"champion": 0.05, "challenger": 0.10}
+    for i in range(sessions):
+        for _ in range(rng.integers(1, 4)):
+            exposure_id = uuid.uuid4().hex
+            items = [f"sku{j}" for j in rng.permutation(8)[:4]]
+            teams = ["champion", "challenger"] if rng.random() < 0.5 else ["challenger", "champion"]
+            teams = teams * 2
+            log.write(
+                {
+                    "kind": "exposure",
+                    "id": exposure_id,
+                    "at": now,
+                    "problem": "recommender",
+                    "experiment": experiment,
+                    "mode": "interleaving",
+                    "stage": None,
+                    "session_id": f"{experiment}-{i}",
+                    "variant": "challenger",
+                    "role": "challenger",
+                    "model_version": "v-challenger",
+                    "weights": {"challenger": 1.0},
+                    "latency_ms": 1.0,
+                    "error": False,
+                    "history_events": 2,
+                    "history_adds": 0,
+                    "items": items,
+                    "teams": teams,
+                    "context": ["sku9"],
+                }
+            )
+            for item, team in zip(items, teams, strict=True):
+                if rng.random() < chance[team]:
+                    click = {"kind": "feedback", "exposure_id": exposure_id, "action": "click"}
+                    log.write({**click, "item": item, "at": now})
+
+
 @pytest.mark.slow
 def test_experiment_results_asset_reads_the_marts(settings):
     rng = np.random.default_rng(9)
@@ -306,6 +346,7 @@ def test_experiment_results_asset_reads_the_marts(settings):
         log, "conversion", "skewed", {"control": 0.56, "treatment": 0.44},
         {"control": 0.1, "treatment": 0.1}, 3000, rng,
     )  # fmt: skip
+    _interleave(log, "recs-interleaved", 1500, rng)
     log.close()
     with open(stats.log_file(settings.home / "serving", dt.datetime.now(dt.UTC).date()), "a") as f:
         f.write('{"kind": "exposure", "id": "torn')  # a line cut short by a crash
@@ -313,7 +354,15 @@ def test_experiment_results_asset_reads_the_marts(settings):
     result = _release_loop(settings)
     assert result.success
     metadata = result.asset_materializations_for_node(RESULTS)[0].metadata
-    assert metadata["experiments"].value == 2
+    assert metadata["experiments"].value == 2  # the interleaving experiment has no A/B arms
+    assert metadata["interleaving_experiment"].value == "recs-interleaved"
+    assert metadata["interleaving_sessions"].value == 1500
+    assert metadata["interleaving_decision"].value == "challenger"
+    assert (
+        0
+        < metadata["interleaving_preference_low"].value
+        < metadata["interleaving_preference"].value
+    )
     # the true difference is +0.06 clicks per exposure; the always-valid interval sees it
     assert 0 < metadata["recommender_ctr_difference_low"].value < 0.06
     assert metadata["recommender_ctr_difference_high"].value > 0.06
@@ -321,6 +370,7 @@ def test_experiment_results_asset_reads_the_marts(settings):
     assert metadata["conversion_srm_p_value"].value < 1e-6
     markdown = metadata["results"].value
     assert "`recs-ab`" in markdown and "Sample ratio" in markdown
+    assert "### Interleaving" in markdown and "`recs-interleaved`" in markdown
     assert metadata["report"].value.endswith("/reports/experiments/results.md")
     checks = {
         (c.asset_key.to_user_string(), c.check_name): c

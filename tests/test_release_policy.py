@@ -85,6 +85,26 @@ def _state(stage: int = 1, hours_ago: float = 25.0) -> release.RolloutState:
     )
 
 
+def _replay(
+    estimate: float = 0.11,
+    half_width: float = 0.01,
+    champion_ctr: float = 0.10,
+    exposures: int = 5000,
+    challenger: str = "v2",
+) -> release.ReplayCheck:
+    return release.ReplayCheck(
+        estimator="dr",
+        challenger=challenger,
+        champion="v1",
+        estimate=estimate,
+        low=estimate - half_width,
+        high=estimate + half_width,
+        champion_ctr=champion_ctr,
+        exposures=exposures,
+        days="2026-01-31 .. 2026-02-01",
+    )
+
+
 def _guardrails(decision: release.Decision) -> dict[str, release.Guardrail]:
     return {g.name: g for g in decision.guardrails}
 
@@ -136,8 +156,45 @@ def test_shadow_counts_shadow_scores():
     decision = release.decide(POLICY, state, few, NOW)
     assert decision.action == "hold" and "999 shadow scores of the 1,000" in decision.reason
     enough = dataclasses.replace(few, shadow_scores=1000)
-    decision = release.decide(POLICY, state, enough, NOW)
+    decision = release.decide(POLICY, state, enough, NOW, _replay())
     assert (decision.action, decision.stage_name, decision.traffic) == ("advance", "1%", 0.01)
+
+
+def test_replay_gate_before_the_first_shopper():
+    """At the first stage the recommender needs a replay estimate on enough logged exposures;
+    one whose upper bound is below the champion's logged CTR less the margin rolls back."""
+    state = _state(stage=0)
+    shadow = _evidence("shadow", 0, shadow_scores=5000)
+    waiting = release.decide(POLICY, state, shadow, NOW)
+    assert waiting.action == "hold"
+    assert "no replay estimate of v2 on the logs of v1 yet" in waiting.reason
+    few = release.decide(POLICY, state, shadow, NOW, _replay(exposures=999))
+    assert few.action == "hold" and "999 logged champion exposures of the 1,000" in few.reason
+    other = release.decide(POLICY, state, shadow, NOW, _replay(challenger="v9"))
+    assert other.action == "hold" and "no replay estimate of v2" in other.reason
+    undefined = release.decide(POLICY, state, shadow, NOW, _replay(champion_ctr=math.nan))
+    assert undefined.action == "hold" and "undefined" in undefined.reason
+
+    # threshold (1 - 0.05) * 0.10 = 0.095: an upper bound of 0.0949 fails, 0.0951 passes
+    worse = release.decide(POLICY, state, shadow, NOW, _replay(0.0849, 0.01))
+    assert worse.action == "rollback" and "replay gate" in worse.reason
+    gate = _guardrails(worse)["replay_dr"]
+    assert (gate.ok, gate.value, gate.threshold) == (False, pytest.approx(0.0949), 0.095)
+    assert worse.evidence["replay_estimate"] == pytest.approx(0.0849)
+    close = release.decide(POLICY, state, shadow, NOW, _replay(0.0851, 0.01))
+    assert close.action == "hold" and _guardrails(close)["replay_dr"].ok
+    assert "cannot tell yet" in close.reason  # 0.0751 .. 0.0951 straddles 0.095
+    # it passes once the lower bound reaches the threshold
+    passed = release.decide(POLICY, state, shadow, NOW, _replay(0.1051, 0.01))
+    assert passed.action == "advance" and "replay dr 0.1051 vs logged 0.1000" in passed.reason
+
+    # not gated: a later stage, the conversion problem, or the gate switched off
+    later = release.decide(POLICY, _state(stage=1), _evidence(), NOW, _replay(0.05))
+    assert later.action == "advance" and "replay_dr" not in _guardrails(later)
+    conversion = dataclasses.replace(state, problem="conversion")
+    assert release.decide(POLICY, conversion, shadow, NOW).action == "advance"
+    off = dataclasses.replace(POLICY, replay_gate=False)
+    assert release.decide(off, state, shadow, NOW).action == "advance"
 
 
 @pytest.mark.parametrize(
@@ -351,7 +408,8 @@ def test_bootstrap_admit_ramp_and_promote(world):
 
     later = NOW + dt.timedelta(hours=30)
     evidence = _evidence("shadow", 0, shadow_scores=1500, experiment=state.experiment)
-    decision = release.decide(POLICY, state, evidence, later)
+    replay = _replay(challenger=v1)
+    decision = release.decide(POLICY, state, evidence, later, replay)
     state = release.apply(registry, url, state, decision, now=later)
     assert (state.stage, state.stage_name, state.stage_started_at) == (1, "1%", later.isoformat())
     assert _served(published)["variants"][0] == {
@@ -463,3 +521,15 @@ def test_memory_filesystem_works_too(tmp_path):
     release.bootstrap(registry, url, "recommender", v0, "first", now=NOW)
     assert release.read_serving_config(url)["recommender"]["name"] == f"recommender:{v0}"
     assert math.isclose(registry.history("recommender")[0]["traffic"], 1.0)
+
+
+def test_rollout_config_reads_the_policy_and_refuses_an_unknown_estimator():
+    from orchestration.experiments.rollout import RolloutConfig
+
+    policy = RolloutConfig(stages=["shadow:0", "10%:0.1"], replay_min_exposures=300).policy()
+    assert [(s.name, s.traffic) for s in policy.stages] == [("shadow", 0.0), ("10%", 0.1)]
+    assert (policy.replay_gate, policy.replay_min_exposures) == (True, 300)
+    with pytest.raises(ValueError, match="replay_estimator must be one of"):
+        RolloutConfig(replay_estimator="DR").policy()
+    with pytest.raises(ValueError, match="not `name:share`"):
+        RolloutConfig(stages=["shadow"]).policy()

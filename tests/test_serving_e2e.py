@@ -3,8 +3,10 @@ artifacts built by `tests.test_serving.publish_models`.
 
 The module's server runs an experiment file: recommender 50/50 between the champion (sknn)
 and a challenger whose model raises on every call (so its answers come from the lookup), and
-conversion on the champion with the challenger in shadow mode. The hot reload test runs last:
-it changes what is published.
+conversion on the champion with the challenger in shadow mode, and exploration off
+(`--explore 0`), since its tests compare the served lists with the models' own. The hot reload
+test runs last: it changes what is published. The ramp server keeps the default exploration
+(5% of the recommender answers shuffled); its tests compare variants, not lists.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def server(state: dict) -> Iterator[str]:
     home = state["home"]
     flags = ["--experiments", str(home / "experiments.json")]
     flags += ["--max-events", str(MAX_EVENTS), "--max-body-bytes", str(MAX_BODY)]
+    flags += ["--explore", "0"]  # the served lists are compared with the models' own
     with serve(home, home / "server.log", *flags) as (url, _):
         yield url
 
@@ -548,6 +551,12 @@ def test_records_carry_what_the_release_loop_reads(ramp_server: str, ramp_state:
     recs = httpx.post(f"{ramp_server}{RECS}", json={"session_id": "rich", "items": viewed})
     record = _record(home, recs.json()["exposure_id"])
     assert record["path"] == "model" and record["items"] == recs.json()["items"]
+    # the default exploration: 5% of answers shuffle the top 20 (= k); a propensity is
+    # 0.95 + 0.05/20 where the item is at its rank, else 0.05/20 (tests/test_serving_explore.py)
+    assert (record["mode"], record["context"], exposure["mode"]) == ("ab", viewed, "ab")
+    assert record["logging_policy"] == "shuffle:top20:0.05"
+    assert len(record["propensities"]) == len(record["items"]) == 20
+    assert {round(p, 9) for p in record["propensities"]} <= {0.9525, 0.0025}
     assert (record["history_events"], record["history_adds"], record["error"]) == (3, 0, False)
     assert record["latency_ms"] > 0
     _wait_for(

@@ -4,22 +4,30 @@ and the real server's own event log."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
 from collections import Counter
 
 import numpy as np
-import pyarrow.compute as pc
 import pytest
 from scipy.stats import chisquare
 
 from ml import experiments as stats
+from ml.offpolicy import Exploration
 from ml.simulate import (
+    EXPOSURE_COLUMNS,
     ShopperModel,
+    click_chance,
+    exploring,
+    interleaved,
     next_view,
     simulate,
+    simulate_exposures,
     simulate_sessions,
+    split,
+    true_ctr_on,
     true_top_k,
     world,
 )
@@ -38,14 +46,24 @@ def w():
     return world(CONFIG)
 
 
-def _row_of(w, item: int) -> dict[int, float]:
-    """T(.|item) as the generator publishes it (_truth/transitions_pre.parquet)."""
+@functools.cache
+def _published() -> dict[str, list[tuple[str, float]]]:
+    """The generator's published table (_truth/transitions_pre.parquet), by source sku."""
     table = transitions_table(CONFIG, "pre")
-    row = table.filter(pc.equal(table["from_sku"], w.skus[item]))
-    return {
-        w.index[sku]: p
-        for sku, p in zip(row["to_sku"].to_pylist(), row["probability"].to_pylist(), strict=True)
-    }
+    rows: dict[str, list[tuple[str, float]]] = {}
+    for src, dst, p in zip(
+        table["from_sku"].to_pylist(),
+        table["to_sku"].to_pylist(),
+        table["probability"].to_pylist(),
+        strict=True,
+    ):
+        rows.setdefault(src, []).append((dst, p))
+    return rows
+
+
+def _row_of(w, item: int) -> dict[int, float]:
+    """T(.|item) as the generator publishes it."""
+    return {w.index[sku]: p for sku, p in _published().get(w.skus[item], [])}
 
 
 def _chi_square_p(counts: Counter, expected: dict[int, float], n: int) -> float:
@@ -203,7 +221,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("skiff")
     built = publish_models(home, tmp_path_factory.mktemp("landing"))
     (home / "experiments.json").write_text(json.dumps(EXPERIMENTS))
-    flags = ["--experiments", str(home / "experiments.json")]
+    # no exploration: an explored answer draws from its exposure id, so a rerun of the same
+    # sessions would see other lists (tests/test_serving_e2e.py tests exploration)
+    flags = ["--experiments", str(home / "experiments.json"), "--explore", "0"]
     with serve(home, home / "server.log", *flags) as (url, _):
         yield url, home, built["versions"]
 
@@ -256,3 +276,163 @@ def test_skiff_simulate_prints_json_and_fails_when_no_server_answers(server):
     nobody = f"http://127.0.0.1:{free_port()}"
     down = subprocess.run([SKIFF, *flags, "--url", nobody], capture_output=True, text=True)
     assert down.returncode == 1 and "is not ready" in down.stderr
+
+
+# --- what a replay needs ------------------------------------------------------------------------
+
+
+def _chance_by_hand(row: dict[int, float], shown: list[int], model: ShopperModel) -> float:
+    """sum of the shown w / sum w, w_j = T(j|i) (1 + a / rank**eta) at j's first rank."""
+    weight, seen = dict(row), set()
+    for rank, j in enumerate(shown, start=1):
+        if j in row and j not in seen:
+            weight[j] = row[j] * (1 + model.attraction / rank**model.eta)
+            seen.add(j)
+    return sum(weight[j] for j in seen) / sum(weight.values())
+
+
+def test_click_chance_is_the_hand_computed_share_and_next_view_reports_it(w):
+    item = min(range(len(w.skus)), key=lambda i: len(w.next_views(i)[0]) or 10**9)
+    row = _row_of(w, item)  # the shortest row of the published table
+    assert len(row) >= 2
+    ordered = sorted(row, key=row.get)
+    outside = next(j for j in range(len(w.skus)) if j not in row)
+    model = ShopperModel(attraction=1.5, eta=0.7)
+    cases = [[], [outside, -1], ordered[:1], [ordered[0], ordered[0], -1, ordered[-1]], ordered]
+    for shown in cases:
+        by_hand = _chance_by_hand(row, shown, model)
+        assert click_chance(w, item, shown, model) == pytest.approx(by_hand, rel=1e-12), shown
+        rng = np.random.default_rng(0)
+        assert next_view(w, item, shown, model, rng)[1] == click_chance(w, item, shown, model)
+    assert click_chance(w, item, ordered, model) == pytest.approx(1.0)  # the whole row shown
+    # one product of a row of two, by hand: T = (p, 1 - p), shown first: p (1 + a) / (p a + 1)
+    p = row[ordered[-1]]
+    assert _chance_by_hand({0: p, 1: 1 - p}, [0], model) == pytest.approx(p * 2.5 / (p * 1.5 + 1))
+
+
+def _reversed_truth(w):
+    truth = true_top_k(w)
+    return lambda items, k: truth(items, k)[::-1]
+
+
+def test_simulate_exposures_rows_are_the_sessions_exposures(w):
+    recommend = _reversed_truth(w)
+    sessions = simulate_sessions(w, recommend, 300, seed=4)
+    rows = simulate_exposures(w, recommend, 300, seed=4)
+    assert list(rows.columns) == list(EXPOSURE_COLUMNS)
+    by_session = rows.groupby("session_id", sort=False)
+    shown = sessions[sessions["exposures"] > 0].set_index("session_id")
+    assert list(by_session.size().index) == list(shown.index)  # session order
+    assert (by_session.size() == shown["exposures"]).all()
+    clicked = rows["clicks"].map(sum)
+    assert (by_session["clicks"].apply(lambda c: sum(map(sum, c))) == shown["clicked"]).all()
+    assert np.allclose(by_session["expected_click"].sum(), shown["expected_clicks"], rtol=1e-12)
+    assert set(clicked) <= {0, 1} and (clicked == rows["clicked_item"].notna()).all()
+    for row in rows.itertuples():
+        assert row.items == recommend(row.context, 10)[:10]
+        assert row.propensities == [1.0] * len(row.items) and not row.explored
+        if row.clicked_item is not None:
+            assert row.items[row.clicks.index(1)] == row.clicked_item
+        if row.final:
+            assert row.expected_click == 0.0 and row.clicked_item is None
+            continue
+        current, on_screen = w.index[row.context[-1]], [w.index[s] for s in row.items]
+        expected = _chance_by_hand(_row_of(w, current), on_screen, ShopperModel())
+        assert row.expected_click == pytest.approx(expected, rel=1e-12)
+    # one final exposure per session, its last; each context grows by the view that followed
+    assert (by_session["final"].sum() == 1).all() and by_session["final"].last().all()
+    for _, frame in by_session:
+        contexts = list(frame["context"])
+        clicked_items = list(frame["clicked_item"])[:-1]
+        for before, after, item in zip(contexts[:-1], contexts[1:], clicked_items, strict=True):
+            assert after[:-1] == before and (item is None or after[-1] == item)
+
+
+def test_exploring_logs_the_propensities_of_the_shuffle(w):
+    truth = true_top_k(w)
+    asked: list[int] = []
+
+    def recommend_batch(sessions, k):
+        asked.append(k)
+        return [truth(list(s), k) for s in sessions]
+
+    exploration = Exploration(share=0.3, pool=15)
+    rows = simulate_exposures(w, exploring(recommend_batch, exploration, seed=1), 400, seed=6)
+    assert set(asked) == {15} and set(rows["logging_policy"]) == {"shuffle:top15:0.3"}
+    top_hits = []
+    for row in rows.itertuples():
+        ranked = truth(row.context, 15)
+        assert len(row.items) == 10 and set(row.items) <= set(ranked)
+        if not row.explored:
+            assert row.items == ranked[:10]
+        formula = [0.7 * (item == ranked[r]) + 0.3 / 15 for r, item in enumerate(row.items)]
+        assert row.propensities == pytest.approx(formula, rel=1e-12)
+        top_hits.append(row.items[0] == ranked[0])
+    # the propensity is the frequency: the model's best item is first with 0.7 + 0.3 / 15
+    n, chance = len(top_hits), 0.7 + 0.3 / 15
+    assert abs(np.mean(top_hits) - chance) < 4 * math.sqrt(chance * (1 - chance) / n)
+    explored = rows["explored"].mean()
+    assert abs(explored - 0.3) < 4 * math.sqrt(0.3 * 0.7 / n)
+    again = simulate_exposures(w, exploring(recommend_batch, exploration, seed=1), 400, seed=6)
+    assert again.equals(rows)
+
+
+def test_interleaved_logs_the_team_of_every_item(w):
+    truth = true_top_k(w)
+
+    def best(sessions, k):
+        return [truth(list(s), k) for s in sessions]
+
+    def worst(sessions, k):
+        return [truth(list(s), 2 * k)[::-1][:k] for s in sessions]
+
+    rows = simulate_exposures(w, interleaved(best, worst, seed=2), 300, seed=7)
+    assert set(rows["variant"]) == {"interleaving"} and rows["propensities"].isna().all()
+    first_from = []
+    for row in rows.itertuples():
+        lists = {"champion": truth(row.context, 10), "challenger": worst([row.context], 10)[0]}
+        assert len(row.teams) == len(row.items) == len(set(row.items)) == 10
+        counts = {team: row.teams.count(team) for team in ("champion", "challenger")}
+        assert abs(counts["champion"] - counts["challenger"]) <= 1
+        for item, team in zip(row.items, row.teams, strict=True):
+            assert item in lists[team]
+        first_from.append(row.teams[0])
+    # the coin of each first round is fair
+    share = first_from.count("champion") / len(first_from)
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(first_from))
+
+
+def test_split_assigns_sessions_as_the_server_does(w):
+    truth = true_top_k(w)
+    variants = {
+        "a": lambda sessions, k: [truth(list(s), k) for s in sessions],
+        "b": lambda sessions, k: [truth(list(s), k)[::-1] for s in sessions],
+    }
+    rows = simulate_exposures(w, split(variants, "exp"), 300, seed=8)
+    per_session = rows.groupby("session_id")["variant"].agg(set)
+    assert (per_session.map(len) == 1).all()
+    weights = [("a", 1.0), ("b", 1.0)]
+    assert all(stats.assign("exp", s, weights) in v for s, v in per_session.items())
+    for row in rows.itertuples():
+        assert row.items == variants[row.variant]([row.context], 10)[0]
+
+
+def test_true_ctr_on_is_the_mean_click_chance_of_the_target_lists(w):
+    rows = simulate_exposures(w, true_top_k(w), 200, seed=9)
+    # the logged lists themselves: the exposures' own exact chances
+    assert true_ctr_on(w, rows, list(rows["items"])) == pytest.approx(
+        rows["expected_click"].mean(), rel=1e-12
+    )
+    targets = [list(reversed(items)) for items in rows["items"]]
+    direct = [
+        0.0
+        if final
+        else _chance_by_hand(
+            _row_of(w, w.index[context[-1]]), [w.index[s] for s in target], ShopperModel()
+        )
+        for context, final, target in zip(rows["context"], rows["final"], targets, strict=True)
+    ]
+    assert true_ctr_on(w, rows, targets) == pytest.approx(np.mean(direct), rel=1e-12)
+    assert true_ctr_on(w, rows, targets) < rows["expected_click"].mean()  # position bias
+    with pytest.raises(ValueError, match="target lists"):
+        true_ctr_on(w, rows, targets[:-1])

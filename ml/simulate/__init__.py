@@ -40,38 +40,71 @@ A session follows the generator's process (`ml.synthetic.shoppers`), one step at
   The purchase is drawn from that probability; "add" feedback goes to the session's latest
   exposure of each problem when a product is added, "purchase" feedback at the end.
 
+Replays (`replay`): in process, a shop can explore (`exploring`, through
+`ml.offpolicy.explore`), interleave (`interleaved`, `ml.interleaving.team_draft`) or split its
+sessions between models (`split`); a recommender callable may return an `Answer` whose
+`extra` holds what the server would log beside the items (propensities, explored, teams), or
+an `ml.offpolicy.Shown`. `simulate_exposures` gives one row per widget: the replay log of
+`ml.offpolicy` with each exposure's context, shown skus, clicks and exact click chance
+(`click_chance`), and `true_ctr_on` the click-through a target's lists would have had on
+those contexts, the estimand of a replay.
+
 Requests carry the latest `MAX_REQUEST_EVENTS` events or items, within the server's default
 body limit. Session ids and every draw come from SeedSequence(seed, spawn_key=(index,)), so
 the same seed against the same models gives the same sessions and the same report, whatever
 the concurrency. A seed reused against the same server log merges the two runs' sessions.
 """
 
+from ml.simulate.replay import exploring, interleaved, split, true_ctr_on
 from ml.simulate.session import (
+    EXPOSURE_COLUMNS,
     MAX_REQUEST_EVENTS,
     SESSION_COLUMNS,
     Answer,
+    Policy,
     Session,
     Shop,
+    as_policy,
+    simulate_exposures,
     simulate_sessions,
 )
 from ml.simulate.traffic import SimulationReport, VariantReport, ready, simulate
-from ml.simulate.world import ShopperModel, World, base_probability, next_view, true_top_k, world
+from ml.simulate.world import (
+    ShopperModel,
+    World,
+    base_probability,
+    browsing_sessions,
+    click_chance,
+    next_view,
+    true_top_k,
+    world,
+)
 
 __all__ = [
+    "EXPOSURE_COLUMNS",
     "MAX_REQUEST_EVENTS",
     "SESSION_COLUMNS",
     "Answer",
+    "Policy",
     "Session",
     "Shop",
     "ShopperModel",
     "SimulationReport",
     "VariantReport",
     "World",
+    "as_policy",
     "base_probability",
+    "browsing_sessions",
+    "click_chance",
+    "exploring",
+    "interleaved",
     "next_view",
     "ready",
     "simulate",
+    "simulate_exposures",
     "simulate_sessions",
+    "split",
+    "true_ctr_on",
     "true_top_k",
     "world",
 ]

@@ -1,10 +1,19 @@
-"""One simulated session, step by step (the process of `ml.simulate`), and `simulate_sessions`:
-many of them against two callables, in process."""
+"""One simulated session, step by step (the process of `ml.simulate`), and many of them in
+process: `simulate_sessions` (a row per session) and `simulate_exposures` (a row per widget,
+the replay log of `ml.offpolicy` plus what the truth knows).
+
+In process, sessions run in lockstep, `BATCH` at a time: every session's next request waits
+until all of them have one, and the recommender answers them together (a model's
+`recommend_batch` is many times faster per list than one call per list). Each session draws
+from its own generator, so a deterministic recommender gives the same sessions in any batch;
+a recommender that draws (exploration, a team draft's coin) draws in request order, which the
+batching fixes, so the same seed still gives the same sessions."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,17 +38,21 @@ from ml.synthetic.shoppers import (
 
 MAX_REQUEST_EVENTS = 300  # ~50 kB of events: under the server's default 64 kB body limit
 RECOMMENDER, CONVERSION = "recommender", "conversion"
+BATCH = 256  # sessions in lockstep in process
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What the shop's model answered (items, or a probability) and who answered it."""
+    """What the shop's model answered (items, or a probability) and who answered it, and
+    what a replay needs beside the items (`extra`: "propensities" aligned with the items,
+    "explored", "logging_policy", or an interleaved answer's "teams")."""
 
     value: Any
     variant: str | None = None
     experiment: str | None = None
     model_version: str | None = None
     exposure_id: str | None = None
+    extra: Mapping[str, Any] | None = None
 
 
 class Shop(Protocol):
@@ -57,8 +70,12 @@ class Shop(Protocol):
 class Exposure:
     problem: str
     answer: Answer
-    expected_click: float = 0.0
+    expected_click: float = 0.0  # exact chance of a click (0 when the shopper left)
     clicked: bool = False
+    context: list[str] = field(default_factory=list)  # the request's skus, oldest first
+    shown: list[str] = field(default_factory=list)  # the answer's first `shown` skus
+    clicked_item: str | None = None
+    followed: bool = False  # a view came after it (False: the session ended there)
 
 
 @dataclass
@@ -100,7 +117,9 @@ class _Visit:
         self.latest: dict[str, Answer] = {}
         self.dwell_ms = 1000 * math.exp(self.rng.normal(math.log(_DWELL_MEDIAN_S), _DWELL_SIGMA))
 
-    def run(self) -> Session:
+    def steps(self) -> Generator[list[str], Answer | None, Session]:
+        """The session; it yields each recommendation request's skus and is sent the answer
+        (None: nothing shown)."""
         rng, model = self.rng, self.model
         shape = shoppers.session_shape(rng, 1)
         while not shape.product[0]:
@@ -124,9 +143,10 @@ class _Visit:
             else:
                 item, chance = next_view(self.w, views[-1], shown, model, rng)
                 if widget is not None:
-                    widget.expected_click = chance
+                    widget.expected_click, widget.followed = chance, True
                     widget.clicked = item in shown
                     if widget.clicked:
+                        widget.clicked_item = self.w.skus[item]
                         self.shop.feedback(widget.answer, "click", self.w.skus[item])
                         self._step(_CLICK, item)
             views.append(item)
@@ -141,9 +161,13 @@ class _Visit:
                 self._step(_REMOVE, views[removed_from])
             widget, shown = None, []
             if t + 1 >= model.warmup_steps:
-                widget = self._recommend(views)
-                if widget is not None:
-                    shown = [self.w.index.get(s, -1) for s in widget.answer.value[: model.shown]]
+                items = [self.w.skus[i] for i in views[-MAX_REQUEST_EVENTS:]]
+                answer = yield items
+                if answer is not None:
+                    widget = self._record(RECOMMENDER, answer)
+                    widget.context = items
+                    widget.shown = [str(s) for s in list(answer.value)[: model.shown]]
+                    shown = [self.w.index.get(s, -1) for s in widget.shown]
         self._pages(int(pages_before[n_views]))
         self._finish()
         return self.out
@@ -182,11 +206,6 @@ class _Visit:
                 self._record(CONVERSION, answer)
                 self.out.nudged = answer.value >= self.model.nudge_threshold
 
-    def _recommend(self, views: list[int]) -> Exposure | None:
-        items = [self.w.skus[i] for i in views[-MAX_REQUEST_EVENTS:]]
-        answer = self.shop.recommend(self.out.session_id, items, self.model.shown)
-        return None if answer is None else self._record(RECOMMENDER, answer)
-
     def _record(self, problem: str, answer: Answer) -> Exposure:
         if not self.out.exposures:  # the pre-exposure history: what the first request knew
             self.out.history_events = len(self.events)
@@ -210,15 +229,58 @@ class _Visit:
                 self.shop.feedback(answer, "purchase", None)
 
 
-Recommend = Callable[[list[str], int], "list[str] | tuple[list[str], str]"]
+Recommend = Callable[[list[str], int], Any]
 Score = Callable[[list[dict]], "float | tuple[float, str]"]
+
+
+class Policy(ABC):
+    """An in-process recommender that answers many sessions' requests at once and knows the
+    sessions (so it can split them, as an experiment does)."""
+
+    @abstractmethod
+    def answers(
+        self, session_ids: Sequence[str], contexts: Sequence[list[str]], k: int
+    ) -> list[Any]:
+        """One answer per request (anything `simulate_sessions` accepts from a callable)."""
+
+
+class _One(Policy):
+    def __init__(self, recommend: Recommend) -> None:
+        self.recommend = recommend
+
+    def answers(self, session_ids, contexts, k):
+        return [self.recommend(items, k) for items in contexts]
+
+
+class _Model(Policy):
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def answers(self, session_ids, contexts, k):
+        return self.model.recommend_batch(contexts, k)
+
+
+def as_policy(recommend: Policy | Recommend | Any) -> Policy:
+    """A `Policy` as it is; a model (anything with `recommend_batch(sessions, k)`) answering
+    in batches; a callable `recommend(items, k)` answering one request at a time."""
+    if isinstance(recommend, Policy):
+        return recommend
+    if hasattr(recommend, "recommend_batch"):
+        return _Model(recommend)
+    if callable(recommend):
+        return _One(recommend)
+    raise TypeError(
+        f"a recommender must be a Policy, a model with recommend_batch or a callable "
+        f"recommend(items, k), got {type(recommend).__name__}"
+    )
 
 
 @dataclass
 class _InProcess:
-    """The shop as two callables, each answering alone or with its variant name."""
+    """The shop in process: the recommender as a policy, the scorer a callable answering
+    alone or with its variant name; feedback goes nowhere (the sessions keep it)."""
 
-    recommender: Recommend
+    policy: Policy
     scorer: Score | None
 
     @property
@@ -226,7 +288,7 @@ class _InProcess:
         return self.scorer is not None
 
     def recommend(self, session_id: str, items: list[str], k: int) -> Answer:
-        return _answer(self.recommender(items, k))
+        return _answer(self.policy.answers([session_id], [items], k)[0])
 
     def score(self, session_id: str, events: list[dict]) -> Answer:
         assert self.scorer is not None
@@ -238,11 +300,68 @@ class _InProcess:
 
 def run_session(w: World, shop: Shop, shopper: ShopperModel, seed: int, index: int) -> Session:
     """Session `index` of the run seeded `seed` (its id and every draw come from them)."""
-    return _Visit(w, shop, shopper, seed, index).run()
+    visit = _Visit(w, shop, shopper, seed, index)
+    steps = visit.steps()
+    try:
+        items = next(steps)
+        while True:
+            items = steps.send(shop.recommend(visit.out.session_id, items, shopper.shown))
+    except StopIteration as done:
+        return done.value
 
 
 def _answer(out: Any) -> Answer:
-    return Answer(*out) if isinstance(out, tuple) else Answer(out)
+    """What a recommender callable may return: an `Answer`; a tuple of its fields (e.g.
+    `(skus, variant)`); an `ml.offpolicy.Shown` (items with propensities, logged as extras);
+    or the value alone (skus, a probability)."""
+    if isinstance(out, Answer):
+        return out
+    if isinstance(out, tuple):
+        return Answer(*out)
+    if hasattr(out, "propensities") and hasattr(out, "explored"):
+        extra = {"propensities": list(out.propensities), "explored": bool(out.explored)}
+        return Answer(list(out.items), extra=extra)
+    return Answer(out)
+
+
+def _advance(steps: Generator[list[str], Answer | None, Session], answer: Answer | None):
+    """Send a session its answer (None first): its next request, None once it has ended."""
+    try:
+        return steps.send(answer)
+    except StopIteration:
+        return None
+
+
+def _run(
+    w: World,
+    recommend: Policy | Recommend | Any,
+    n: int,
+    seed: int,
+    score: Score | None,
+    shopper: ShopperModel,
+) -> list[Session]:
+    """Sessions 0..n-1 of the run seeded `seed`, `BATCH` at a time in lockstep."""
+    policy = as_policy(recommend)
+    shop = _InProcess(policy, score)
+    out: list[Session] = []
+    for start in range(0, n, BATCH):
+        visits = [_Visit(w, shop, shopper, seed, i) for i in range(start, min(n, start + BATCH))]
+        running = {i: v.steps() for i, v in enumerate(visits)}
+        first = {i: _advance(steps, None) for i, steps in running.items()}
+        pending = {i: request for i, request in first.items() if request is not None}
+        while pending:
+            order = list(pending)
+            ids = [visits[i].out.session_id for i in order]
+            answers = policy.answers(ids, [pending[i] for i in order], shopper.shown)
+            if len(answers) != len(order):
+                raise ValueError(f"the recommender gave {len(answers)} answers to {len(order)}")
+            pending = {}
+            for i, answer in zip(order, answers, strict=True):
+                request = _advance(running[i], None if answer is None else _answer(answer))
+                if request is not None:
+                    pending[i] = request
+        out.extend(v.out for v in visits)
+    return out
 
 
 SESSION_COLUMNS = (
@@ -271,7 +390,8 @@ def simulate_sessions(
     score: Score | None = None,
     shopper: ShopperModel = DEFAULT_SHOPPER,
 ) -> pd.DataFrame:
-    """n sessions against `recommend(items, k) -> skus` (or `(skus, variant)`) and, if given,
+    """n sessions against `recommend(items, k) -> skus` (or `(skus, variant)`, an `Answer`, a
+    `Shown`; or a model with `recommend_batch`, or a `Policy`) and, if given,
     `score(events) -> probability` (or `(probability, variant)`), in process, no HTTP.
 
     One row per session: the variant of its first widget (`variant`) and of its first score
@@ -279,9 +399,79 @@ def simulate_sessions(
     exact click chances (`expected_clicks`), the browsing events and adds before its first
     request of either kind, scores asked, nudged, purchased, and the exact purchase
     probability before (`base_probability`) and after the nudge."""
-    shop = _InProcess(recommend, score)
-    rows = [_row(run_session(world, shop, shopper, seed, i)) for i in range(n)]
+    rows = [_row(s) for s in _run(world, recommend, n, seed, score, shopper)]
     return pd.DataFrame(rows, columns=list(SESSION_COLUMNS))
+
+
+EXPOSURE_COLUMNS = (
+    "exposure_id",
+    "session_id",
+    "variant",
+    "context",
+    "items",
+    "propensities",
+    "clicks",
+    "explored",
+    "logging_policy",
+    "teams",
+    "expected_click",
+    "clicked_item",
+    "final",
+)
+
+
+def simulate_exposures(
+    world: World,
+    recommend: Policy | Recommend | Any,
+    n: int,
+    seed: int,
+    *,
+    score: Score | None = None,
+    shopper: ShopperModel = DEFAULT_SHOPPER,
+) -> pd.DataFrame:
+    """The same n sessions as `simulate_sessions` (same arguments), one row per recommender
+    exposure, in session order: the replay log of `ml.offpolicy` (exposure_id, session_id,
+    context, items, propensities, clicks, explored) and the answer's variant, logging_policy
+    and teams, then the truth: `expected_click` (the exact chance of a click,
+    `click_chance` of the last context item and the items), the sku clicked (or None) and
+    `final` (the session's last view: the shopper left, no click was possible).
+
+    `items` are the skus on screen (the answer's first `shopper.shown`); `clicks` is 1 at the
+    clicked sku's first position. Without extras an answer is a deterministic list: every
+    propensity 1.0, not explored. An interleaved answer (teams) has no propensities (None),
+    as in the server's log; `exposure_id` is the answer's or `<session_id>:<n>`."""
+    rows = []
+    for s in _run(world, recommend, n, seed, score, shopper):
+        widgets = [e for e in s.exposures if e.problem == RECOMMENDER]
+        rows.extend(_exposure_row(s.session_id, j, e) for j, e in enumerate(widgets))
+    return pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
+
+
+def _exposure_row(session_id: str, j: int, e: Exposure) -> dict:
+    extra = e.answer.extra or {}
+    n = len(e.shown)
+    teams = extra.get("teams")
+    propensities = extra.get("propensities")
+    if propensities is None and teams is None:
+        propensities = [1.0] * n
+    clicks = [0] * n
+    if e.clicked_item is not None:
+        clicks[e.shown.index(e.clicked_item)] = 1
+    return {
+        "exposure_id": e.answer.exposure_id or f"{session_id}:{j}",
+        "session_id": session_id,
+        "variant": e.answer.variant,
+        "context": e.context,
+        "items": e.shown,
+        "propensities": None if propensities is None else [float(p) for p in propensities][:n],
+        "clicks": clicks,
+        "explored": bool(extra.get("explored", False)),
+        "logging_policy": extra.get("logging_policy"),
+        "teams": None if teams is None else list(teams)[:n],
+        "expected_click": e.expected_click,
+        "clicked_item": e.clicked_item,
+        "final": not e.followed,
+    }
 
 
 def _row(s: Session) -> dict:

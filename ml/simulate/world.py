@@ -72,11 +72,11 @@ def world(config: GeneratorConfig, regime: str = "pre") -> World:
     )
 
 
-def next_view(
-    w: World, current: int, shown: Sequence[int], shopper: ShopperModel, rng: np.random.Generator
-) -> tuple[int, float]:
-    """The product viewed after `current` with `shown` on screen (indices, best first; -1 for
-    a sku the world does not know), and the exact chance that it is a shown one (a click)."""
+def _tilted(
+    w: World, current: int, shown: Sequence[int], shopper: ShopperModel
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """T(.|current)'s products, their click-model weights w_j with `shown` on screen, and
+    which of them are on screen (a product counts at the first rank it is shown at)."""
     dst, prob = w.next_views(current)
     weight = prob.copy()
     on_screen = np.zeros(len(dst), dtype=bool)
@@ -85,11 +85,43 @@ def next_view(
         if at < len(dst) and dst[at] == item and not on_screen[at]:
             weight[at] *= 1.0 + shopper.attraction / rank**shopper.eta
             on_screen[at] = True
+    return dst, weight, on_screen
+
+
+def _chance(weight: np.ndarray, on_screen: np.ndarray) -> float:
+    return float(weight[on_screen].sum() / weight.sum())
+
+
+def click_chance(w: World, current: int, shown: Sequence[int], shopper: ShopperModel) -> float:
+    """The exact chance that the view after `current` is one of `shown` (indices, best first;
+    -1 for a sku the world does not know): sum of the shown w / sum w (module docstring)."""
+    _, weight, on_screen = _tilted(w, current, shown, shopper)
+    return _chance(weight, on_screen)
+
+
+def next_view(
+    w: World, current: int, shown: Sequence[int], shopper: ShopperModel, rng: np.random.Generator
+) -> tuple[int, float]:
+    """The product viewed after `current` with `shown` on screen (indices, best first; -1 for
+    a sku the world does not know), and its `click_chance` (the next view is a shown one)."""
+    dst, weight, on_screen = _tilted(w, current, shown, shopper)
     total = weight.sum()
     chosen = min(
         int(np.searchsorted(np.cumsum(weight), rng.random() * total, "right")), len(dst) - 1
     )
-    return int(dst[chosen]), float(weight[on_screen].sum() / total)
+    return int(dst[chosen]), _chance(weight, on_screen)
+
+
+def browsing_sessions(w: World, n: int, seed: int) -> list[list[str]]:
+    """The skus viewed in `n` of the generator's visits without a widget (its Markov chain,
+    `shoppers.product_views`; visits without a product view left out, so fewer than n):
+    training and test sessions drawn from the world in memory."""
+    rng = np.random.default_rng(seed)
+    shape = shoppers.session_shape(rng, n)
+    views = shoppers.product_views(rng, w.catalogue, w.regime, shape.n_views)
+    skus = np.asarray(w.skus, dtype=object)[views.items]
+    bounds = np.cumsum(shape.n_views[shape.n_views > 0])[:-1]
+    return [list(s) for s in np.split(skus, bounds)] if len(skus) else []
 
 
 def true_top_k(w: World) -> Callable[[list[str], int], list[str]]:

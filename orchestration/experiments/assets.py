@@ -25,6 +25,9 @@ from dagster import (
 from pydantic import Field
 
 from ml import experiments as stats
+from ml import interleaving
+from orchestration.experiments.replay import ASSET as REPLAY
+from orchestration.experiments.replay import CLICKS, build_replay_asset
 from orchestration.experiments.rollout import (
     EXPOSURES,
     PROBLEMS,
@@ -101,10 +104,65 @@ def results_markdown(results: list[stats.ExperimentResult], alpha: float) -> str
     return "\n\n".join(parts)
 
 
-def _read(warehouse, days: int):
+def interleaving_markdown(found: dict[str, "interleaving.InterleavingResult"], alpha: float) -> str:
+    """One row per interleaving experiment: sessions, wins, the preference and its decision."""
+    if not found:
+        return ""
+    level = f"{1 - alpha:.0%}"
+    lines = [
+        "### Interleaving (team draft: one list from both models, clicks credited to the model "
+        "that contributed the item)",
+        "",
+        "| experiment | sessions | challenger wins | champion wins | ties | challenger win rate "
+        f"| preference ({level} always valid) | fixed-horizon | decision |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for name, r in sorted(found.items()):
+        lines.append(
+            f"| `{name}` | {r.sessions:,} | {r.challenger_wins:,} | {r.champion_wins:,} "
+            f"| {r.ties:,} | {_pct(r.win_rate)} | {r.preference:+.3f} ({r.low:+.3f} .. "
+            f"{r.high:+.3f}), p {r.p_value:.3g} | {r.fixed_low:+.3f} .. {r.fixed_high:+.3f} "
+            f"| **{r.decision}** |"
+        )
+    return "\n".join(lines)
+
+
+def read_interleaved(warehouse, where: str) -> dict[str, "interleaving.InterleavingResult"]:
+    """Per interleaving experiment, the sessions' preference (`ml.interleaving`), the one with
+    the latest exposure last."""
+    schema = warehouse.models_schema
+    exposures = warehouse.query(
+        "select experiment, session_id, exposure_id, items, teams, exposed_at"
+        f" from {schema}.{EXPOSURES} where mode = 'interleaving' and teams is not null"
+        f" and {where}"
+    )
+    if exposures.empty:
+        return {}
+    clicks = warehouse.query(
+        f"select c.exposure_id, c.item from {schema}.{CLICKS} c inner join {schema}.{EXPOSURES}"
+        f" e on c.exposure_id = e.exposure_id where e.mode = 'interleaving' and {where}"
+    )
+    order = exposures.groupby("experiment")["exposed_at"].max().sort_values().index
+    grouped = dict(list(exposures.groupby("experiment")))
+    return {
+        str(name): interleaving.interleaving_result(
+            interleaving.session_credits(grouped[name], clicks)
+        )
+        for name in order
+    }
+
+
+def _since(days: int) -> str | None:
+    """The first day read as SQL (None: all)."""
     if days <= 0:
+        return None
+    return date_sql(dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days - 1))
+
+
+def _read(warehouse, days: int):
+    first = _since(days)
+    if first is None:
         return read_marts(warehouse, "true", "true")
-    first = date_sql(dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days - 1))
     return read_marts(warehouse, f"first_at >= {first}", f"exposed_at >= {first}")
 
 
@@ -114,7 +172,7 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
     @warehouse_asset(
         name=RESULTS,
         group_name=GROUP,
-        deps=[SESSIONS, EXPOSURES],
+        deps=[SESSIONS, EXPOSURES, CLICKS],
         kinds={"python"},
         check_specs=[
             AssetCheckSpec(
@@ -129,7 +187,11 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
         "a sample-ratio check, from the experiment marts. Decides nothing (see *_rollout).",
     )
     def experiment_results(context: AssetExecutionContext, config: ExperimentResultsConfig):
-        sessions, exposures = _read(context.resources.warehouse, config.days)
+        warehouse = context.resources.warehouse
+        sessions, exposures = _read(warehouse, config.days)
+        # an interleaving experiment's variants are no A/B arms: its sessions are read apart
+        sessions = sessions[sessions["mode"] != "interleaving"]
+        exposures = exposures[exposures["mode"] != "interleaving"]
         shadows = exposures[exposures["shadow_scored"].astype(bool)]
         results = stats.experiment_results(
             sessions,
@@ -137,7 +199,11 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
             alpha=config.alpha,
             shadow_scores=shadows.groupby("experiment").size().to_dict(),
         )
+        since = _since(config.days)
+        interleaved = read_interleaved(warehouse, f"exposed_at >= {since}" if since else "true")
         markdown = results_markdown(results, config.alpha)
+        if interleaved:
+            markdown += "\n\n" + interleaving_markdown(interleaved, config.alpha)
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(markdown + "\n")
         context.log.info(
@@ -163,6 +229,14 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
             metadata[f"{problem}_{r.primary}_difference"] = float_or_null(primary.absolute)
             metadata[f"{problem}_{r.primary}_difference_low"] = float_or_null(primary.low)
             metadata[f"{problem}_{r.primary}_difference_high"] = float_or_null(primary.high)
+        if interleaved:  # the running one: the experiment with the latest exposure
+            name, r = list(interleaved.items())[-1]
+            metadata["interleaving_experiment"] = MetadataValue.text(name)
+            metadata["interleaving_sessions"] = r.sessions
+            metadata["interleaving_preference"] = float_or_null(r.preference)
+            metadata["interleaving_preference_low"] = float_or_null(r.low)
+            metadata["interleaving_preference_high"] = float_or_null(r.high)
+            metadata["interleaving_decision"] = MetadataValue.text(r.decision)
         yield MaterializeResult(metadata=metadata)
 
         # the running experiment of each problem: a finished one's mismatch is history
@@ -187,5 +261,6 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
     return [
         experiment_results,
         build_rollout_asset(settings, conversion, [RESULTS]),
-        build_rollout_asset(settings, recommender, [RESULTS, f"{conversion}_rollout"]),
+        build_replay_asset(settings),
+        build_rollout_asset(settings, recommender, [RESULTS, f"{conversion}_rollout", REPLAY]),
     ]

@@ -16,6 +16,10 @@ Decisions:
   compares with the rows counted back from the four tables.
 - No file for a day is a day with no traffic: 0 rows, not an error (a replica that served
   nothing that day writes no file).
+- The tables' columns follow the contract (`ml.serving_log`: its fields, then the optional
+  ones). A table created by an older version lacks the fields added since: before loading,
+  the columns it lacks are added (null in the rows already there, which is what a line of the
+  older server that lacked the field gives), so an existing warehouse keeps its days.
 """
 
 import datetime as dt
@@ -47,7 +51,7 @@ DAY_COLUMN = "log_day"
 # The log's `at`, renamed: AT is a keyword of SQL (`at time zone`), DuckDB refuses it as a name.
 AT_COLUMN = "logged_at"
 
-# weights and items are JSON text: varchar
+# weights and the lists (items, context, propensities, teams) are JSON text: varchar
 _TYPES = {"str": "varchar", "number": "double", "int": "bigint", "bool": "boolean"}
 
 
@@ -133,6 +137,10 @@ def build_serving_log_asset(settings: Settings) -> AssetsDefinition:
         days = partition_days(context)
         counts = dict.fromkeys(TABLES, 0)
         reasons, lines_in_files, by_day = pd.Series(dtype="int64"), 0, {}
+        for table, (_, table_columns) in TABLES.items():
+            added = warehouse.add_missing_columns(table, table_columns)
+            if added:
+                context.log.info(f"{table}: added the contract's new columns {added}")
         for day in days:
             parsed, lines = read_day(folder, day)
             for table, (attribute, table_columns) in TABLES.items():

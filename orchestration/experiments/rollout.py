@@ -32,6 +32,7 @@ from pydantic import Field
 
 from ml import experiments as stats
 from ml import release
+from orchestration.experiments.replay import read_replay
 from orchestration.policy import warehouse_asset
 from orchestration.sql import text_sql
 from skiff.settings import Settings
@@ -43,6 +44,7 @@ EXPOSURES = "experiment_exposures"
 ROLLED_BACK_CHECK = "not_rolled_back"
 SRM_CHECK = "sample_ratio_matches"
 DEFAULT = release.Policy()
+REPLAY_ESTIMATORS = ("dr", "snips", "ips")  # what the replay gate may read
 
 
 def rollout_name(problem: str) -> str:
@@ -92,6 +94,20 @@ class RolloutConfig(Config):
     srm_alpha: float = Field(
         default=DEFAULT.srm_alpha, description="A sample-ratio p-value below this holds."
     )
+    replay_gate: bool = Field(
+        default=DEFAULT.replay_gate,
+        description="Recommender: before leaving the first stage, the challenger's replay "
+        "estimate (recommender_replay) must not fall below the champion's logged CTR less "
+        "replay_margin.",
+    )
+    replay_margin: float = Field(default=DEFAULT.replay_margin)
+    replay_min_exposures: int = Field(
+        default=DEFAULT.replay_min_exposures,
+        description="Logged champion exposures the replay must cover before it can pass.",
+    )
+    replay_estimator: str = Field(
+        default="dr", description="The estimator the gate reads: dr, snips or ips."
+    )
     n_star: int = Field(
         default=stats.N_STAR,
         description="Sessions per arm (at 50/50) where the always-valid intervals are tightest: "
@@ -102,6 +118,11 @@ class RolloutConfig(Config):
     def policy(self) -> release.Policy:
         values = self.model_dump()
         values.pop("n_star")
+        if values.pop("replay_estimator") not in REPLAY_ESTIMATORS:
+            raise ValueError(
+                f"replay_estimator must be one of {REPLAY_ESTIMATORS}, got "
+                f"{self.replay_estimator!r}"
+            )
         stages = []
         for text in values.pop("stages"):
             name, _, share = str(text).rpartition(":")
@@ -119,7 +140,7 @@ def read_marts(warehouse: Any, sessions_where: str, exposures_where: str) -> tup
     sessions = warehouse.query(f"select * from {schema}.{SESSIONS} where {sessions_where}")
     exposures = warehouse.query(
         "select problem, experiment, stage, variant, role, latency_ms, error, shadow_scored,"
-        f" exposed_at as at from {schema}.{EXPOSURES} where {exposures_where}"
+        f" mode, exposed_at as at from {schema}.{EXPOSURES} where {exposures_where}"
     )
     return sessions, exposures
 
@@ -214,7 +235,10 @@ def build_rollout_asset(settings: Settings, problem: str, deps: list[str]) -> As
     def rollout(context: AssetExecutionContext, config: RolloutConfig):
         from ml.registry import Registry
 
-        policy = config.policy()
+        try:
+            policy = config.policy()
+        except ValueError as exc:  # a config a retry cannot mend
+            raise Failure(description=f"rollout config: {exc}", allow_retries=False) from exc
         registry = Registry(settings.registry)
         published = str(settings.published)
         try:
@@ -241,8 +265,16 @@ def build_rollout_asset(settings: Settings, problem: str, deps: list[str]) -> As
                 n_star=config.n_star,
                 shadow_scores=shadows,
             )
+        replay = None
+        if state.challenger is not None and problem in release.REPLAY_PROBLEMS:
+            replay = read_replay(
+                context.resources.warehouse,
+                state.champion,
+                state.challenger,
+                config.replay_estimator,
+            )
         now = dt.datetime.now(dt.UTC)
-        decision = release.decide(policy, state, evidence, now)
+        decision = release.decide(policy, state, evidence, now, replay)
         if _pair(release.load_state(registry, problem)) != _pair(state):
             # an operator or a training run changed the roles during this look: its decision
             # is about a state that is gone; the next look decides on the new one

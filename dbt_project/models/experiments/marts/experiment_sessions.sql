@@ -6,10 +6,12 @@ exposures as (
 ),
 
 -- A period is (experiment, stage, weights): a ramp that changes the weights starts a new one.
+-- The mode is a key too: an interleaving run's sessions never pool with an A/B run's.
 totals as (
     select
         problem,
         experiment,
+        mode,
         stage,
         weights,
         variant,
@@ -20,7 +22,7 @@ totals as (
         max(purchased) as purchased,
         cast(sum(case when error then 1 else 0 end) as bigint) as errors
     from exposures
-    group by problem, experiment, stage, weights, variant, session_id
+    group by problem, experiment, mode, stage, weights, variant, session_id
 ),
 
 -- The session's first exposure of the period; two in one millisecond: the smaller id.
@@ -28,6 +30,7 @@ ranked as (
     select
         problem,
         experiment,
+        mode,
         stage,
         weights,
         variant,
@@ -38,7 +41,7 @@ ranked as (
         history_events,
         history_adds,
         row_number() over (
-            partition by problem, experiment, stage, weights, variant, session_id
+            partition by problem, experiment, mode, stage, weights, variant, session_id
             order by exposed_at, exposure_id
         ) as exposure_rank
     from exposures
@@ -53,6 +56,7 @@ final as (
     select
         totals.problem,
         totals.experiment,
+        totals.mode,
         totals.stage,
         totals.weights,
         totals.variant,
@@ -72,6 +76,7 @@ final as (
         on
             totals.problem = firsts.problem
             and totals.experiment = firsts.experiment
+            and totals.mode = firsts.mode
             and totals.stage is not distinct from firsts.stage
             and totals.weights = firsts.weights
             and totals.variant = firsts.variant

@@ -15,7 +15,7 @@ ranked as (
     from source_exposures
 ),
 
--- Names are the log's fields: stage, role, path and action are SQL keywords, but on neither
+-- Names are the log's fields: stage, role, path, mode and action are SQL keywords, but on neither
 -- DuckDB's nor Snowflake's list of reserved words (RF04 is silenced on them).
 final as (
     select
@@ -36,6 +36,13 @@ final as (
         cast(probability as double) as probability,
         cast(items as varchar) as items,
         cast(path as varchar) as path,  -- noqa: RF04
+        -- the off-policy and interleaving fields: a line of an older server has none of them
+        coalesce(cast(mode as varchar), 'ab') as mode,  -- noqa: RF04
+        cast(context as varchar) as context,
+        cast(propensities as varchar) as propensities,
+        cast(teams as varchar) as teams,
+        coalesce(cast(explored as boolean), false) as explored,
+        cast(logging_policy as varchar) as logging_policy,
         cast(log_day as date) as log_day,
         cast(line_number as bigint) as line_number
     from ranked
