@@ -227,7 +227,15 @@ def offline_vs_online(settings: Settings, seed: int, products: int, regime: str)
         "A/B and the simulator's truth (one Dagster run)...",
         flush=True,
     )
-    world = {"world_seed": seed, "world_products": products, "regime": regime}
+    # fewer simulated sessions than the asset's defaults (4,000 logged, 2,000 a run): a
+    # demo minute, not four; the numbers are noisier (the table prints their intervals)
+    world = {
+        "world_seed": seed,
+        "world_products": products,
+        "regime": regime,
+        "logged_sessions": 3000,
+        "online_sessions": 1000,
+    }
     ops = {offline_online.ASSET: {"config": world}}
     if not run_job(settings, OFFLINE_VS_ONLINE, ops=ops):
         return False

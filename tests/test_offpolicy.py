@@ -242,11 +242,13 @@ def test_an_empty_log_gives_nan_and_one_session_no_interval():
         ope.replay(_log([("e1", "s1", ["a"], ["b"], [0.5], [1], True)]), [], None)
 
 
-def test_logged_ctr_counts_clicked_non_explored_exposures():
+def test_logged_ctr_is_clicks_per_non_explored_exposure():
+    """The quantity the estimators estimate: e4, the only unexplored exposure, has two clicks,
+    so 2.0 (its clicked share would be 1.0)."""
     log, _ = _hand_log()
     logged = ope.logged_ctr(log)
     assert logged.estimator == "logged"
-    assert (logged.value, logged.exposures, logged.sessions) == (1.0, 1, 1)  # e4 only
+    assert (logged.value, logged.exposures, logged.sessions) == (2.0, 1, 1)
 
 
 # --- unbiasedness and coverage in an item-position world ----------------------------------------

@@ -145,7 +145,7 @@ def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
         report.parent.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         report.write_text(f"# Offline vs online ({stamp})\n\n{markdown}\n")
-        context.log.info(f"offline vs online in {found.seconds:.0f} s:\n{markdown}")
+        context.log.info(f"offline vs online in {found.seconds:.0f} s: {report}")
         metadata = {
             "table": MetadataValue.md(markdown),
             "report": MetadataValue.url(report_url(settings, report)),
