@@ -313,14 +313,15 @@ def offline_online(
         rows.append(row)
     truth = [r["true_ctr"] for r in rows]
     correlations = {m: _spearman([r[m] for r in rows], truth) for m in METHODS}
+    logged, unexplored = logged_rates(log)
     return OfflineOnline(
         champion=champion,
         exploration=exploration.name,
         logged_sessions=int(log["session_id"].nunique()),
         logged_exposures=len(log),
         logged_explored=int(log["explored"].sum()),
-        logged_ctr=logged_rates(log)[0],
-        unexplored_ctr=logged_rates(log)[1],
+        logged_ctr=logged,
+        unexplored_ctr=unexplored,
         click_model={
             "alpha": click_model.alpha,
             "eta": click_model.eta,

@@ -160,7 +160,7 @@ def replay_markdown(frame: pd.DataFrame) -> str:
     for (logging, target), rows in frame.groupby(["logging_version", "target_version"], sort=False):
         if rows["target_role"].iloc[0] == "logging":
             continue
-        combined = {e: combine_days(rows[rows["estimator"] == e]) for e in (*ESTIMATORS, LOGGED)}
+        combined = {e: combine_days(rows[rows["estimator"] == e]) for e in ESTIMATORS}
         logged = combine_days(
             frame[(frame["logging_version"] == logging) & (frame["estimator"] == LOGGED)]
         )
