@@ -575,35 +575,38 @@ def admit(
     challenger it replaces is recorded as rolled back. The server first goes back to the
     champion alone, so it never shows the new challenger under the old experiment's name."""
     now = _now(now)
-    state = load_state(registry, problem)
-    if state is None:
-        raise ReleaseError(f"{problem} has no champion: bootstrap one before admitting {version}")
-    if version in (state.champion, state.challenger):
-        raise ReleaseError(f"{version} is already the {problem} champion or challenger")
-    _serve(published_url, _alone(problem, state.champion, now))
-    if state.challenger is not None:
-        registry.record(
+    with registry.locked(problem):  # read, decide and write as one writer
+        state = load_state(registry, problem)
+        if state is None:
+            raise ReleaseError(
+                f"{problem} has no champion: bootstrap one before admitting {version}"
+            )
+        if version in (state.champion, state.challenger):
+            raise ReleaseError(f"{version} is already the {problem} champion or challenger")
+        _serve(published_url, _alone(problem, state.champion, now))
+        if state.challenger is not None:
+            registry.record(
+                problem,
+                "rolled_back",
+                state.challenger,
+                f"replaced by {version}: {reason}",
+                decided_by=decided_by,
+                stage=state.stage_name,
+                traffic=0.0,
+                at=now,
+            )
+        first = policy.stages[0]
+        registry.assign(
             problem,
-            "rolled_back",
-            state.challenger,
-            f"replaced by {version}: {reason}",
+            "challenger",
+            version,
+            reason,
             decided_by=decided_by,
-            stage=state.stage_name,
-            traffic=0.0,
+            stage=first.name,
+            traffic=first.traffic,
+            evidence=evidence,
             at=now,
         )
-    first = policy.stages[0]
-    registry.assign(
-        problem,
-        "challenger",
-        version,
-        reason,
-        decided_by=decided_by,
-        stage=first.name,
-        traffic=first.traffic,
-        evidence=evidence,
-        at=now,
-    )
     registry.publish(problem, published_url)
     new = RolloutState(
         problem,
@@ -634,46 +637,47 @@ def promote(
     retired. A challenger other than `version` was measured against the old champion, so its
     rollout ends (recorded as rolled back)."""
     now = _now(now)
-    roles = registry.roles(problem)
-    old, challenger = roles.get("champion"), roles.get("challenger")
-    if version == old:
-        raise ReleaseError(f"{version} is already the {problem} champion")
-    stored = registry.rollout(problem) or {}
-    stage = stored.get("stage_name") if version == challenger else None
-    registry.set_roles(problem, {"champion": version, "challenger": None})
-    registry.record(
-        problem,
-        "champion",
-        version,
-        reason,
-        previous=old,
-        decided_by=decided_by,
-        stage=stage,
-        traffic=1.0,
-        evidence=evidence,
-        at=now,
-    )
-    if old is not None:
+    with registry.locked(problem):  # read, decide and write as one writer
+        roles = registry.roles(problem)
+        old, challenger = roles.get("champion"), roles.get("challenger")
+        if version == old:
+            raise ReleaseError(f"{version} is already the {problem} champion")
+        stored = registry.rollout(problem) or {}
+        stage = stored.get("stage_name") if version == challenger else None
+        registry.set_roles(problem, {"champion": version, "challenger": None})
         registry.record(
             problem,
-            "retired",
-            old,
-            f"replaced by {version}",
+            "champion",
+            version,
+            reason,
+            previous=old,
             decided_by=decided_by,
-            traffic=0.0,
+            stage=stage,
+            traffic=1.0,
+            evidence=evidence,
             at=now,
         )
-    if challenger not in (None, version):
-        registry.record(
-            problem,
-            "rolled_back",
-            challenger,
-            f"the champion changed to {version}",
-            decided_by=decided_by,
-            stage=stored.get("stage_name"),
-            traffic=0.0,
-            at=now,
-        )
+        if old is not None:
+            registry.record(
+                problem,
+                "retired",
+                old,
+                f"replaced by {version}",
+                decided_by=decided_by,
+                traffic=0.0,
+                at=now,
+            )
+        if challenger not in (None, version):
+            registry.record(
+                problem,
+                "rolled_back",
+                challenger,
+                f"the champion changed to {version}",
+                decided_by=decided_by,
+                stage=stored.get("stage_name"),
+                traffic=0.0,
+                at=now,
+            )
     registry.publish(problem, published_url)  # the new champion; no challenger pointer left
     return _save(registry, published_url, _alone(problem, version, now))
 
@@ -716,23 +720,24 @@ def rollback(
     """End the challenger's rollout: the server goes back to the champion alone first. Reads
     the roles, not the rollout state, so it also puts right roles changed by hand."""
     now = _now(now)
-    roles = registry.roles(problem)
-    if "champion" not in roles or "challenger" not in roles:
-        raise ReleaseError(f"{problem} has no challenger to roll back (roles {roles})")
-    alone = _alone(problem, roles["champion"], now)
-    _serve(published_url, alone)
-    registry.set_roles(problem, {"challenger": None})
-    registry.record(
-        problem,
-        "rolled_back",
-        roles["challenger"],
-        reason,
-        decided_by=decided_by,
-        stage=(registry.rollout(problem) or {}).get("stage_name"),
-        traffic=0.0,
-        evidence=evidence,
-        at=now,
-    )
+    with registry.locked(problem):  # read, decide and write as one writer
+        roles = registry.roles(problem)
+        if "champion" not in roles or "challenger" not in roles:
+            raise ReleaseError(f"{problem} has no challenger to roll back (roles {roles})")
+        alone = _alone(problem, roles["champion"], now)
+        _serve(published_url, alone)
+        registry.set_roles(problem, {"challenger": None})
+        registry.record(
+            problem,
+            "rolled_back",
+            roles["challenger"],
+            reason,
+            decided_by=decided_by,
+            stage=(registry.rollout(problem) or {}).get("stage_name"),
+            traffic=0.0,
+            evidence=evidence,
+            at=now,
+        )
     registry.publish(problem, published_url)  # removes the challenger's pointer: unloaded
     return _save(registry, published_url, alone)
 

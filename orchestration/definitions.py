@@ -24,6 +24,7 @@ from orchestration.dbt.project import build_dbt_project
 from orchestration.experiments.assets import build_experiment_assets
 from orchestration.experiments.log import build_serving_log_asset, serving_log_partitions
 from orchestration.experiments.sensors import build_release_schedule
+from orchestration.handoff import HandoffIOManager
 from orchestration.ingestion.assets import build_ingestion_assets
 from orchestration.ingestion.sensors import build_landing_sensor
 from orchestration.monitoring.assets import build_monitoring_assets
@@ -43,6 +44,7 @@ MONITOR_DAYS = "monitor_days"
 RELEASE_LOOP = "release_loop"
 OFFLINE_VS_ONLINE = "offline_vs_online"
 DATA_GROUPS = ("ingestion", "staging", "intermediate", "marts")
+EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -141,10 +143,15 @@ def build_definitions(settings: Settings) -> Definitions:
             build_drift_sensor(settings, retrain),
             build_failure_sensor(settings),
         ],
-        resources=build_resources(settings, project),
-        # Local: one process, steps in order; DuckDB has a single writer, and the in-process
-        # executor spares each step the cost of re-importing the definitions.
-        executor=in_process_executor if settings.env == "local" else multiprocess_executor,
+        resources={
+            **build_resources(settings, project),
+            # what a step hands to another goes through storage, keyed by run: steps in other
+            # processes or pods read it, concurrent runs never collide (orchestration/handoff.py)
+            "io_manager": HandoffIOManager(root=str(settings.handoff_root)),
+        },
+        # SKIFF_EXECUTOR; local default in_process: one process, steps in order (DuckDB has a
+        # single writer, and no step pays for re-importing the definitions).
+        executor=EXECUTORS[settings.executor],
     )
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, RunRequest, build_sensor_context
 
 from ml.monitoring import worst
-from ml.registry import ArtifactError, Registry, load_published
+from ml.registry import ArtifactError, Registry, published_copy
 from orchestration.definitions import (
     MONITOR_DAYS,
     OFFLINE_VS_ONLINE,
@@ -21,6 +21,7 @@ from orchestration.definitions import (
     build_definitions,
 )
 from orchestration.recommendation import offline_online
+from orchestration.reports import read_report, report_location
 from orchestration.runs import run_job, run_requested
 from skiff.settings import ConfigError, Settings
 
@@ -95,7 +96,8 @@ def champions_published(settings: Settings) -> bool:
     """Whether both problems have a published champion (scoring needs them)."""
     for problem in ("conversion", "recommender"):
         try:
-            load_published(settings.published, problem)
+            with published_copy(settings.published, problem):
+                pass  # verified (a remote copy is removed at once)
         except ArtifactError:
             return False
     return True
@@ -138,7 +140,8 @@ def monitoring_summary(settings: Settings, days: list[dt.date]) -> str:
     lines = [
         "  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
     ]
-    return "monitoring (reports: $SKIFF_HOME/reports/monitoring/):\n" + "\n".join(lines)
+    where = report_location(settings, "monitoring")
+    return f"monitoring (reports: {where}/):\n" + "\n".join(lines)
 
 
 def drift_requests(settings: Settings) -> list[RunRequest]:
@@ -239,7 +242,11 @@ def offline_vs_online(settings: Settings, seed: int, products: int, regime: str)
     ops = {offline_online.ASSET: {"config": world}}
     if not run_job(settings, OFFLINE_VS_ONLINE, ops=ops):
         return False
-    print(offline_online.report_path(settings).read_text().split("\n", 2)[-1].strip())
+    report = read_report(settings, offline_online.REPORT)
+    if report is None:
+        print(f"no report at {report_location(settings, offline_online.REPORT)}")
+        return False
+    print(report.split("\n", 2)[-1].strip())
     return True
 
 
@@ -247,10 +254,10 @@ def leaderboards(settings: Settings) -> str:
     """Both problems' leaderboards from the last training run (empty when none was written)."""
     parts = []
     for problem in ("conversion", "recommender"):
-        board = settings.reports / problem / "leaderboard.md"
-        if board.exists():
+        board = read_report(settings, f"{problem}/leaderboard.md")
+        if board is not None:
             parts.append(
                 f"\n{problem} leaderboard (chosen on the validation day(s), reported on the "
-                "test day(s)):\n\n" + board.read_text().strip()
+                "test day(s)):\n\n" + board.strip()
             )
     return "\n".join(parts)

@@ -1,10 +1,12 @@
 """The HTTP service: the published champion (and challenger) models, experiments, feedback.
 
-It reads only what Dagster published (`settings.published`) and writes only its event log
+It reads only what Dagster published (`settings.published`) and the reports it wrote
+(`settings.reports_root`, under /reports), and writes only its event log
 (`$SKIFF_HOME/serving/`); it never opens the warehouse, whose DuckDB file lock would stop the
-pipeline. Start it with `skiff serve`; the endpoints and their examples are at /docs. The
-routes are in `serving.routes`, what they share (store, log, metrics, the experiment flow) in
-`serving.service`.
+pipeline. Model calls run in a worker thread (`serving.batching`), so a slow batch never holds
+up /readyz, /metrics or feedback. Start it with `skiff serve`; the endpoints and their
+examples are at /docs. The routes are in `serving.routes` and `serving.reports`, what they
+share (store, log, metrics, the experiment flow) in `serving.service`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import predict, routes
+from serving import predict, reports, routes
 from serving.config import ServeConfig
 from serving.limits import BodyLimit, Rejected, body
 from serving.metrics import MetricsMiddleware
@@ -46,10 +47,9 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=service.metrics)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
-    settings.reports.mkdir(parents=True, exist_ok=True)
-    app.mount("/reports", StaticFiles(directory=settings.reports, html=True), name="reports")
     app.include_router(routes.scoring)
     app.include_router(routes.operations)
+    app.include_router(reports.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Rejected, _rejected)
@@ -67,6 +67,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks.start_soon(service.events.sync_forever, EXPOSURE_SYNC_SECONDS)
         yield
         tasks.cancel_scope.cancel()
+    await anyio.to_thread.run_sync(service.batcher.close)  # the running batch finishes
     service.events.close()
 
 
@@ -117,7 +118,12 @@ def serve(settings: Settings, config: ServeConfig) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch or sklearn load
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings, config)
-    log.info("published models: %s; event log: %s", settings.published, settings.home / "serving")
+    log.info(
+        "published models: %s; reports: %s; event log: %s",
+        settings.published,
+        reports.reports_root(settings),
+        settings.home / "serving",
+    )
     # Keep idle connections longer than a load balancer does (60 s on most), so the server
     # never closes one just as the balancer sends a request on it.
     uvicorn.run(

@@ -6,6 +6,10 @@
 | SKIFF_SERVE_MAX_BODY_BYTES | 65536 | larger request bodies get a 422 naming `body` |
 | SKIFF_SERVE_MAX_EVENTS | 500 | events (or viewed products) per request, else a 422 |
 | SKIFF_SERVE_RELOAD_SECONDS | 2 | how often the published pointers are checked |
+| SKIFF_SERVE_RELOAD_RETRY_SECONDS | 1 | first wait before a failed load is tried again; it |
+|  |  | doubles at each failure (jittered: 50-100% of it), while the pointer stays |
+| SKIFF_SERVE_RELOAD_RETRY_MAX_SECONDS | 60 | the longest wait between two tries of a failed load |
+| SKIFF_SERVE_INFERENCE_THREADS | 1 | worker threads the model calls run in (off the event loop) |
 | SKIFF_SERVE_REQUIRE | conversion,recommender | champions /readyz waits for |
 | SKIFF_EXPERIMENTS | (none) | an operator's JSON experiment file; it wins over the rollout |
 |  |  | controller's `<published>/experiments.json`, which wins over the published roles |
@@ -53,6 +57,9 @@ class ServeConfig:
     max_body_bytes: int = 65536
     max_events: int = 500
     reload_seconds: float = 2.0
+    reload_retry_seconds: float = 1.0
+    reload_retry_max_seconds: float = 60.0
+    inference_threads: int = 1
     require: tuple[str, ...] = PROBLEMS
     experiments_file: Path | None = None
     challenger_traffic: float = 0.0
@@ -87,6 +94,25 @@ class ServeConfig:
             reload_seconds=_number(
                 "SKIFF_SERVE_RELOAD_SECONDS", _env("SKIFF_SERVE_RELOAD_SECONDS", "2"), float, 0.05
             ),
+            reload_retry_seconds=_number(
+                "SKIFF_SERVE_RELOAD_RETRY_SECONDS",
+                _env("SKIFF_SERVE_RELOAD_RETRY_SECONDS", "1"),
+                float,
+                0.01,
+            ),
+            reload_retry_max_seconds=_number(
+                "SKIFF_SERVE_RELOAD_RETRY_MAX_SECONDS",
+                _env("SKIFF_SERVE_RELOAD_RETRY_MAX_SECONDS", "60"),
+                float,
+                0.01,
+            ),
+            inference_threads=_number(
+                "SKIFF_SERVE_INFERENCE_THREADS",
+                _env("SKIFF_SERVE_INFERENCE_THREADS", "1"),
+                int,
+                1,
+                64,
+            ),
             require=require,
             experiments_file=Path(experiments) if experiments else None,
             challenger_traffic=_number(
@@ -99,4 +125,10 @@ class ServeConfig:
                 "SKIFF_SERVE_EXPLORE_POOL", _env("SKIFF_SERVE_EXPLORE_POOL", "20"), int, 1
             ),
         )
-        return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        if config.reload_retry_max_seconds < config.reload_retry_seconds:
+            raise ConfigError(
+                f"SKIFF_SERVE_RELOAD_RETRY_MAX_SECONDS={config.reload_retry_max_seconds:g} is "
+                f"shorter than SKIFF_SERVE_RELOAD_RETRY_SECONDS={config.reload_retry_seconds:g}"
+            )
+        return config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from ml.registry import ArtifactError, load_published
+from ml.registry import ArtifactError, published_copy
 from serving.store import LOOKUP
 from skiff.settings import Settings
 from skiff.urls import serve_url
@@ -17,12 +17,13 @@ def _known_products(settings: Settings) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        _, folder = load_published(settings.published, "recommender")
+        with published_copy(settings.published, "recommender") as (_, folder):
+            if not (folder / LOOKUP).exists():
+                return []
+            rows = pq.read_table(folder / LOOKUP).slice(0, 100).to_pylist()
     except ArtifactError:
         return []
-    if not (folder / LOOKUP).exists():
-        return []
-    for row in pq.read_table(folder / LOOKUP).slice(0, 100).to_pylist():
+    for row in rows:
         following = [sku for sku in row["next_items"] if sku != row["product_sku_hash"]]
         if following:
             return [row["product_sku_hash"], following[0]]

@@ -37,8 +37,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Published models loaded (startup and hot reloads).", ("problem", "role")
     ),
     "skiff_model_reload_failures_total": (
-        "Published models refused (failed verification or loading); the previous model kept "
-        "serving.",
+        "Failed tries to load a published model (unreachable, incomplete or failing "
+        "verification); the previous model kept serving and the load is retried with backoff.",
         ("problem", "role"),
     ),
     "skiff_model_errors_total": (

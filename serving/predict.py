@@ -5,7 +5,8 @@ Features come from `ml.conversion.features.prefix_features`, the code training u
 scikit-learn models are scored on those feature rows directly: their `predict_proba` wraps each
 call in threadpoolctl's `threadpool_limits`, whose scan of the loaded libraries costs about
 6 ms a call, more than the whole prediction; the server limits OpenMP and BLAS to one thread
-once, at start (`single_threaded`), which is what that wrapper ensures for small batches.
+once, at start, and in each inference worker thread as it starts (`single_threaded`: OpenMP's
+limit is per thread), which is what that wrapper ensures for small batches.
 """
 
 from __future__ import annotations

@@ -177,7 +177,10 @@ async def healthz() -> dict:
 @operations.get("/readyz", responses={503: {"description": "Not ready."}})
 async def readyz(service: ServiceDep) -> JSONResponse:
     """Ready once the champion of every required problem (SKIFF_SERVE_REQUIRE) is loaded;
-    also the experiment each problem runs: its name, stage, weights, shadow and mode."""
+    also the experiment each problem runs (its name, stage, weights, shadow and mode), and the
+    published versions that failed to load and are being retried (`reload_failures`: the
+    version, consecutive failures, last error, since when, seconds to the next try); a failing
+    reload does not make a server that holds a champion unready."""
     snapshot = service.store.snapshot
     loaded = {f"{p}/{r}": m.version for (p, r), m in sorted(snapshot.models.items())}
     missing = [p for p in service.config.require if snapshot.model(p, "champion") is None]
@@ -196,6 +199,7 @@ async def readyz(service: ServiceDep) -> JSONResponse:
         "models": loaded,
         "missing_champions": missing,
         "experiments": experiments,
+        "reload_failures": service.store.failures(),
     }
     return JSONResponse(body, 503 if missing else 200)
 

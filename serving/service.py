@@ -37,7 +37,8 @@ from serving.eventlog import EventLog
 from serving.experiments import Experiment, Variant, load_file
 from serving.limits import Rejected
 from serving.metrics import Metrics
-from serving.store import Loaded, ModelStore, Snapshot
+from serving.reports import Reports, reports_root
+from serving.store import Backoff, Loaded, ModelStore, Snapshot
 from skiff.settings import Settings
 
 log = logging.getLogger("skiff.serving")
@@ -118,17 +119,24 @@ class Service:
     events: EventLog
     metrics: Metrics
     batcher: MicroBatcher
+    reports: Reports
 
     @classmethod
     def build(cls, settings: Settings, config: ServeConfig) -> Service:
         metrics = Metrics()
         configured = load_file(config.experiments_file) if config.experiments_file else {}
         store = ModelStore(
-            settings.published, PROBLEMS, metrics, configured, config.challenger_traffic
+            settings.published,
+            PROBLEMS,
+            metrics,
+            configured,
+            config.challenger_traffic,
+            backoff=Backoff(config.reload_retry_seconds, config.reload_retry_max_seconds),
         )
         metrics.registry.register(store)  # its gauges are read at each scrape
         events = EventLog(settings.home / "serving")
-        return cls(config, store, events, metrics, MicroBatcher(metrics))
+        batcher = MicroBatcher(metrics, threads=config.inference_threads)
+        return cls(config, store, events, metrics, batcher, Reports(reports_root(settings)))
 
     def at_most(self, field: str, count: int) -> None:
         if count > self.config.max_events:

@@ -1,4 +1,6 @@
-"""One place for configuration: every path Skiff writes lives under SKIFF_HOME.
+"""One place for configuration: every path Skiff writes lives under SKIFF_HOME, except the
+artifacts (registry, published models, hand-offs between steps, reports, caches), which go to
+SKIFF_ARTIFACTS_URL when it is set (object storage shared by every step's process or pod).
 
 Read by the command line, the Dagster definitions and (later) the server, so they agree on
 where things are. Only environment variables configure Skiff; `.env.example` lists them all.
@@ -15,6 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 
 ENVIRONMENTS = ("local", "prod")
+# The Dagster executor of every job: one process per run (local default: DuckDB has one
+# writer, and no step pays for re-importing the definitions), or one process per step
+# (production default: what a step launcher per pod does, so nothing may pass through memory).
+EXECUTORS = ("in_process", "multiprocess")
 # Daily partitions start here; landing days before it are refused by the command line.
 DEFAULT_PARTITIONS_START = "2026-01-01"
 
@@ -27,6 +33,8 @@ SNOWFLAKE_REQUIRED = (
     "SNOWFLAKE_DATABASE",
     "SNOWFLAKE_SCHEMA",
 )
+# Production signs every model manifest (ml.registry): a bucket writer cannot swap a model.
+MANIFEST_KEY = "SKIFF_MANIFEST_KEY"
 
 _DAGSTER_YAML = """\
 # Written by Skiff (skiff/settings.py) when this DAGSTER_HOME was first used; edit freely.
@@ -56,6 +64,7 @@ class Automation:
     release_cron: str = "0 * * * *"  # the rollout controller's looks: hourly
     drift_persistence_days: int = 3
     retrain_train_days: int = 14
+    retrain_cooldown_hours: int = 24  # after a failed or refused drift retraining
     alert_webhook: str | None = None
 
 
@@ -66,6 +75,7 @@ class Settings:
     partitions_start: dt.date
     raw_schema: str
     automation: Automation = Automation()
+    executor: str = "in_process"
 
     @property
     def landing(self) -> Path:
@@ -94,10 +104,32 @@ class Settings:
         """Where dbt builds its models: DuckDB's `main`, or the Snowflake target's schema."""
         return os.environ.get("SNOWFLAKE_SCHEMA", "") if self.env == "prod" else "main"
 
-    def _artifact_root(self, name: str) -> str | Path:
-        """Under SKIFF_ARTIFACTS_URL (object storage, any fsspec URL) when set, else local."""
-        base = os.environ.get("SKIFF_ARTIFACTS_URL", "").rstrip("/")
-        return f"{base}/{name}" if base else self.artifacts / name
+    @property
+    def artifacts_url(self) -> str | None:
+        """SKIFF_ARTIFACTS_URL (object storage, any fsspec URL) without a trailing "/", or None
+        (everything stays under SKIFF_HOME)."""
+        return os.environ.get("SKIFF_ARTIFACTS_URL", "").strip().rstrip("/") or None
+
+    def _artifact_root(self, name: str, local: Path | None = None) -> str | Path:
+        """`<SKIFF_ARTIFACTS_URL>/<name>` when set, else `local` (default artifacts/<name>)."""
+        base = self.artifacts_url
+        return f"{base}/{name}" if base else (local or self.artifacts / name)
+
+    @property
+    def handoff_root(self) -> str | Path:
+        """What one step gives another (orchestration/handoff.py), keyed by run."""
+        return self._artifact_root("handoff")
+
+    @property
+    def reports_root(self) -> str | Path:
+        """Where reports are written: the bucket's `reports/` when SKIFF_ARTIFACTS_URL is
+        set, else `settings.reports` (home/reports)."""
+        return self._artifact_root("reports", self.reports)
+
+    @property
+    def cache_root(self) -> str | Path:
+        """Caches that any step may rebuild (monitoring's reference data)."""
+        return self._artifact_root("cache")
 
     @property
     def registry(self) -> str | Path:
@@ -127,6 +159,8 @@ def load_settings() -> Settings:
             os.environ.get("SNOWFLAKE_PASSWORD") or os.environ.get("SNOWFLAKE_PRIVATE_KEY_PATH")
         ):
             missing.append("SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)")
+        if not os.environ.get(MANIFEST_KEY, "").strip():
+            missing.append(MANIFEST_KEY)
         if missing:
             raise ConfigError(
                 "SKIFF_ENV=prod needs these environment variables, which are not set: "
@@ -146,7 +180,18 @@ def load_settings() -> Settings:
         partitions_start=start,
         raw_schema=os.environ.get("SKIFF_RAW_SCHEMA", "raw"),
         automation=_automation(),
+        executor=_executor(env),
     )
+
+
+def _executor(env: str) -> str:
+    """SKIFF_EXECUTOR, default in_process locally and multiprocess in production."""
+    text = os.environ.get("SKIFF_EXECUTOR", "").strip()
+    if not text:
+        return "in_process" if env == "local" else "multiprocess"
+    if text.lower() not in EXECUTORS:
+        raise ConfigError(f"SKIFF_EXECUTOR={text!r} is not one of {list(EXECUTORS)}")
+    return text.lower()
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -178,6 +223,7 @@ def _automation() -> Automation:
         release_cron=release,
         drift_persistence_days=_positive_int("SKIFF_DRIFT_PERSISTENCE_DAYS", 3),
         retrain_train_days=_positive_int("SKIFF_RETRAIN_TRAIN_DAYS", 14),
+        retrain_cooldown_hours=_positive_int("SKIFF_RETRAIN_COOLDOWN_HOURS", 24),
         alert_webhook=os.environ.get("SKIFF_ALERT_WEBHOOK_URL", "").strip() or None,
     )
 
@@ -200,7 +246,10 @@ def ensure_home(settings: Settings) -> Settings:
     Idempotent. dbt's profile reads SKIFF_HOME and SKIFF_RAW_SCHEMA from the environment, and
     `dagster dev` persists runs only when DAGSTER_HOME is set, so both are exported here.
     """
-    for path in (settings.landing, settings.artifacts, settings.reports, settings.dagster_home):
+    local = [settings.landing, settings.reports, settings.dagster_home]
+    if settings.artifacts_url is None:  # else nothing of the artifacts lives on this machine
+        local.append(settings.artifacts)
+    for path in local:
         path.mkdir(parents=True, exist_ok=True)
     dagster_yaml = settings.dagster_home / "dagster.yaml"
     if not dagster_yaml.exists():

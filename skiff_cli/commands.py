@@ -168,17 +168,33 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from ml import release
-    from ml.registry import Registry
+    from ml.registry import ArtifactError, Registry
 
     settings = ensure_home(load_settings())
     try:
         state = release.rollback(
             Registry(settings.registry), str(settings.published), args.problem, args.reason
         )
-    except release.ReleaseError as exc:
+    except (release.ReleaseError, ArtifactError) as exc:
         print(f"skiff rollback: {exc}", file=sys.stderr)
         return 2
     print(f"{args.problem}: challenger rolled back; {state.champion} serves alone")
+    return 0
+
+
+def cmd_resign(args: argparse.Namespace) -> int:
+    from ml.registry import ArtifactError, Registry
+
+    settings = ensure_home(load_settings())
+    registry = Registry(settings.registry)
+    try:
+        done = registry.resign(args.problem, accept_unsigned=args.accept_unsigned)
+        published = registry.publish(args.problem, str(settings.published))
+    except ArtifactError as exc:
+        print(f"skiff resign: {exc}", file=sys.stderr)
+        return 2
+    roles = ", ".join(f"{role} {version}" for role, version in published.items()) or "none"
+    print(f"{args.problem}: {len(done)} version(s) re-signed; republished {roles}")
     return 0
 
 

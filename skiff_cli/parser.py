@@ -193,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--reason", required=True, help="why: kept in the history")
     back.set_defaults(func=commands.cmd_rollback)
 
+    resign = sub.add_parser(
+        "resign",
+        help="re-sign a problem's registered versions with SKIFF_MANIFEST_KEY and republish",
+        description="Sign every version of PROBLEM with the current SKIFF_MANIFEST_KEY (the "
+        "rotation step: versions signed by a key in SKIFF_MANIFEST_KEYS_PREVIOUS are verified "
+        "first), then republish the roles so the served pointers carry the new signature. "
+        "docs/production.md#signed-artifacts.",
+        epilog="exit status: 0 re-signed; 2 refused (no key, a version that does not verify)",
+    )
+    resign.add_argument("problem", choices=problems)
+    resign.add_argument(
+        "--accept-unsigned",
+        action="store_true",
+        help="also sign versions that carry no signature (adopting signing on an old registry: "
+        "trust on first use; their files are still checked against their sha256)",
+    )
+    resign.set_defaults(func=commands.cmd_resign)
+
     history = sub.add_parser(
         "history",
         help="every role change and ramp step of a problem, with who decided and why",

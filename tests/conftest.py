@@ -11,6 +11,7 @@ import pytest
 
 from ml import contract
 from skiff.settings import Settings, ensure_home, load_settings
+from tests.objectstore import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 DAY = dt.date(2026, 1, 5)
 # A developer's own automation settings must not leak into the tests' instances.
@@ -22,6 +23,8 @@ AUTOMATION_VARIABLES = (
     "SKIFF_RETRAIN_TRAIN_DAYS",
     "SKIFF_ALERT_WEBHOOK_URL",
     "SKIFF_SERVE_URL",
+    "SKIFF_REPORTS_URL",
+    "SKIFF_RETRAIN_COOLDOWN_HOURS",
 )
 
 
@@ -37,6 +40,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         "DAGSTER_HOME",
         "SKIFF_DAGSTER_HOME",
         "SKIFF_ARTIFACTS_URL",
+        "SKIFF_EXECUTOR",
+        "SKIFF_MANIFEST_KEY",
+        "SKIFF_MANIFEST_KEYS_PREVIOUS",
         *AUTOMATION_VARIABLES,
     )
     for name in cleared:

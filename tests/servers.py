@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,13 +35,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(argv: Sequence[str], log: Path, ready_url: str | None = None) -> Iterator[None]:
-    """Run `argv` (its own process group) for the duration; wait for `ready_url` to answer."""
+def running(
+    argv: Sequence[str],
+    log: Path,
+    ready_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[None]:
+    """Run `argv` (its own process group) for the duration, in `env` (default this process's
+    environment); wait for `ready_url` to answer."""
     handle = log.open("w")
     proc = subprocess.Popen(
         list(argv),
         cwd=REPO_ROOT,
-        env=os.environ.copy(),
+        env=dict(os.environ if env is None else env),
         stdout=handle,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -85,3 +91,30 @@ def wait_for_run(client: DagsterGraphQLClient, run_id: str, seconds: float = 300
             return status
         time.sleep(2)
     return "TIMEOUT"
+
+
+def sample_events(n: int = 3) -> list[dict]:
+    """A valid conversion session of `n` events: pageview, detail, add, repeating."""
+    kinds = [("pageview", None), ("event_product", "detail"), ("event_product", "add")]
+    return [
+        {
+            "event_type": kinds[i % 3][0],
+            "product_action": kinds[i % 3][1],
+            "product_sku": None if i % 3 == 0 else f"sku-{i}",
+            "event_at": 1_767_607_200_000 + 15_000 * i,
+            "category": "c1/c12",
+            "price_bucket": 1 + i % 10,
+        }
+        for i in range(n)
+    ]
+
+
+@contextmanager
+def fakesnow_server(log: Path) -> Iterator[int]:
+    """fakesnow's Snowflake stand-in in server mode on a free port of 127.0.0.1; its port."""
+    import sys
+
+    port = free_port()
+    with running([str(Path(sys.executable).parent / "fakesnow"), "-s", "-p", str(port)], log):
+        wait_for_port(port)
+        yield port

@@ -171,3 +171,36 @@ def test_operator_promote_rollback_and_history(settings, tmp_path):
     table = skiff("history", "recommender", "--limit", "2")
     assert table.returncode == 0 and "retired" in table.stdout and "rolled_back" in table.stdout
     assert "challenger" not in [e["role"] for e in history if e["version"] == pop]
+
+
+def test_resign_adopts_signing_on_an_unsigned_registry_and_republishes(
+    settings, tmp_path, monkeypatch
+):
+    """`skiff resign`: an unsigned registry is refused once a key is set; resigning without
+    --accept-unsigned refuses too; with it, every version and the served pointer verify."""
+    from ml import release
+    from ml.registry import ArtifactError, Registry, load_published
+
+    registry = Registry(settings.registry)
+    folder = tmp_path / "pop"
+    folder.mkdir()
+    (folder / "model.txt").write_text("pop")
+    manifest = registry.register(
+        "recommender", folder, algorithm="pop", params={}, metrics={}, training_window={}
+    )
+    release.bootstrap(registry, str(settings.published), "recommender", manifest.version, "first")
+
+    monkeypatch.setenv("SKIFF_MANIFEST_KEY", "a-key-for-the-cli-test")
+    with pytest.raises(ArtifactError, match="unsigned"):
+        load_published(settings.published, "recommender")
+    refused = skiff("resign", "recommender")
+    assert refused.returncode == 2 and manifest.version in refused.stderr
+    done = skiff("resign", "recommender", "--accept-unsigned")
+    assert done.returncode == 0, done.stderr
+    assert "1 version(s) re-signed" in done.stdout and manifest.version in done.stdout
+    served, _ = load_published(settings.published, "recommender")
+    assert served.version == manifest.version
+    # versions() refuses unsigned versions while a key is set: all of them verify now
+    assert [m.version for m in Registry(settings.registry).versions("recommender")] == [
+        manifest.version
+    ]

@@ -28,9 +28,9 @@ from orchestration.conversion.config import (
     PREDICTIONS,
     TRAINING_SET,
 )
-from orchestration.conversion.files import candidate_path, leaderboard_path, read_json, split_frames
 from orchestration.conversion.leaderboard import best_candidate
 from orchestration.definitions import build_definitions
+from orchestration.handoff import Handoff
 from orchestration.runs import run_days
 
 START = dt.date(2026, 1, 5)
@@ -158,7 +158,19 @@ def test_conversion_assets_end_to_end(settings):
     assert "| model |" in evaluation["leaderboard"] and "majority" in evaluation["leaderboard"]
     assert 0.5 < evaluation["roc_auc"] <= 1 and 0 < evaluation["pr_auc"] <= 1
     assert "| bin |" in evaluation["calibration"]
-    assert leaderboard_path(settings).read_text().startswith("Test day")
+    leaderboard = (settings.reports / "conversion" / "leaderboard.md").read_text()
+    assert (
+        leaderboard.startswith("Test day")
+        and leaderboard.strip() == evaluation["leaderboard"].strip()
+    )
+    assert evaluation["report"].endswith("/reports/conversion/leaderboard.md")
+    # every step's value went through the hand-off store, under this run's id; no scratch folder
+    store = Handoff(settings.handoff_root)
+    for key in TRAINING:
+        (event,) = first.asset_materializations_for_node(key)
+        if key != CHAMPION:  # the champion hands nothing on: it publishes
+            assert event.metadata["handoff"].value.startswith(store.run_path(first.run_id))
+    assert not (settings.artifacts / "conversion").exists()
     assert "| validation pr_auc |" in evaluation["leaderboard"]
     # the choice is the argmax of the validation column; what is reported is the test day's
     selection = evaluation["selection"]
@@ -168,7 +180,9 @@ def test_conversion_assets_end_to_end(settings):
     assert evaluation["validation_pr_auc"] == selection[best]["validation_pr_auc"]
     assert evaluation["pr_auc"] == selection[best]["test_pr_auc"]
     # the recorded candidates with their test days reversed: the choice does not move
-    recorded = {a: read_json(candidate_path(settings, a)) for a in selection}
+    with DagsterInstance.get() as instance:
+        recorded = {a: store.load(instance, f"conversion_model_{a}") for a in selection}
+        split = store.load(instance, TRAINING_SET)
     assert best_candidate(recorded) == best
     for algorithm in CANDIDATES:
         recorded[algorithm]["test"]["pr_auc"] = 0.0 if algorithm == best else 1.0
@@ -197,7 +211,7 @@ def test_conversion_assets_end_to_end(settings):
         "challenger",
     )
     # the published challenger reproduces its recorded test-day ROC AUC
-    test = features.batch_from_frame(split_frames(settings)["test"])
+    test = features.batch_from_frame(split["test"])
     p_test = models.load_model(folder).predict_proba(test)
     assert len(p_test) == len(test.events) and ((p_test >= 0) & (p_test <= 1)).all()
     auc = roc_auc_score(dataset.labels(test.events), p_test)

@@ -433,15 +433,19 @@ def test_every_model_trains_and_scores_when_removes_come_first(tmp_path):
         _check_scores(models.load_model(tmp_path / algorithm), sessions)
 
 
-def test_a_logistic_model_saved_with_plain_log1p_still_scores_a_remove_first(split, tmp_path):
-    """Artifacts registered before signed_log1p pickled np.log1p: loading swaps it in, which
-    changes no score on non-negative features and makes negative ones finite."""
+def test_a_logistic_model_saved_as_a_pickle_is_refused_not_unpickled(split, tmp_path):
+    """Artifacts saved before skops hold `estimator.joblib`, a pickle that loading would run:
+    they are refused naming the file, and nothing is unpickled (the pickle would raise)."""
+    import pickle
+
     model = _fit("logistic", split)
-    test = features.batch_from_frame(split.test)
-    expected = model.predict_proba(test)
-    model.estimator.steps[0][1].func = np.log1p
     model.save(tmp_path)
-    loaded = models.load_model(tmp_path)
-    assert np.array_equal(loaded.predict_proba(test), expected)
-    score = conversion_probability(loaded, REMOVE_FIRST[:1])
-    assert 0 <= score <= 1
+    (tmp_path / "estimator.skops").unlink()
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled')",))
+
+    (tmp_path / "estimator.joblib").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(ArtifactError, match=r"estimator\.joblib.*refusing"):
+        models.load_model(tmp_path)

@@ -357,6 +357,18 @@ def test_stable_weeks_raise_no_false_alarm(world):
             value = recorded[name][key]
             assert isinstance(value, int | float) and value == value, (name, key, value)
     assert "| `" in recorded[FEATURE_DRIFT]["most_drifted"]  # the markdown table of columns
+    # the references are cached once per champion version in the local store's cache
+    champion = Registry(settings.registry).role("conversion", "champion").version
+    recommender = Registry(settings.registry).role("recommender", "champion").version
+    cached = sorted(p.name for p in (settings.cache_root / "monitoring" / "reference").iterdir())
+    assert cached == sorted(
+        [
+            f"conversion-{champion}-holdout.parquet",
+            f"conversion-{champion}-train.parquet",
+            f"recommender-{recommender}.json",
+            f"recommender-{recommender}.parquet",
+        ]
+    )
 
 
 @pytest.mark.slow

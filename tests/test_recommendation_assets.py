@@ -6,6 +6,7 @@ refused, and the operator's override admits it as challenger (the demo's --bad-c
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -22,6 +23,7 @@ from ml.recommend.compare import best_row
 from ml.registry import Registry, load_published
 from ml.synthetic import GeneratorConfig, generate
 from orchestration.definitions import build_definitions
+from orchestration.handoff import Handoff
 from orchestration.recommendation.champion import first_champion
 from orchestration.recommendation.config import CHAMPION, GATE_NAMES
 from orchestration.runs import run_days
@@ -116,6 +118,25 @@ def test_recommendation_assets_end_to_end(settings):
     assert evaluation["hr_at_20"] > 0.3 and 0 < evaluation["ndcg_at_20"] < evaluation["hr_at_20"]
     report = settings.reports / "recommender" / "leaderboard.md"
     assert report.read_text().strip() == evaluation["leaderboard"].strip()
+    assert evaluation["report"] == "http://127.0.0.1:8000/reports/recommender/leaderboard.md"
+    # the steps' values went through the hand-off store as JSON under this run's id, no pickles
+    store = Handoff(settings.handoff_root)
+    handed = sorted(
+        Path(p).relative_to(store.run_path(result.run_id)).as_posix()
+        for p in store.fs.find(store.run_path(result.run_id))
+    )
+    assert handed == sorted(
+        f"{name}.json"
+        for name in (
+            "recommender_training_set",
+            *(f"recommender_candidate_{a}" for a in ("pop", "sknn", "gru")),
+            "recommender_evaluation",
+            "recommender_champion",
+        )
+    )
+    with DagsterInstance.get() as instance:
+        window = store.load(instance, "recommender_training_set")["window"]
+    assert len(window) == 6 and window == {k: training[k] for k in window}
 
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(GATE_NAMES) <= set(checks)

@@ -167,7 +167,8 @@ def test_the_offline_vs_online_table_on_the_trained_candidates(home):
     from dagster import AssetKey, DagsterInstance
 
     from orchestration.definitions import OFFLINE_VS_ONLINE
-    from orchestration.recommendation.offline_online import ASSET, TAIL_FIRST, report_path
+    from orchestration.recommendation.offline_online import ASSET, REPORT, TAIL_FIRST
+    from orchestration.reports import read_report
 
     config = {
         "world_seed": CONFIG.seed,
@@ -194,4 +195,4 @@ def test_the_offline_vs_online_table_on_the_trained_candidates(home):
         and rows["pop"]["true_ctr_logged"] < champion["true_ctr_logged"]
     )
     assert "rank_correlation_hr_at_20" in metadata and "rank_correlation_dr" in metadata
-    assert "| IPS |" in metadata["table"] and metadata["table"] in report_path(home).read_text()
+    assert "| IPS |" in metadata["table"] and metadata["table"] in read_report(home, REPORT)

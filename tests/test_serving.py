@@ -377,3 +377,117 @@ def test_each_app_has_its_own_metrics(settings):
     assert families["process_resident_memory_bytes"].samples[0].value > 0
     with pytest.raises(ValueError, match="label"):
         first.inc("skiff_feedback_total", verdict="click")
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter():
+    import random
+
+    from serving.store import Backoff
+
+    backoff, rng = Backoff(first=1.0, cap=8.0), random.Random(7)
+    for failures, step in ((1, 1), (2, 2), (3, 4), (4, 8), (5, 8), (500, 8)):
+        delays = [backoff.delay(failures, rng) for _ in range(200)]
+        assert step / 2 <= min(delays) and max(delays) <= step, (failures, step)
+        assert max(delays) - min(delays) > step / 4  # jittered, not one value
+
+
+def test_store_retries_a_failed_load_with_backoff_until_it_loads(tmp_path):
+    """A version whose file is missing is tried again once its backoff elapsed (not before),
+    the old model serving meanwhile; once the file is back it loads with no pointer change.
+    A new pointer is tried at once, its failures counted from one."""
+    from serving.config import PROBLEMS
+    from serving.metrics import Metrics
+    from serving.store import Backoff, ModelStore
+
+    built = publish_models(tmp_path / "home", tmp_path / "work", challengers=False, days=2)
+    registry, published = built["registry"], built["published"]
+    old = built["versions"][("conversion", "champion")]
+    now = [0.0]
+    metrics = Metrics()
+    store = ModelStore(published, PROBLEMS, metrics, backoff=Backoff(10, 40), clock=lambda: now[0])
+    key = ("conversion", "champion")
+    store.refresh()
+
+    def publish_without_its_file(rate: float) -> tuple[str, Path, bytes]:
+        model = models.make_model("majority")
+        model.rate = rate
+        version = models.register_model(
+            registry, model, metrics={"pr_auc": 0.1}, training_window=WINDOW
+        ).version
+        registry.assign("conversion", "champion", version, "retry test")
+        registry.publish("conversion", published, roles=("champion",))
+        file = published / "conversion" / version / models.CONFIG_FILE
+        content = file.read_bytes()
+        file.unlink()
+        return version, file, content
+
+    def failures() -> float:
+        return metrics.value(
+            "skiff_model_reload_failures_total", problem="conversion", role="champion"
+        )
+
+    def served() -> str:
+        return store.snapshot.model(*key).version
+
+    new, file, content = publish_without_its_file(0.125)
+    store.refresh()
+    assert failures() == 1 and store.failing[key].failures == 1 and served() == old
+    assert 5 <= store.failing[key].retry_at <= 10  # 50-100% of the first step
+    store.refresh()  # not due yet: not tried
+    assert failures() == 1
+    now[0] = store.failing[key].retry_at
+    store.refresh()
+    assert failures() == 2 and 10 <= store.failing[key].retry_at - now[0] <= 20
+    assert store.failures()["conversion/champion"]["version"] == new and served() == old
+    file.write_bytes(content)  # the file arrives; loaded at the next due try
+    now[0] = store.failing[key].retry_at
+    assert store.refresh() and served() == new and store.failures() == {}
+
+    publish_without_its_file(0.25)
+    store.refresh()
+    store.refresh()
+    assert failures() == 3 and store.failing[key].failures == 1 and served() == new
+    newer_still, file, content = publish_without_its_file(0.375)
+    store.refresh()  # a new pointer: tried at once, though the last failure's wait runs
+    assert failures() == 4 and store.failing[key].version == newer_still
+    assert store.failing[key].failures == 1
+    file.write_bytes(content)
+    now[0] += 10
+    assert store.refresh() and served() == newer_still and store.failing == {}
+
+
+def test_a_closed_batcher_refuses_new_batches(tmp_path):
+    import asyncio
+
+    from serving.batching import MicroBatcher
+    from serving.metrics import Metrics
+
+    batcher = MicroBatcher(Metrics())
+
+    async def one() -> list:
+        return await batcher.submit("m", lambda items: [i * 2 for i in items], 21)
+
+    assert asyncio.run(one()) == 42
+    batcher.close()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        asyncio.run(one())
+
+
+def test_local_reports_refuse_folders_and_symlinks_out_of_the_root(tmp_path):
+    from serving.reports import Reports
+
+    root, outside = tmp_path / "reports", tmp_path / "secret.txt"
+    (root / "monitoring").mkdir(parents=True)
+    (root / "monitoring" / "drift.html").write_text("<h1>drift</h1>")
+    outside.write_text("not a report")
+    (root / "monitoring" / "link.html").symlink_to(outside)
+    (root / "inside.html").symlink_to(root / "monitoring" / "drift.html")
+    reports = Reports(root)
+    handle, size = reports.open("monitoring/drift.html")
+    with handle:
+        assert (handle.read(), size) == (b"<h1>drift</h1>", 14)
+    with reports.open("inside.html")[0] as handle:  # a link that stays inside is a file
+        assert handle.read() == b"<h1>drift</h1>"
+    for missing in ("monitoring/link.html", "monitoring", "monitoring/none.html"):
+        with pytest.raises(FileNotFoundError):
+            reports.open(missing)

@@ -38,7 +38,7 @@ from serving.demo import serve_hint
 from serving.predict import conversion_probability
 from serving.store import load_version
 from skiff.settings import REPO_ROOT, load_settings
-from tests.servers import free_port
+from tests.servers import free_port, sample_events
 from tests.test_conversion_ml import REMOVE_FIRST, event_sequences, time_ordered
 from tests.test_serving import publish_models, register_recommender
 
@@ -121,21 +121,6 @@ def server(state: dict) -> Iterator[str]:
         yield url
 
 
-def _events(n: int = 3) -> list[dict]:
-    kinds = [("pageview", None), ("event_product", "detail"), ("event_product", "add")]
-    return [
-        {
-            "event_type": kinds[i % 3][0],
-            "product_action": kinds[i % 3][1],
-            "product_sku": None if i % 3 == 0 else f"sku-{i}",
-            "event_at": 1_767_607_200_000 + 15_000 * i,
-            "category": "c1/c12",
-            "price_bucket": 1 + i % 10,
-        }
-        for i in range(n)
-    ]
-
-
 def _session_for(variant: str, start: int = 0) -> str:
     """A session id the recommender experiment assigns to `variant` (computed locally)."""
     i = start
@@ -158,7 +143,7 @@ def test_scores_and_recommendations(server: str, state: dict):
     assert ready["ready"] and len(ready["models"]) == 4
 
     # conversion: the champion answers; the number is the one this process computes locally
-    events = _events(5)
+    events = sample_events(5)
     answer = httpx.post(
         f"{server}/v1/conversion/score", json={"session_id": "buyer-1", "events": events}
     ).json()
@@ -233,7 +218,7 @@ def test_assignment_over_http_is_stable_and_matches_the_hash(server: str, state:
 def test_feedback_and_the_log(server: str, state: dict):
     home = state["home"]
     shown = httpx.post(
-        f"{server}/v1/conversion/score", json={"session_id": "logged", "events": _events(2)}
+        f"{server}/v1/conversion/score", json={"session_id": "logged", "events": sample_events(2)}
     ).json()
     for action in ("click", "purchase"):
         ack = httpx.post(
@@ -297,7 +282,7 @@ def test_operations_endpoints(server: str, state: dict):
 
 def _one(**changes: object) -> dict:
     """A conversion request whose single product event has `changes`."""
-    return {"session_id": "s", "events": [{**_events(2)[1], **changes}]}
+    return {"session_id": "s", "events": [{**sample_events(2)[1], **changes}]}
 
 
 SCORE, RECS, FEEDBACK = "/v1/conversion/score", "/v1/recommendations", "/v1/feedback"
@@ -320,14 +305,14 @@ def test_the_demo_curl_line_works(server: str, state: dict, monkeypatch: pytest.
     [
         (SCORE, {"session_id": "s", "events": []}, "events"),
         (SCORE, {"session_id": "s"}, "events"),
-        (SCORE, {"session_id": 5, "events": _events(1)}, "session_id"),
+        (SCORE, {"session_id": 5, "events": sample_events(1)}, "session_id"),
         (SCORE, _one(event_at="soon"), "events.0.event_at"),
         (SCORE, _one(event_at="1969-12-31T23:00:00"), "events.0.event_at"),
         (SCORE, _one(product_action="wish"), "events.0.product_action"),
         (SCORE, _one(product_action="purchase"), "purchase"),
         (SCORE, _one(price_bucket=11), "events.0.price_bucket"),
         (SCORE, _one(colour="red"), "events.0.colour"),
-        (SCORE, {"session_id": "s", "events": _events(MAX_EVENTS + 1)}, "events: at most 50"),
+        (SCORE, {"session_id": "s", "events": sample_events(MAX_EVENTS + 1)}, "events: at most 50"),
         (RECS, {"session_id": "s", "items": "abc"}, "items"),
         (RECS, {"session_id": "s", "items": ["a"], "k": 0}, "k"),
         (RECS, {"session_id": "s", "items": [""]}, "items.0"),
@@ -540,7 +525,7 @@ def test_records_carry_what_the_release_loop_reads(ramp_server: str, ramp_state:
     """Exposures log stage, latency, error and the request's history; the conversion
     challenger runs in shadow (the default) and its failures are logged as shadow errors."""
     home, viewed = ramp_state["home"], ramp_state["sessions"][0][:3]
-    events = _events(7)  # 2 of them add to cart
+    events = sample_events(7)  # 2 of them add to cart
     scored = httpx.post(f"{ramp_server}{SCORE}", json={"session_id": "rich", "events": events})
     assert scored.status_code == 200, scored.text
     exposure = _record(home, scored.json()["exposure_id"])
@@ -626,7 +611,9 @@ def test_published_experiments_ramp_the_challenger(ramp_server: str, ramp_state:
     weights = [("challenger", 0.5), ("champion", 0.5)]
     sid = next(s for s in ids if stats.assign("conversion-ramp", s, weights) == "challenger")
     errors = 'skiff_model_errors_total{problem="conversion",role="challenger"}'
-    failed = httpx.post(f"{ramp_server}{SCORE}", json={"session_id": sid, "events": _events(4)})
+    failed = httpx.post(
+        f"{ramp_server}{SCORE}", json={"session_id": sid, "events": sample_events(4)}
+    )
     assert failed.status_code == 500
     (record,) = [
         r
@@ -668,7 +655,7 @@ def _load(server: str, stop: threading.Event, outcomes: list, versions: Counter,
                 if r.status_code == 200:
                     versions[r.json()["model_version"]] += 1
                 s = client.post(
-                    "/v1/conversion/score", json={"session_id": f"c{i}", "events": _events(4)}
+                    "/v1/conversion/score", json={"session_id": f"c{i}", "events": sample_events(4)}
                 )
                 outcomes.append(s.status_code)
             except httpx.HTTPError as exc:
@@ -711,14 +698,19 @@ def test_hot_reload_under_load_and_a_tampered_artifact_is_refused(server: str, s
         pointer = published / "recommender" / "champion.json.tmp"
         shutil.copy(staging / "recommender" / "champion.json", pointer)
         os.replace(pointer, published / "recommender" / "champion.json")
-        failure = 'skiff_model_reload_failures_total{problem="recommender",role="champion"} 1'
+        failure = 'skiff_model_reload_failures_total{problem="recommender",role="champion"} '
         deadline = time.monotonic() + 20
-        while failure not in httpx.get(f"{server}/metrics").text:
+        while failure + "0.0" in (text := httpx.get(f"{server}/metrics").text) or (
+            failure not in text
+        ):
             assert time.monotonic() < deadline, "the tampered version was not refused"
             time.sleep(0.1)
         served_before = versions[new]
         time.sleep(1)
         assert versions[new] > served_before and versions[bad] == 0
+        # refused, shown, and tried again with backoff (it stays refused: its hash is wrong)
+        refused = httpx.get(f"{server}/readyz").json()["reload_failures"]["recommender/champion"]
+        assert refused["version"] == bad and "does not match" in refused["error"], refused
     finally:
         stop.set()
         for w in workers:

@@ -16,12 +16,9 @@ tested here."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
-import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
@@ -35,14 +32,14 @@ from orchestration.conversion.config import (
     PREDICTIONS,
     TRAINING_SET,
 )
-from orchestration.conversion.files import training_set_dir
 from orchestration.dbt.project import build_dbt_project, dbt_cli
 from orchestration.definitions import SCORE_DAYS, build_definitions
+from orchestration.handoff import Handoff
 from orchestration.partitions import partition_range_tags
 from orchestration.resources import build_warehouse
 from orchestration.runs import SUMMARY_TABLES, run_days
 from skiff.settings import Settings, ensure_home, load_settings
-from tests.servers import free_port, running, wait_for_port
+from tests.servers import fakesnow_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -91,6 +88,7 @@ def _conversion(settings: Settings) -> dict:
             raise_on_error=False,
         )
         _succeeded(scored, f"{SCORE_DAYS} {day} ({settings.env})")
+        training = Handoff(settings.handoff_root).load(instance, TRAINING_SET)
     warehouse = build_warehouse(settings)
     predictions = warehouse.query(
         f"select model_version, count(*) as n from {warehouse.models_schema}.{PREDICTIONS}"
@@ -100,10 +98,9 @@ def _conversion(settings: Settings) -> dict:
         f"select count(*) as n from {warehouse.models_schema}.conversion_examples"
         f" where session_day = cast('{day}' as date)"
     )
-    folder = training_set_dir(settings)
-    test_part = pd.read_parquet(folder / "test.parquet")
+    test_part = training["test"]
     return {
-        "split": json.loads((folder / "split.json").read_text()),
+        "split": {key: training[key] for key in ("window", "parts")},
         # what the Python assets saw: dates as datetimes, whole numbers as integers, ...
         "kinds": {name: dtype.kind for name, dtype in test_part.dtypes.items()},
         "predictions": dict(
@@ -164,10 +161,7 @@ def _succeeded(result, what: str) -> None:
 
 @pytest.fixture
 def fakesnow_port(tmp_path: Path):
-    port = free_port()
-    argv = [str(Path(sys.executable).parent / "fakesnow"), "-s", "-p", str(port)]
-    with running(argv, tmp_path / "fakesnow.log"):
-        wait_for_port(port)
+    with fakesnow_server(tmp_path / "fakesnow.log") as port:
         yield port
 
 
@@ -198,7 +192,8 @@ def test_same_rows_on_duckdb_and_on_the_snowflake_standin(
         "SNOWFLAKE_HOST": "127.0.0.1",
         "SNOWFLAKE_PORT": str(fakesnow_port),
         "SNOWFLAKE_PROTOCOL": "http",
-        "SKIFF_SNOWFLAKE_LOAD": "insert",  # fakesnow has no stages for write_pandas
+        "SKIFF_SNOWFLAKE_LOAD": "insert",  # fakesnow does not serve write_pandas's PUT
+        "SKIFF_MANIFEST_KEY": "manifest-key-for-the-standin",  # prod signs its manifests
     }.items():
         monkeypatch.setenv(name, value)
     prod = ensure_home(load_settings())

@@ -4,12 +4,17 @@ Every model scores a `features.Batch` (feature rows plus the ordered events of t
 so the server hands any model the output of `batch_from_events`. `predict_proba` returns the
 purchase probability per prefix as a 1-D array.
 
-Artifacts. The GRU saves its weights as a torch `state_dict` plus a JSON config, and loads them
-with `torch.load(weights_only=True)`: no code is ever unpickled. scikit-learn models have no
-pickle-free format installed here (skops is not), so they are saved with joblib, which *is*
-pickle: load them only from a folder the registry verified (`Registry.fetch` or
-`load_published` check every file's sha256 against the manifest first) — `load_registered`
-does exactly that.
+Artifacts cannot run code when loaded. The GRU saves its weights as a torch `state_dict` plus
+a JSON config, and loads them with `torch.load(weights_only=True)`. scikit-learn models are
+saved with skops (`estimator.skops`), never joblib or pickle, and loaded with an explicit
+allow-list: skops trusts by default only scikit-learn estimators, numpy and builtin containers;
+`ALLOW_LIST` names the few other types these models hold (the HistGradientBoosting tree
+predictor, the logistic pipeline's `signed_log1p`). `skops.io.get_untrusted_types` lists what a
+file holds beyond the defaults, and anything outside `ALLOW_LIST` is refused, naming the types,
+before skops builds a single object; the loaded estimator must then be the class the model
+expects. A folder with only an `estimator.joblib` (saved before skops) is refused: retrain.
+Load from a folder the registry verified (`Registry.fetched`, `published_copy`) — the manifest
+signature and every file's sha256 are checked first; `load_registered` does exactly that.
 """
 
 from __future__ import annotations
@@ -24,11 +29,51 @@ import numpy as np
 import pandas as pd
 
 from ml.conversion.features import ACTIONS, FEATURES, Batch, action_codes, column_ms, top_category
-from ml.registry import Manifest, Registry
+from ml.registry import ArtifactError, Manifest, Registry
 
 CONFIG_FILE = "model.json"
 SMALL_BATCH = 1000  # prefixes; fewer are scored on one thread
 PROBLEM = "conversion"
+# Types an estimator file may hold beyond skops' default trust (sklearn estimators, numpy,
+# builtins): only what the models below need. Adding one is a review of its code for load-time
+# side effects.
+ALLOW_LIST: frozenset[str] = frozenset(
+    {
+        "ml.conversion.models.signed_log1p",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+)
+
+
+class UnsafeArtifactError(ArtifactError):
+    """An estimator file that holds types outside the allow-list, or is not a skops file."""
+
+
+def load_estimator(path: Path, expected: type) -> Any:
+    """The estimator of a skops file, refusing any type outside `ALLOW_LIST` (named) and
+    anything that is not a skops file or not an `expected` instance."""
+    import zipfile
+
+    import skops.io as sio
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise UnsafeArtifactError(f"{path} is not a skops file: refusing to load it")
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # a damaged or hand-made archive
+        raise UnsafeArtifactError(f"{path} is not a valid skops file ({exc})") from exc
+    refused = sorted(set(untrusted) - ALLOW_LIST)
+    if refused:
+        raise UnsafeArtifactError(
+            f"{path} holds types outside the allow-list: {', '.join(refused)}: refusing to load it"
+        )
+    estimator = sio.load(path, trusted=list(untrusted))
+    if not isinstance(estimator, expected):
+        raise UnsafeArtifactError(
+            f"{path} holds a {type(estimator).__name__}, not the {expected.__name__} expected"
+        )
+    return estimator
 
 
 class ConversionModel(Protocol):
@@ -96,10 +141,12 @@ class MajorityModel:
 
 
 class _SklearnModel:
-    """A scikit-learn estimator on the feature rows; joblib inside a verified folder."""
+    """A scikit-learn estimator on the feature rows, saved with skops (see the module
+    docstring)."""
 
     algorithm: ClassVar[str] = ""
-    WEIGHTS: ClassVar[str] = "estimator.joblib"
+    WEIGHTS: ClassVar[str] = "estimator.skops"
+    LEGACY_WEIGHTS: ClassVar[str] = "estimator.joblib"
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = seed
@@ -111,6 +158,10 @@ class _SklearnModel:
         return {"seed": self.seed, **self._params}
 
     def _estimator(self) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def _estimator_class(cls) -> type:
         raise NotImplementedError
 
     def fit(self, batch: Batch, y: np.ndarray) -> Self:
@@ -129,19 +180,24 @@ class _SklearnModel:
             return self.estimator.predict_proba(_matrix(batch))[:, 1]
 
     def save(self, folder: Path) -> None:
-        import joblib
+        import skops.io as sio
 
         _write_config(Path(folder), self.algorithm, self.params)
-        joblib.dump(self.estimator, Path(folder) / self.WEIGHTS)
+        sio.dump(self.estimator, Path(folder) / self.WEIGHTS)
 
     @classmethod
     def load(cls, folder: Path) -> Self:
-        """Unpickles: only for folders the registry verified (see the module docstring)."""
-        import joblib
-
+        """Loads the skops file with the allow-list; never unpickles."""
+        folder = Path(folder)
         config = _read_config(folder, cls.algorithm)
+        if not (folder / cls.WEIGHTS).exists() and (folder / cls.LEGACY_WEIGHTS).exists():
+            raise UnsafeArtifactError(
+                f"{folder} holds a {cls.algorithm} model saved as a pickle"
+                f" ({cls.LEGACY_WEIGHTS}), which loading would run: refusing it; retrain to"
+                f" save it as {cls.WEIGHTS}"
+            )
         model = cls(**config["params"])
-        model.estimator = joblib.load(Path(folder) / cls.WEIGHTS)
+        model.estimator = load_estimator(folder / cls.WEIGHTS, cls._estimator_class())
         return model
 
 
@@ -177,12 +233,10 @@ class LogisticModel(_SklearnModel):
         )
 
     @classmethod
-    def load(cls, folder: Path) -> Self:
-        model = super().load(folder)
-        scale = model.estimator.steps[0][1]
-        if scale.func is np.log1p:  # saved before signed_log1p: the same numbers on x >= 0
-            scale.func = signed_log1p
-        return model
+    def _estimator_class(cls) -> type:
+        from sklearn.pipeline import Pipeline
+
+        return Pipeline
 
 
 class HGBModel(_SklearnModel):
@@ -215,6 +269,12 @@ class HGBModel(_SklearnModel):
             early_stopping=False,
             random_state=self.seed,
         )
+
+    @classmethod
+    def _estimator_class(cls) -> type:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier
 
 
 # --- the sequence model ----------------------------------------------------------------------
@@ -450,5 +510,7 @@ def register_model(
 
 
 def load_registered(registry: Registry, version: str) -> ConversionModel:
-    """A registered version, its files checked against the manifest's sha256 before loading."""
-    return load_model(registry.fetch(PROBLEM, version))
+    """A registered version, its manifest signature and files checked before loading; a
+    remote version's temporary copy is removed once the model is in memory."""
+    with registry.fetched(PROBLEM, version) as folder:
+        return load_model(folder)

@@ -1,7 +1,10 @@
 """Session conversion in Dagster: training set -> candidates -> evaluation + gates -> champion
 -> daily predictions. The ML itself lives in `ml.conversion`; these assets move data between
-the warehouse, the registry and files under SKIFF_HOME (`files.py`), and show the results in
-the UI.
+the warehouse and the registry, and show the results in the UI. What a step gives the next (the
+split as Parquet, each candidate's results and the evaluation as JSON) is its return value,
+stored by the hand-off IO manager keyed by run (orchestration/handoff.py): any executor works,
+a step can be rerun alone, and two training runs at once never mix their candidates. Models go
+only through the registry (`settings.registry`).
 """
 
 import datetime as dt
@@ -15,10 +18,11 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetsDefinition,
     Failure,
-    MaterializeResult,
     MetadataValue,
+    Output,
     PartitionsDefinition,
 )
 
@@ -31,21 +35,13 @@ from orchestration.conversion.config import (
     EVALUATION,
     EXAMPLES,
     GROUP,
+    LEADERBOARD_REPORT,
     METRIC_COLUMNS,
     TRAINING_SET,
     EvaluationConfig,
     TrainingSetConfig,
     model_asset_name,
-)
-from orchestration.conversion.files import (
-    candidate_path,
-    evaluation_path,
-    leaderboard_path,
-    read_json,
     split_frames,
-    split_window,
-    training_set_dir,
-    write_json,
 )
 from orchestration.conversion.leaderboard import (
     best_candidate,
@@ -56,6 +52,7 @@ from orchestration.conversion.leaderboard import (
 )
 from orchestration.conversion.leakage import leakage
 from orchestration.policy import asset, warehouse_asset
+from orchestration.reports import write_report
 from orchestration.sql import date_sql
 from skiff.settings import Settings
 
@@ -71,7 +68,7 @@ def build_training_set_asset(settings: Settings) -> AssetsDefinition:
     )
     def conversion_training_set(
         context: AssetExecutionContext, config: TrainingSetConfig
-    ) -> MaterializeResult:
+    ) -> Output[dict]:
         from ml.conversion import dataset
 
         warehouse = context.resources.warehouse
@@ -101,29 +98,27 @@ def build_training_set_asset(settings: Settings) -> AssetsDefinition:
                 split.train, config.max_prefixes_per_session, config.sample_seed
             )
         )
-        folder = training_set_dir(settings)
-        folder.mkdir(parents=True, exist_ok=True)
         parts = {"train": train, "validation": split.validation, "test": split.test}
         summary: dict[str, Any] = {"window": split.window, "parts": {}}
         for name, part in parts.items():
-            part.to_parquet(folder / f"{name}.parquet", index=False)
             summary["parts"][name] = {
                 "prefixes": len(part),
                 "sessions": int(part["session_key"].nunique()),
                 "positive_rate": float(part["will_purchase"].mean()) if len(part) else 0.0,
             }
         summary["parts"]["train"]["examples"] = int(train["is_example"].sum())
-        write_json(folder / "split.json", summary)
         table_md = markdown_table(
             pd.DataFrame([{"part": k, **v} for k, v in summary["parts"].items()]).fillna(0)
         )
-        return MaterializeResult(
+        frames = {name: part.reset_index(drop=True) for name, part in parts.items()}
+        return Output(
+            {**frames, **summary},
             metadata={
                 **{k: MetadataValue.text(v) for k, v in split.window.items()},
                 "parts": MetadataValue.md(table_md),
                 "train_examples": int(train["is_example"].sum()),
                 "dagster/row_count": sum(len(p) for p in parts.values()),
-            }
+            },
         )
 
     return conversion_training_set
@@ -135,19 +130,21 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
 
     @asset(
         name=model_asset_name(algorithm),
-        deps=[TRAINING_SET],
+        ins={"training_set": AssetIn(TRAINING_SET)},
         group_name=GROUP,
         kinds={"pytorch" if algorithm == "gru" else "scikitlearn"},
         description=f"The {algorithm} {kind}: trained on the training window, threshold chosen "
         "on the validation day, scored on the test day, registered as a new version.",
     )
-    def candidate(context: AssetExecutionContext, config: config_type) -> MaterializeResult:
+    def candidate(
+        context: AssetExecutionContext, config: config_type, training_set: dict
+    ) -> Output[dict]:
         import numpy as np
 
         from ml.conversion import dataset, features, metrics, models
         from ml.registry import Registry
 
-        frames = split_frames(settings)
+        frames = split_frames(training_set)
         train = features.batch_from_frame(frames["train"])
         train = train.take(frames["train"]["is_example"].to_numpy(dtype=bool))
         y_train = frames["train"]["will_purchase"].to_numpy(dtype=np.int64)[
@@ -161,7 +158,7 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
         model.fit(train, y_train)
         fit_seconds = time.perf_counter() - began
 
-        window = split_window(settings)
+        window = training_set["window"]
         validation = features.batch_from_frame(frames["validation"])
         y_validation = dataset.labels(validation.events)
         threshold = metrics.choose_threshold(y_validation, model.predict_proba(validation))
@@ -196,15 +193,15 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
             "slices": evaluation.slices.to_dict("records"),
             "calibration": evaluation.calibration.to_dict("records"),
         }
-        write_json(candidate_path(settings, algorithm), result)
-        return MaterializeResult(
+        return Output(
+            result,
             metadata={
                 "version": MetadataValue.text(manifest.version),
                 **{m: float(evaluation.overall[m]) for m in METRIC_COLUMNS},
                 "fit_seconds": float(fit_seconds),
                 "train_prefixes": len(train),
                 "slices": MetadataValue.md(markdown_table(evaluation.slices)),
-            }
+            },
         )
 
     return candidate
@@ -234,7 +231,10 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
 
     @warehouse_asset(
         name=EVALUATION,
-        deps=[TRAINING_SET, *(model_asset_name(a) for a in ALGORITHMS)],
+        ins={
+            "training_set": AssetIn(TRAINING_SET),
+            **{model_asset_name(a): AssetIn(model_asset_name(a)) for a in ALGORITHMS},
+        },
         group_name=GROUP,
         kinds={"python"},
         check_specs=specs,
@@ -242,8 +242,25 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         "the validation day's PR AUC, then reported and gated on the test day (slices, "
         "calibration, the promotion gates as checks).",
     )
-    def conversion_evaluation(context: AssetExecutionContext, config: EvaluationConfig) -> Iterator:
-        results = {a: read_json(candidate_path(settings, a)) for a in ALGORITHMS}
+    def conversion_evaluation(
+        context: AssetExecutionContext,
+        config: EvaluationConfig,
+        training_set: dict,
+        conversion_model_majority: dict,
+        conversion_model_logistic: dict,
+        conversion_model_hgb: dict,
+        conversion_model_gru: dict,
+    ) -> Iterator:
+        given = (
+            conversion_model_majority,
+            conversion_model_logistic,
+            conversion_model_hgb,
+            conversion_model_gru,
+        )
+        results = {r["algorithm"]: r for r in given}
+        if set(results) != set(ALGORITHMS):  # the signature above must follow ALGORITHMS
+            raise Failure(description=f"expected models {ALGORITHMS}, got {sorted(results)}")
+        results = {a: results[a] for a in ALGORITHMS}
         days = {r["window"]["test_day"] for r in results.values()}
         if len(days) != 1:
             raise Failure(
@@ -254,7 +271,7 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         best = best_candidate(results)
         chosen = results[best]
         leaderboard = leaderboard_markdown(results, best)
-        frames = split_frames(settings)
+        frames = split_frames(training_set)
         leak_passed, leak_reason, n_sampled = leakage(
             context.resources.warehouse, frames, config.leakage_sessions
         )
@@ -270,11 +287,9 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         for name, (passed, reason) in outcome.items():
             context.log.info(f"gate {name}: {'pass' if passed else 'FAIL'} — {reason}")
         report = gates_report(leaderboard, best, outcome)
-        path = leaderboard_path(settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report + "\n")
-        write_json(
-            evaluation_path(settings),
+        url = write_report(settings, LEADERBOARD_REPORT, report + "\n")
+        slices = pd.DataFrame(chosen["slices"])
+        yield Output(
             {
                 "best": best,
                 "version": chosen["version"],
@@ -285,10 +300,9 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 "max_calibration_error": config.max_calibration_error,
                 "leaderboard": leaderboard,
                 "selection": selection_table(results),
+                # every model's results, for the champion step (same run's candidates)
+                "results": results,
             },
-        )
-        slices = pd.DataFrame(chosen["slices"])
-        yield MaterializeResult(
             metadata={
                 "leaderboard": MetadataValue.md(report),
                 "best_algorithm": MetadataValue.text(best),
@@ -303,8 +317,8 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                     markdown_table(pd.DataFrame(chosen["calibration"]))
                 ),
                 "slices": MetadataValue.md(markdown_table(slices)),
-                "leaderboard_path": MetadataValue.path(str(path)),
-            }
+                "report": MetadataValue.url(url),
+            },
         )
         details = {
             "beats_logistic_pr_auc": {

@@ -14,6 +14,7 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetIn,
     AssetsDefinition,
     BackfillPolicy,
     Failure,
@@ -33,9 +34,10 @@ from orchestration.conversion.config import (
     PREDICTION_COLUMNS,
     PREDICTIONS,
     PROBLEM,
+    TRAINING_SET,
     ChampionConfig,
+    split_frames,
 )
-from orchestration.conversion.files import candidate_path, evaluation_path, read_json, split_frames
 from orchestration.partitions import partition_days
 from orchestration.policy import asset, warehouse_asset
 from orchestration.sql import date_sql
@@ -89,17 +91,18 @@ def first_champion(
     return champion, challenger, "; ".join(f"{a}: {qualified[a][1]}" for a in order)
 
 
-def _champion_metrics(context, registry, current, settings: Settings) -> dict[str, float] | None:
+def _champion_metrics(context, registry, current, training_set: dict) -> dict[str, float] | None:
     """The current champion scored on this run's test day, so both face the same sessions."""
     from ml.conversion import dataset, features, metrics, models
     from ml.registry import ArtifactError
 
     try:
-        model = models.load_registered(registry, current.version)
+        with registry.fetched(PROBLEM, current.version) as folder:
+            model = models.load_model(folder)
     except ArtifactError as exc:
         context.log.warning(f"current champion {current.version} unusable: {exc}")
         return None
-    test = features.batch_from_frame(split_frames(settings)["test"])
+    test = features.batch_from_frame(split_frames(training_set)["test"])
     return metrics.scores(
         dataset.labels(test.events),
         model.predict_proba(test),
@@ -123,7 +126,7 @@ def _evidence(evaluation: dict, results: Results, algorithm: str, champion: dict
 def build_champion_asset(settings: Settings) -> AssetsDefinition:
     @asset(
         name=CHAMPION,
-        deps=[EVALUATION],
+        ins={"evaluation": AssetIn(EVALUATION), "training_set": AssetIn(TRAINING_SET)},
         group_name=GROUP,
         kinds={"python"},
         description="Release by evidence, offline side: bootstraps a first champion (the best "
@@ -132,7 +135,10 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
         "challenger, for the rollout controller to ramp. Publishes both roles for the server.",
     )
     def conversion_champion(
-        context: AssetExecutionContext, config: ChampionConfig
+        context: AssetExecutionContext,
+        config: ChampionConfig,
+        evaluation: dict,
+        training_set: dict,
     ) -> MaterializeResult:
         from ml import release
         from ml.registry import Registry
@@ -147,8 +153,7 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
                 description=f"challenger {config.challenger!r} is not a model; have {ALGORITHMS}",
                 allow_retries=False,
             )
-        evaluation = read_json(evaluation_path(settings))
-        results = {a: read_json(candidate_path(settings, a)) for a in ALGORITHMS}
+        results = evaluation["results"]  # the candidates this evaluation chose among
         registry = Registry(settings.registry)
         url = str(settings.published)
         before = registry.roles(PROBLEM)
@@ -209,7 +214,7 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
             role = next(r for r, v in before.items() if v == candidate)
             decision, reason = "unchanged", f"{candidate} is already the {role}"
         else:
-            champion_metrics = _champion_metrics(context, registry, current, settings)
+            champion_metrics = _champion_metrics(context, registry, current, training_set)
             versus = gates.at_least_as_good(evaluation["metrics"], champion_metrics)
             results_of_gates = {n: tuple(v) for n, v in evaluation["gates"].items()}
             admitted, reason = gates.promotion(results_of_gates, versus)
@@ -268,16 +273,16 @@ def build_predictions_asset(
     )
     def conversion_predictions(context: AssetExecutionContext) -> MaterializeResult:
         from ml.conversion import features, models
-        from ml.registry import ArtifactError, load_published
+        from ml.registry import ArtifactError, published_copy
 
         try:
-            manifest, folder = load_published(settings.published, PROBLEM)
+            with published_copy(settings.published, PROBLEM) as (manifest, folder):
+                model = models.load_model(folder)
         except ArtifactError as exc:
             raise Failure(
                 description=f"{exc}. Materialize {CHAMPION} (its gates must pass once) first.",
                 allow_retries=False,
             ) from exc
-        model = models.load_model(folder)
         warehouse = context.resources.warehouse
         rows = 0
         for day in partition_days(context):

@@ -1,5 +1,7 @@
-"""Conversion: names of the assets and checks, and the run configuration of each asset."""
+"""Conversion: names of the assets and checks, what the steps hand each other, and the run
+configuration of each asset."""
 
+import pandas as pd
 from dagster import AssetKey, Config
 from pydantic import Field
 
@@ -17,6 +19,10 @@ BASELINES = ("majority", "logistic")
 CANDIDATES = ("hgb", "gru")
 CHECKS = ("beats_logistic_pr_auc", "no_leakage", "calibration_bounded")
 METRIC_COLUMNS = ("roc_auc", "pr_auc", "log_loss", "brier", "f1", "ece", "threshold")
+# The training set's hand-off: these DataFrames, with "window" and "parts" (counts) beside them.
+SPLIT_PARTS = ("train", "validation", "test")
+# The latest leaderboard with its gates, a report (orchestration/reports.py) under reports_root.
+LEADERBOARD_REPORT = "conversion/leaderboard.md"
 
 PREDICTION_COLUMNS: dict[str, str] = {
     "session_key": "varchar",
@@ -121,3 +127,8 @@ class ChampionConfig(Config):
         "challenger even if it does not beat logistic regression or the champion offline; "
         "leakage and calibration must still pass. Recorded as decided by operator/override.",
     )
+
+
+def split_frames(training_set: dict) -> dict[str, pd.DataFrame]:
+    """The training set's parts (train, validation, test) from its step's hand-off."""
+    return {part: training_set[part] for part in SPLIT_PARTS}

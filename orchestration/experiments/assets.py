@@ -37,12 +37,13 @@ from orchestration.experiments.rollout import (
     read_marts,
 )
 from orchestration.policy import warehouse_asset
+from orchestration.reports import write_report
 from orchestration.sql import date_sql
 from skiff.settings import Settings
-from skiff.urls import report_url
 
 GROUP = "experiments"
 RESULTS = "experiment_results"
+REPORT = "experiments/results.md"  # under the reports root (orchestration.reports)
 SRM_CHECK = "sample_ratio_matches"
 
 
@@ -167,8 +168,6 @@ def _read(warehouse, days: int):
 
 
 def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
-    report = settings.reports / "experiments" / "results.md"
-
     @warehouse_asset(
         name=RESULTS,
         group_name=GROUP,
@@ -204,8 +203,7 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
         markdown = results_markdown(results, config.alpha)
         if interleaved:
             markdown += "\n\n" + interleaving_markdown(interleaved, config.alpha)
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(markdown + "\n")
+        url = write_report(settings, REPORT, markdown + "\n")
         context.log.info(
             f"{len(sessions):,} sessions, {len(exposures):,} exposures, {len(results)} experiments"
         )
@@ -214,7 +212,7 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
             "sessions": len(sessions),
             "exposures": len(exposures),
             "experiments": len(results),
-            "report": MetadataValue.url(report_url(settings, report)),
+            "report": MetadataValue.url(url),
         }
         latest: dict[str, stats.ExperimentResult] = {}
         for r in results:

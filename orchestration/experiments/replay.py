@@ -23,8 +23,7 @@ Decisions:
 
 import datetime as dt
 import math
-import tempfile
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any
 
 import pandas as pd
@@ -276,9 +275,9 @@ def build_replay_asset(settings: Settings) -> AssetsDefinition:
                 f"model from {len(sessions):,} sessions"
             )
         rows: list[dict] = []
-        with tempfile.TemporaryDirectory(prefix="skiff-replay-") as tmp:
+        with ExitStack() as copies:  # remote copies removed once the replay is done
             models = {
-                version: Recommender.load(registry.fetch(PROBLEM, version, Path(tmp) / version))
+                version: Recommender.load(copies.enter_context(registry.fetched(PROBLEM, version)))
                 for version in (targets if logs else {})
             }
             for (day, logging_version), log in logs.items():

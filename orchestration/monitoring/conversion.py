@@ -34,7 +34,7 @@ from orchestration.monitoring.inputs import (
     conversion_reference,
     examples,
     one_day,
-    published,
+    published_manifest,
     scored_day,
 )
 from skiff.settings import Settings
@@ -70,7 +70,7 @@ def build_feature_drift_asset(
 
         day = one_day(context)
         warehouse = context.resources.warehouse
-        manifest, _ = published(settings, "conversion")
+        manifest = published_manifest(settings, "conversion")
         reference = conversion_reference(settings, warehouse, manifest.version, context.log)
         day_examples = examples(warehouse, day, day)
         if day_examples.empty:

@@ -1,8 +1,10 @@
 """What every monitoring asset shares: its decorator (daily partitions, one run per day, the
 group, its checks) and the way a day ends, graded.
 
-Each asset saves its Evidently report as HTML under `$SKIFF_HOME/reports/monitoring/` (linked
-from the materialization: a URL the Skiff service serves, and the file path), and grades the
+Each asset saves its Evidently report as HTML through the store, at
+`<reports_root>/monitoring/<asset>/<day>.html` (`orchestration.reports`: `$SKIFF_HOME/reports/` by
+default, `$SKIFF_ARTIFACTS_URL/reports` in object storage), linked from the materialization (the
+URL it is served at, and where it is stored), and grades the
 day with asset checks: WARN past a first threshold, ERROR past a second. The worst severity is
 recorded as `severity` / `severity_level` metadata, which the drift sensor reads
 (`monitoring/sensors.py`), and each check's graded value is quoted in `alerts`.
@@ -11,7 +13,6 @@ recorded as `severity` / `severity_level` metadata, which the drift sensor reads
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -51,8 +52,9 @@ def monitoring_asset(
     )
 
 
-def report_path(settings: Settings, asset_name: str, day: dt.date) -> Path:
-    return settings.reports / "monitoring" / asset_name / f"{day.isoformat()}.html"
+def report_relpath(asset_name: str, day: dt.date) -> str:
+    """The day's report under the reports root."""
+    return f"monitoring/{asset_name}/{day.isoformat()}.html"
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,10 @@ def graded_day(
     the drift sensor reads, the report's links, then the asset's own `metadata`) and one check
     result per grade."""
     from ml.monitoring import level, worst
-    from skiff.urls import report_url
+    from orchestration.reports import report_location, write_report
 
-    html = report.save_html(report_path(settings, asset_name, day))
+    relpath = report_relpath(asset_name, day)
+    url = write_report(settings, relpath, report.snapshot.get_html_str(as_iframe=False))
     severity = worst(*(g.severity for g in grades))
     context.log.info(f"{day}: {summary(severity)}")
     alerts = ", ".join(f"{g.check}={g.value:.3f} ({g.severity})" for g in grades)
@@ -93,8 +96,8 @@ def graded_day(
             "severity": MetadataValue.text(severity),
             "alerts": MetadataValue.text(alerts),
             "severity_level": level(severity),
-            "report": MetadataValue.url(report_url(settings, html)),
-            "report_path": MetadataValue.path(str(html)),
+            "report": MetadataValue.url(url),
+            "report_path": MetadataValue.path(report_location(settings, relpath)),
             **metadata,
         }
     )

@@ -1,8 +1,20 @@
 """What monitoring reads: the one day of a run, the published champion, the day's rows in the
-warehouse, and the references, computed once per model version and cached under
-`$SKIFF_HOME/artifacts/monitoring/reference/` so that a nightly run reads only its own day."""
+warehouse, and the references, computed once per model version and cached in the store at
+`<settings.cache_root>/monitoring/reference/` (`$SKIFF_HOME/artifacts/cache/` by default,
+`$SKIFF_ARTIFACTS_URL/cache` in object storage) so that a nightly run reads only its own day,
+in whichever pod it runs.
+
+A cached reference is immutable: its name holds the model version it was computed for, and the
+same version and warehouse rows give the same content (a seeded sample, the model's own
+scores). Two runs that compute it at once write the same bytes; the first write wins
+(exclusive create on object storage, write-then-rename locally), and no reader sees half a file.
+"""
 
 import datetime as dt
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +23,36 @@ from dagster import AssetExecutionContext, Failure
 
 from orchestration.monitoring.config import REFERENCE_ROWS
 from orchestration.partitions import partition_days
+from orchestration.reports import join, read_bytes, write_bytes
 from orchestration.sql import date_sql
 from skiff.settings import Settings
 
+REFERENCE_CACHE = "monitoring/reference"
 
-def reference_dir(settings: Settings) -> Path:
-    return settings.artifacts / "monitoring" / "reference"
+
+def reference_location(settings: Settings, name: str) -> str:
+    """Where the cached reference `name` (e.g. `conversion-<version>-train.parquet`) lives."""
+    return join(settings.cache_root, f"{REFERENCE_CACHE}/{name}")
+
+
+def cached_frame(settings: Settings, name: str) -> pd.DataFrame | None:
+    data = read_bytes(reference_location(settings, name))
+    return None if data is None else pd.read_parquet(io.BytesIO(data))
+
+
+def cache_frame(settings: Settings, name: str, frame: pd.DataFrame) -> None:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_bytes(reference_location(settings, name), buffer.getvalue(), exclusive=True)
+
+
+def cached_json(settings: Settings, name: str) -> Any | None:
+    data = read_bytes(reference_location(settings, name))
+    return None if data is None else json.loads(data)
+
+
+def cache_json(settings: Settings, name: str, value: Any) -> None:
+    write_bytes(reference_location(settings, name), json.dumps(value).encode(), exclusive=True)
 
 
 def one_day(context: AssetExecutionContext) -> dt.date:
@@ -30,17 +66,31 @@ def one_day(context: AssetExecutionContext) -> dt.date:
     return days[0]
 
 
-def published(settings: Settings, problem: str) -> tuple[Any, Path]:
-    from ml.registry import ArtifactError, load_published
+@contextmanager
+def published(settings: Settings, problem: str) -> Iterator[tuple[Any, Path]]:
+    """The published champion's manifest and a verified local folder for the `with` block
+    (a copy of a remote artifact is removed on exit: load the model inside the block)."""
+    from ml.registry import ArtifactError, published_copy
 
+    entered = False
     try:
-        return load_published(settings.published, problem)
+        with published_copy(settings.published, problem) as found:
+            entered = True
+            yield found
     except ArtifactError as exc:
+        if entered:  # raised by the block, not by the published champion
+            raise
         raise Failure(
             description=f"{exc}: monitoring compares the day with a published champion; "
             "train and promote one first (job train_models).",
             allow_retries=False,
         ) from exc
+
+
+def published_manifest(settings: Settings, problem: str) -> Any:
+    """The published champion's manifest (its files verified; a remote copy is removed)."""
+    with published(settings, problem) as (manifest, _):
+        return manifest
 
 
 def examples(warehouse: Any, first: dt.date | str, last: dt.date | str) -> pd.DataFrame:
@@ -65,9 +115,10 @@ def conversion_reference(
     from ml.registry import Registry
 
     part = "holdout" if holdout else "train"
-    path = reference_dir(settings) / f"conversion-{version}-{part}.parquet"
-    if path.exists():
-        return pd.read_parquet(path)
+    name = f"conversion-{version}-{part}.parquet"
+    cached = cached_frame(settings, name)
+    if cached is not None:
+        return cached
     registry = Registry(settings.registry)
     window = registry.manifest("conversion", version).training_window
     first, last = (
@@ -84,8 +135,7 @@ def conversion_reference(
     batch = features.batch_from_frame(sample_sessions(rows, REFERENCE_ROWS))
     frame = conversion_inputs(batch)
     frame["purchase_probability"] = models.load_registered(registry, version).predict_proba(batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    cache_frame(settings, name, frame)
     log.info(f"{part} reference of {version}: {len(frame):,} prefixes of {first} .. {last}")
     return frame
 

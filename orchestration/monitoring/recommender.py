@@ -2,11 +2,9 @@
 (t+1 from 1..t) against what the champion did on its own test days."""
 
 import datetime as dt
-import json
 import math
 from collections.abc import Iterator
 
-import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -18,7 +16,15 @@ from dagster import (
 
 from orchestration.monitoring.config import RECOMMENDER, RecommenderMonitoringConfig
 from orchestration.monitoring.grading import Grade, graded_day, monitoring_asset
-from orchestration.monitoring.inputs import one_day, published, reference_dir, sessions
+from orchestration.monitoring.inputs import (
+    cache_frame,
+    cache_json,
+    cached_frame,
+    cached_json,
+    one_day,
+    published,
+    sessions,
+)
 from skiff.settings import Settings
 
 
@@ -54,8 +60,8 @@ def build_recommender_monitoring_asset(
 
         day = one_day(context)
         warehouse = context.resources.warehouse
-        manifest, folder = published(settings, "recommender")
-        model = Recommender.load(folder)
+        with published(settings, "recommender") as (manifest, folder):
+            model = Recommender.load(folder)
         known = set(model.vocab.items[1:])
         popularity = dict(zip(model.vocab.items[1:], model.popularity[1:].tolist(), strict=True))
 
@@ -69,18 +75,16 @@ def build_recommender_monitoring_asset(
 
         today = measure(day, day)
         # the champion on its own test days: the baseline of the shares and the distributions
-        path = reference_dir(settings) / f"recommender-{manifest.version}.parquet"
-        baseline_path = path.with_suffix(".json")
-        if path.exists() and baseline_path.exists():
-            reference = pd.read_parquet(path)
-            baseline = json.loads(baseline_path.read_text())
-        else:
+        name = f"recommender-{manifest.version}"
+        # the frame first, the metrics last: a reader that finds the metrics finds both
+        baseline = cached_json(settings, f"{name}.json")
+        reference = cached_frame(settings, f"{name}.parquet") if baseline is not None else None
+        if reference is None or baseline is None:
             window = manifest.extra["test_window"]
             measured = measure(window["start"], window["end"])
             reference, baseline = measured.points, measured.metrics
-            path.parent.mkdir(parents=True, exist_ok=True)
-            reference.to_parquet(path, index=False)
-            baseline_path.write_text(json.dumps(baseline))
+            cache_frame(settings, f"{name}.parquet", reference)
+            cache_json(settings, f"{name}.json", baseline)
         drift = data_drift(
             reference,
             today.points,

@@ -15,7 +15,9 @@ behavioral checks -> champion (through the gates, `champion.py`) -> batch predic
   behavioral checks on the test days (asset checks; gating ones have ERROR severity).
 
 The assets are not partitioned: they read a window of days of the (daily-partitioned)
-`session_sequences` mart, chosen by config.
+`session_sequences` mart, chosen by config. What they hand each other (the training set's
+sessions as lists of product lists, each candidate's results, the evaluation) is plain JSON,
+stored by the hand-off IO manager keyed by run (orchestration/handoff.py), never pickled.
 """
 
 import dataclasses
@@ -45,6 +47,7 @@ from orchestration.recommendation.config import (
     EVALUATION,
     GATE_NAMES,
     GROUP,
+    LEADERBOARD_REPORT,
     LOOKUP,
     PROBLEM,
     REGISTERED_METRICS,
@@ -58,6 +61,7 @@ from orchestration.recommendation.config import (
     validation_window,
 )
 from orchestration.recommendation.reports import gate_text, leaderboard_markdown, write_lookup
+from orchestration.reports import write_report
 from orchestration.sql import date_sql
 from skiff.settings import Settings
 
@@ -229,8 +233,6 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
 
 
 def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
-    report_dir = settings.reports / PROBLEM
-
     @asset(
         name=EVALUATION,
         group_name=GROUP,
@@ -256,8 +258,7 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         rows = sorted((e["row"] for e in entries.values()), key=lambda r: -r["validation_hr_at_20"])
         best = entries[best_row(rows, K)["model"]]
         markdown = leaderboard_markdown(format_leaderboard(rows), best)
-        report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / "leaderboard.md").write_text(markdown + "\n")
+        url = write_report(settings, LEADERBOARD_REPORT, markdown + "\n")
         yield Output(
             {
                 "rows": rows,
@@ -285,7 +286,7 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 "mrr_at_20": best["row"]["mrr_at_20"],
                 "ndcg_at_20": best["row"]["ndcg_at_20"],
                 "coverage": best["row"]["coverage"],
-                "report": MetadataValue.path(str(report_dir / "leaderboard.md")),
+                "report": MetadataValue.url(url),
             },
         )
         for check in best["checks"]:

@@ -17,8 +17,6 @@
 
 import datetime as dt
 import functools
-import tempfile
-from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Failure, MetadataValue, Output
 
@@ -228,7 +226,8 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
                 "champion_hr_at_20": current_hr
                 if current_hr is not None
                 else champion.metrics.get("hr_at_20", float("nan")),
-                "published_to": MetadataValue.path(str(published / PROBLEM)),
+                # a string join: `published` is a path, or a URL when artifacts are remote
+                "published_to": MetadataValue.path(f"{published}/{PROBLEM}"),
             },
         )
 
@@ -243,16 +242,16 @@ def _champion_hr(registry, current, training_set: dict, context) -> float:
     if current.extra.get("test_window") == test_window(training_set["window"]):
         return float(current.metrics["hr_at_20"])
     context.log.info(f"re-evaluating champion {current.version} on this run's test days")
-    with tempfile.TemporaryDirectory(prefix="skiff-champion-") as tmp:
-        model = Recommender.load(registry.fetch(PROBLEM, current.version, Path(tmp)))
-        popularity = popularity_counts(training_set["train"])
-        result = evaluate(
-            training_set["test"],
-            recommend_batch=model.recommend_batch,
-            k=K,
-            popularity=popularity,
-            known_items=set(popularity),
-        )
+    with registry.fetched(PROBLEM, current.version) as folder:
+        model = Recommender.load(folder)
+    popularity = popularity_counts(training_set["train"])
+    result = evaluate(
+        training_set["test"],
+        recommend_batch=model.recommend_batch,
+        k=K,
+        popularity=popularity,
+        known_items=set(popularity),
+    )
     return result.hr
 
 
@@ -270,12 +269,12 @@ def build_next_items_asset(settings: Settings) -> AssetsDefinition:
     def recommender_next_items(context: AssetExecutionContext, champion: dict) -> Output[None]:
         import pandas as pd
 
-        from ml.registry import load_published
+        from ml.registry import published_copy
 
         if champion.get("version") is None:
             return Output(None, metadata={"rows": 0, "why": "no champion yet"})
-        manifest, folder = load_published(published, PROBLEM)
-        lookup = pd.read_parquet(folder / LOOKUP)
+        with published_copy(published, PROBLEM) as (manifest, folder):
+            lookup = pd.read_parquet(folder / LOOKUP)
         as_of = dt.date.fromisoformat(manifest.extra["test_window"]["end"])
         frame = lookup_rows(lookup, manifest.version, as_of)
         warehouse = context.resources.warehouse

@@ -13,6 +13,8 @@ NEXT_ITEMS = "recommender_next_items"
 ALGORITHMS = ("pop", "sknn", "gru")
 K = 20
 LOOKUP = "next_items.parquet"
+# The latest leaderboard with the chosen candidate's checks, a report under reports_root.
+LEADERBOARD_REPORT = f"{PROBLEM}/leaderboard.md"
 GATE_NAMES = (
     "beats_pop",
     "unseen_items",

@@ -15,8 +15,7 @@ replay estimates on real logged traffic are `recommender_replay`'s.
 
 import datetime as dt
 import json
-import tempfile
-from pathlib import Path
+from contextlib import ExitStack
 
 from dagster import (
     AssetExecutionContext,
@@ -31,12 +30,13 @@ from pydantic import Field
 
 from orchestration.policy import asset
 from orchestration.recommendation.config import EVALUATION, PROBLEM, TRAINING_SET, K
+from orchestration.reports import report_location, write_report
 from skiff.settings import Settings
-from skiff.urls import report_url
 
 ASSET = "recommender_offline_online"
 GROUP = "offline_vs_online"
 TAIL_FIRST = "sknn_tail_first"
+REPORT = "recommendation/offline_online.md"  # under the reports root (orchestration.reports)
 
 
 class OfflineOnlineConfig(Config):
@@ -56,13 +56,7 @@ class OfflineOnlineConfig(Config):
     seed: int = Field(default=0, description="Seed of the simulated shoppers.")
 
 
-def report_path(settings: Settings) -> Path:
-    return settings.reports / "recommendation" / "offline_online.md"
-
-
 def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
-    report = report_path(settings)
-
     @asset(
         name=ASSET,
         group_name=GROUP,
@@ -106,9 +100,9 @@ def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
             names[champion.version] = f"champion ({champion.algorithm})"
             versions[names[champion.version]] = champion.version
         # the models stay on disk until the table is done (a loaded model may read lazily)
-        with tempfile.TemporaryDirectory(prefix="skiff-offline-online-") as tmp:
+        with ExitStack() as copies:
             models = {
-                name: Recommender.load(registry.fetch(PROBLEM, version, Path(tmp) / name))
+                name: Recommender.load(copies.enter_context(registry.fetched(PROBLEM, version)))
                 for name, version in versions.items()
             }
             if "sknn" in models:
@@ -142,13 +136,14 @@ def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
                 shopper=ShopperModel(),
             )
         markdown = found.markdown()
-        report.parent.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        report.write_text(f"# Offline vs online ({stamp})\n\n{markdown}\n")
-        context.log.info(f"offline vs online in {found.seconds:.0f} s: {report}")
+        url = write_report(settings, REPORT, f"# Offline vs online ({stamp})\n\n{markdown}\n")
+        context.log.info(
+            f"offline vs online in {found.seconds:.0f} s: {report_location(settings, REPORT)}"
+        )
         metadata = {
             "table": MetadataValue.md(markdown),
-            "report": MetadataValue.url(report_url(settings, report)),
+            "report": MetadataValue.url(url),
             "champion": MetadataValue.text(names[champion.version]),
             "logged_exposures": found.logged_exposures,
             # NaN (a correlation over tied values, an undecided test) is no JSON: null

@@ -1,0 +1,140 @@
+"""The embedded DuckDB warehouse: `DuckDBWarehouse`, with its lock retry and read-only reads.
+
+`lock_timeout_s` reads SKIFF_DUCKDB_LOCK_TIMEOUT_S, how long a connection waits for another
+process's lock on the file; `WarehouseLockTimeout` is raised when the wait runs out.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from orchestration.warehouse import Warehouse
+from skiff.settings import ConfigError
+
+# How long a DuckDB connection waits for another process's lock on the file before failing.
+LOCK_TIMEOUT_VARIABLE = "SKIFF_DUCKDB_LOCK_TIMEOUT_S"
+DEFAULT_LOCK_TIMEOUT_S = 60.0
+
+
+class WarehouseLockTimeout(RuntimeError):
+    """Another process held the DuckDB file longer than the lock timeout."""
+
+
+class DuckDBWarehouse(Warehouse):
+    """The embedded default: one DuckDB file under SKIFF_HOME.
+
+    A connection lives only as long as one call, because DuckDB locks the file per process: one
+    process writing, or any number of processes reading (read-only), never both. `query` opens
+    the file read-only, so readers in other processes (a notebook, a BI tool using this class,
+    another step) share the file with each other; writes open it read-write.
+
+    A connection that meets another process's lock waits and retries with backoff (50 ms
+    doubling to 1 s, jittered) for up to `lock_timeout_s` (SKIFF_DUCKDB_LOCK_TIMEOUT_S, default
+    60 s): short readers and writers take turns instead of failing. A connection held open
+    longer than that (a notebook that never closes its connection) still fails the run, with
+    an error that says so.
+
+    Within one process DuckDB refuses a read-only and a read-write connection to the same file
+    at once ("different configuration"). When this process already holds the file read-write
+    (a test or another connection of the in-process executor), `query` shares that read-write
+    database instead; a write that finds this process holding the file read-only retries as
+    for a lock.
+    """
+
+    path: str
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+
+    @property
+    def kind(self) -> str:
+        return "duckdb"
+
+    def _connect(self, *, read_only: bool = False):
+        import duckdb
+
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return self._open(read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _lock_conflict(exc):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    mode = "read" if read_only else "write"
+                    raise WarehouseLockTimeout(
+                        f"could not open the DuckDB warehouse {self.path} to {mode}: another"
+                        f" connection held it for more than {self.lock_timeout_s:g} s"
+                        f" ({LOCK_TIMEOUT_VARIABLE}). DuckDB allows one writing process or"
+                        " many reading ones; close long-lived connections (read a copy of"
+                        f" the file instead) or use Snowflake. Last error: {exc}"
+                    ) from exc
+                time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
+                delay = min(delay * 2, 1.0)
+
+    def _open(self, read_only: bool):
+        import duckdb
+
+        if not read_only or not Path(self.path).exists():
+            # a missing file is created (read-write), as before: `exists` on a fresh home
+            return duckdb.connect(self.path)
+        try:
+            return duckdb.connect(self.path, read_only=True)
+        except duckdb.ConnectionException as exc:
+            if not _same_process_conflict(exc):
+                raise
+            return duckdb.connect(self.path)  # this process holds it read-write: share that
+
+    def _replace(
+        self,
+        setup: list[str],
+        delete: str,
+        schema: str,
+        table: str,
+        frame: pd.DataFrame,
+        columns: dict[str, str],
+    ) -> None:
+        names = ", ".join(frame.columns)
+        with self._connect() as con:
+            for sql in setup:
+                con.execute(sql)
+            con.execute("begin transaction")
+            con.execute(delete)
+            if len(frame):
+                con.register("incoming", frame)
+                con.execute(f"insert into {schema}.{table} ({names}) select {names} from incoming")
+                con.unregister("incoming")
+            con.execute("commit")
+
+    def query(self, sql: str) -> pd.DataFrame:
+        with self._connect(read_only=True) as con:
+            return con.execute(sql).fetchdf()
+
+
+def _same_process_conflict(exc: Exception) -> bool:
+    return "different configuration" in str(exc)
+
+
+def _lock_conflict(exc: Exception) -> bool:
+    """DuckDB's error for a file another process holds ("Could not set lock on file"), or for
+    one this process holds with the other read-only/read-write setting."""
+    return "Could not set lock" in str(exc) or _same_process_conflict(exc)
+
+
+def lock_timeout_s() -> float:
+    """SKIFF_DUCKDB_LOCK_TIMEOUT_S: seconds a DuckDB connection waits for another process's lock."""
+    text = os.environ.get(LOCK_TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"{LOCK_TIMEOUT_VARIABLE}={text!r} is not a number of seconds (>= 0)")
+    return seconds
