@@ -312,7 +312,7 @@ class Registry:
     def _write_text(self, path: str, text: str) -> None:
         """Write then rename locally, one PUT elsewhere: a reader never sees a partial file."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        if not _is_local(self.fs):
+        if not is_local(self.fs):
             self.fs.pipe_file(path, text.encode())
             return
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -337,7 +337,7 @@ class Registry:
 
     def _create(self, path: str, data: bytes) -> bool:
         """Create `path` holding `data` only if it does not exist; False if it does."""
-        if _is_local(self.fs):
+        if is_local(self.fs):
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             Path(tmp).write_bytes(data)
@@ -806,7 +806,7 @@ def _verified_copy(
     fs: fsspec.AbstractFileSystem, folder: str, manifest: Manifest
 ) -> Iterator[Path]:
     """`_verified` into a temporary folder removed on exit; local folders are checked in place."""
-    if _is_local(fs):
+    if is_local(fs):
         yield _verified(fs, folder, manifest, None)
         return
     tmp = Path(tempfile.mkdtemp(prefix="skiff-"))
@@ -816,7 +816,8 @@ def _verified_copy(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` is the local disk (paths are ordinary file paths there)."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
     return "file" in protocols or "local" in protocols
 
@@ -826,7 +827,7 @@ def _verified(
 ) -> Path:
     """Check every file of `folder` against the manifest; remote files are copied to `dest`
     (a new temporary folder by default) first, local ones are checked in place."""
-    in_place = dest is None and _is_local(fs)
+    in_place = dest is None and is_local(fs)
     made = dest is None and not in_place
     local_root = Path(folder) if in_place else Path(dest or tempfile.mkdtemp(prefix="skiff-"))
     try:

@@ -58,6 +58,8 @@ from dagster import (
     OutputContext,
 )
 
+from ml.registry import is_local
+
 INDEX = "index.json"
 FORMATS = ("json", "parquet", "frames")
 
@@ -68,8 +70,7 @@ class Handoff:
     def __init__(self, root: str | Path):
         self.url = str(root).rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
-        self.local = "file" in protocols or "local" in protocols
+        self.local = is_local(self.fs)
 
     # --- paths ------------------------------------------------------------------------------
 

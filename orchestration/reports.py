@@ -23,15 +23,11 @@ from typing import TYPE_CHECKING
 
 import fsspec
 
+from ml.registry import is_local
 from skiff.urls import report_relpath, report_url
 
 if TYPE_CHECKING:
     from skiff.settings import Settings
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return "file" in protocols or "local" in protocols
 
 
 def join(root: str | Path, relpath: str) -> str:
@@ -44,7 +40,7 @@ def write_bytes(url: str, data: bytes, *, exclusive: bool = False) -> bool:
     file. With `exclusive`, an existing file is left as it is (for immutable content keyed by
     what produced it: the first writer wins, the others wrote the same). True when written."""
     fs, path = fsspec.core.url_to_fs(url)
-    if _is_local(fs):
+    if is_local(fs):
         target = Path(path)
         if exclusive and target.exists():
             return False

@@ -121,7 +121,7 @@ def serve(settings: Settings, config: ServeConfig) -> int:
     log.info(
         "published models: %s; reports: %s; event log: %s",
         settings.published,
-        reports.reports_root(settings),
+        settings.reports_root,
         settings.home / "serving",
     )
     # Keep idle connections longer than a load balancer does (60 s on most), so the server

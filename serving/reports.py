@@ -27,18 +27,13 @@ import fsspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from skiff.settings import Settings
+from ml.registry import is_local
 
 log = logging.getLogger("skiff.serving")
 
 CHUNK = 1 << 20
 SEGMENT = re.compile(r"[A-Za-z0-9_=+@,~:-][A-Za-z0-9_.=+@,~: -]*")
 INDEX = "index.html"
-
-
-def reports_root(settings: Settings) -> str | Path:
-    """Where the reports are read from (common.md: `Settings.reports_root`)."""
-    return settings.reports_root
 
 
 def safe_relpath(path: str) -> str | None:
@@ -60,9 +55,7 @@ class Reports:
     def __init__(self, root: str | Path) -> None:
         self.url = str(root)
         self._fs, self._root = fsspec.core.url_to_fs(self.url)
-        protocol = self._fs.protocol
-        protocols = {protocol} if isinstance(protocol, str) else set(protocol)
-        self._local = bool({"file", "local"} & protocols)
+        self._local = is_local(self._fs)
 
     def open(self, relpath: str) -> tuple[Any, int]:
         """An open binary handle on the file and its size; FileNotFoundError when there is no

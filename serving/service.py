@@ -37,7 +37,7 @@ from serving.eventlog import EventLog
 from serving.experiments import Experiment, Variant, load_file
 from serving.limits import Rejected
 from serving.metrics import Metrics
-from serving.reports import Reports, reports_root
+from serving.reports import Reports
 from serving.store import Backoff, Loaded, ModelStore, Snapshot
 from skiff.settings import Settings
 
@@ -136,7 +136,7 @@ class Service:
         metrics.registry.register(store)  # its gauges are read at each scrape
         events = EventLog(settings.home / "serving")
         batcher = MicroBatcher(metrics, threads=config.inference_threads)
-        return cls(config, store, events, metrics, batcher, Reports(reports_root(settings)))
+        return cls(config, store, events, metrics, batcher, Reports(settings.reports_root))
 
     def at_most(self, field: str, count: int) -> None:
         if count > self.config.max_events:

@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port, running, wait_for_port
+
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "skiff-test",
     "AWS_SECRET_ACCESS_KEY": "skiff-test",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _moto_server() -> str:
@@ -41,41 +34,23 @@ def _moto_server() -> str:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of a running moto S3 server; the environment points at it."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [_moto_server(), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-            time.sleep(0.1)
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
     saved = {name: os.environ.get(name) for name in (*CREDENTIALS, "AWS_ENDPOINT_URL")}
-    os.environ.update(CREDENTIALS)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    try:
-        yield endpoint
-    finally:
-        process.terminate()
+    with running([_moto_server(), "-H", "127.0.0.1", "-p", str(port)], log):
+        wait_for_port(port, seconds=30)
+        os.environ.update(CREDENTIALS)
+        os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            yield os.environ["AWS_ENDPOINT_URL"]
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @pytest.fixture
