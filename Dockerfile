@@ -3,9 +3,10 @@
 #   docker build -t skiff:latest .
 #
 # It runs as the unprivileged user `skiff` (uid/gid 10001, numeric so that Kubernetes'
-# `runAsNonRoot` can check it), which owns only what it writes: SKIFF_HOME, DAGSTER_HOME and
-# dbt's target/ and logs/ folders. The code, the installed packages and dagster.yaml stay
-# root's, read-only to it.
+# `runAsNonRoot` can check it), which owns only what it writes: SKIFF_HOME, DAGSTER_HOME's
+# storage/ (compute logs, local artifacts) and dbt's target/ and logs/ folders. The code, the
+# installed packages, DAGSTER_HOME itself and its dagster.yaml stay root's, read-only to it:
+# the process cannot replace the instance config (its storage, its run launcher).
 #
 # Ports, all internal to the cluster (none is meant for the internet):
 #   4000  this code server (gRPC, unauthenticated): only the Dagster webserver, daemon and run
@@ -56,15 +57,18 @@ RUN SNOWFLAKE_ACCOUNT=build SNOWFLAKE_USER=build SNOWFLAKE_PASSWORD=build SNOWFL
     DBT_SEND_ANONYMOUS_USAGE_STATS=false \
     dbt parse --project-dir dbt_project --profiles-dir dbt_project --target snowflake
 
-# Instance config (PostgreSQL storage; connection from DAGSTER_PG_* at run time).
-COPY deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml
+# Instance config (PostgreSQL storage; connection from DAGSTER_PG_* at run time), root's.
+COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
 
-# What the user writes, and nothing else: the homes (Dagster's compute logs and local state,
-# Skiff's local scratch) and dbt's per-invocation target folders and logs.
-RUN mkdir -p "${SKIFF_HOME}" dbt_project/target dbt_project/logs \
-    && chown -R "${SKIFF_UID}:${SKIFF_UID}" "${SKIFF_HOME}" "${DAGSTER_HOME}" \
+# What the user writes, and nothing else: Skiff's local scratch, Dagster's storage/ (compute
+# logs and local artifacts; with PostgreSQL storage nothing else is written under
+# DAGSTER_HOME) and dbt's per-invocation target folders and logs. DAGSTER_HOME and dagster.yaml
+# stay root's, and the file read-only to all.
+RUN mkdir -p "${SKIFF_HOME}" "${DAGSTER_HOME}/storage" dbt_project/target dbt_project/logs \
+    && chown -R "${SKIFF_UID}:${SKIFF_UID}" "${SKIFF_HOME}" "${DAGSTER_HOME}/storage" \
        dbt_project/target dbt_project/logs \
-    && chown root:root "${DAGSTER_HOME}/dagster.yaml" && chmod 0644 "${DAGSTER_HOME}/dagster.yaml"
+    && chown root:root "${DAGSTER_HOME}" "${DAGSTER_HOME}/dagster.yaml" \
+    && chmod 0755 "${DAGSTER_HOME}" && chmod 0444 "${DAGSTER_HOME}/dagster.yaml"
 
 # dbt writes no usage cookie (.user.yml) into the root-owned profiles folder
 ENV DBT_SEND_ANONYMOUS_USAGE_STATS=false

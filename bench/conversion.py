@@ -6,17 +6,22 @@ test day of the same daily volume follow. Examples are built straight from the g
 landing files by `bench/conversion_examples.py` (the dbt mart's logic in pandas;
 tests/test_conversion_assets.py checks the two agree) and featurized by the one shared batch
 builder: the full Dagster + dbt pipeline at a million sessions would measure dbt, not the
-models. Each algorithm trains in a fresh process, so its peak RSS is its own. Example:
+models. Each algorithm trains in a fresh process, so its peak RSS is its own. With `--workdir`
+the generated split is kept there (one folder per size and seed) and reused by the next run, so
+models can be compared on the same data without paying for it twice. Example:
 
     .venv/bin/python bench/conversion.py --sizes 100000 1000000
+    .venv/bin/python bench/conversion.py --sizes 1000000 --workdir /tmp/skiff-bench-data
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import multiprocessing as mp
+import os
 import resource
 import sys
 import tempfile
@@ -61,7 +66,11 @@ def _rss_mib() -> float:
 
 
 def prepare(sessions: int, folder: Path, seed: int) -> dict:
-    """Generate the days and write the split (train / validation / test) as Parquet."""
+    """Generate the days and write the split (train / validation / test) as Parquet; a folder
+    a previous run prepared (its `prepared.json` written last) is reused as it is."""
+    done = folder / "prepared.json"
+    if done.exists():
+        return json.loads(done.read_text())
     per_day = sessions // TRAIN_DAYS
     days = [START + dt.timedelta(days=i) for i in range(TRAIN_DAYS + 2)]
     began = time.perf_counter()
@@ -82,7 +91,7 @@ def prepare(sessions: int, folder: Path, seed: int) -> dict:
     began = time.perf_counter()
     n_train = len(features.batch_from_frame(split.train))
     featurize = time.perf_counter() - began
-    return {
+    prepared = {
         "sessions": int(split.train["session_key"].nunique()),
         "train_prefixes": n_train,
         "test_prefixes": len(split.test),
@@ -91,21 +100,26 @@ def prepare(sessions: int, folder: Path, seed: int) -> dict:
         "features_s": featurize,
         "features_per_s": n_train / featurize,
     }
+    done.write_text(json.dumps(prepared))
+    return prepared
 
 
 def _fit(folder: str, algorithm: str, params: dict, queue: mp.Queue) -> None:
     folder = Path(folder)
     frames = {n: pd.read_parquet(folder / f"{n}.parquet") for n in ("train", "validation", "test")}
     train = features.batch_from_frame(frames["train"])
-    validation = features.batch_from_frame(frames["validation"])
     rss_before = _rss_mib()
     _reset_peak()
     model = models.make_model(algorithm, **params)
     began = time.perf_counter()
     model.fit(train, dataset.labels(train.events))
     fit_s = time.perf_counter() - began
+    sample = models.fit_sample(
+        train.starts, model.params.get("max_fit_prefixes"), model.params.get("seed", 0)
+    )
     fit_peak = _vm_hwm_mib()
     peak = _peak_mib()
+    validation = features.batch_from_frame(frames["validation"])  # after the fit, as the asset
     threshold = metrics.choose_threshold(
         dataset.labels(validation.events), model.predict_proba(validation)
     )
@@ -131,7 +145,9 @@ def _fit(folder: str, algorithm: str, params: dict, queue: mp.Queue) -> None:
     queue.put(
         {
             "algorithm": algorithm,
+            "load": os.getloadavg()[0],
             "fit_s": fit_s,
+            "fit_prefixes": len(train) if sample is None else int(sample.sum()),
             "rss_before_fit_mib": rss_before,
             "peak_rss_mib": peak,
             "fit_peak_rss_mib": fit_peak,
@@ -184,12 +200,21 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the generated split here and reuse it next time"
+    )
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     cost, quality = [], []
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     for size in args.sizes:
-        with tempfile.TemporaryDirectory(prefix="skiff-bench-conversion-") as tmp:
-            folder = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            if args.workdir:
+                folder = args.workdir / f"{size}-seed{args.seed}"
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="skiff-bench-"))
+                folder = Path(tmp)
             prepared = prepare(size, folder, args.seed)
             print(f"size {size:,}: {json.dumps(prepared)}", file=sys.stderr, flush=True)
             for algorithm in args.algorithms:
@@ -222,7 +247,9 @@ def main() -> None:
                 ("size", "train sessions", "s"),
                 ("prefixes", "train prefixes", ",d"),
                 ("algorithm", "model", "s"),
+                ("fit_prefixes", "fit prefixes", ",d"),
                 ("fit_s", "fit s", ".1f"),
+                ("load", "load avg", ".1f"),
                 ("rss_before_fit_mib", "RSS before fit MiB", ",.0f"),
                 ("fit_peak_rss_mib", "peak RSS during fit MiB", ",.0f"),
                 ("peak_rss_mib", "process peak RSS MiB", ",.0f"),
@@ -243,6 +270,7 @@ def main() -> None:
             ],
         )
     )
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,16 @@ the day, builds the conversion examples (the pandas twin of the mart), fits the 
 stand-ins on the reference days (logistic regression, session-kNN) and scores the day (what
 `conversion_predictions` holds before monitoring runs), then times what the four monitoring
 assets compute for the day: model inputs of every prefix (sampled to 20k, whole sessions), the
-input drift report, the score and label drift with the day's quality, the recommender on the
-day's sessions and its drift, each HTML report written. Warehouse reads are not included (the
+input drift report, the score and label drift with the day's quality, the recommender on a
+seeded sample of the day's sessions (`RECOMMENDER_SESSIONS`, as the asset does) and its drift,
+each HTML report written. The recommender's HR@20 on the sample is printed with its standard
+error; `--check-error` also evaluates every session of the day (untimed) and prints how far the
+sample's HR@20 is from the whole day's, in standard errors. Warehouse reads are not included (the
 same `select ... where session_day = ...` a nightly run does anyway). The floor is
 Evidently's `DataDriftPreset` run directly on the very frames our code hands it, without
 writing HTML. Example:
 
-    .venv/bin/python bench/monitoring.py --events 100000 1000000
+    .venv/bin/python bench/monitoring.py --events 100000 1000000 --check-error
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 EVENTS_PER_SESSION = 6.8  # the generator's mean at its defaults
 
 
-def _run(events: int, queue: mp.Queue) -> None:
+def _run(events: int, check_error: bool, queue: mp.Queue) -> None:
     import pandas as pd
     from evidently import Report
     from evidently.presets import DataDriftPreset
@@ -41,6 +44,7 @@ def _run(events: int, queue: mp.Queue) -> None:
     from ml.conversion import dataset, features, models
     from ml.recommend.models import make_model
     from ml.synthetic import GeneratorConfig, generate
+    from orchestration.monitoring.config import RECOMMENDER_SESSIONS
 
     sessions = int(events / EVENTS_PER_SESSION)
     start = dt.date(2026, 1, 5)
@@ -70,10 +74,11 @@ def _run(events: int, queue: mp.Queue) -> None:
             zip(recommender.vocab.items[1:], recommender.popularity[1:].tolist(), strict=True)
         )
         ref_points = mon.recommender_day(
-            [s for s in ref_sessions if len(s) >= 2][:5000],
+            [s for s in ref_sessions if len(s) >= 2],
             recommender.recommend_batch,
             known,
             popularity,
+            max_sessions=RECOMMENDER_SESSIONS,
         ).points
         reference_seconds = time.perf_counter() - began
 
@@ -100,11 +105,13 @@ def _run(events: int, queue: mp.Queue) -> None:
         mon.data_drift(
             reference.assign(**labels), scored.assign(**labels), categorical=["will_purchase"]
         ).save_html(out / "labels.html")
+        requests = [s for s in sequences(day_examples) if len(s) >= 2]
         today = mon.recommender_day(
-            [s for s in sequences(day_examples) if len(s) >= 2],
+            requests,
             recommender.recommend_batch,
             known,
             popularity,
+            max_sessions=RECOMMENDER_SESSIONS,
         )
         mon.data_drift(
             ref_points,
@@ -126,6 +133,11 @@ def _run(events: int, queue: mp.Queue) -> None:
                 current_data=cur[cols], reference_data=ref[cols]
             )
         floor = time.perf_counter() - began
+        whole = (
+            mon.recommender_day(requests, recommender.recommend_batch, known, popularity)
+            if check_error
+            else None
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(
         {
@@ -135,6 +147,11 @@ def _run(events: int, queue: mp.Queue) -> None:
             "floor": floor,
             "reference": reference_seconds,
             "peak": peak,
+            "hr": today.metrics["hr_at_20"],
+            "hr_se": today.metrics["hr_at_20_se"],
+            "sampled": today.metrics["sampled_sessions"],
+            "requests": today.metrics["sessions"],
+            "hr_all": whole.metrics["hr_at_20"] if whole else None,
         }
     )
 
@@ -142,20 +159,41 @@ def _run(events: int, queue: mp.Queue) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", nargs="+", type=int, default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--check-error",
+        action="store_true",
+        help="also evaluate every session of the day (untimed) to check the sample's error",
+    )
     args = parser.parse_args()
     context = mp.get_context("spawn")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    header = ("events", "prefixes", "ours s", "floor s", "ours/floor", "reference s", "peak RSS")
+    header = (
+        "events",
+        "prefixes",
+        "ours s",
+        "floor s",
+        "ours/floor",
+        "reference s",
+        "peak RSS",
+        "recommender sessions",
+        "HR@20 ± SE",
+        "whole day HR@20",
+    )
     print("| " + " | ".join(header) + " |\n|" + "---:|" * len(header))
     for events in args.events:
         queue = context.Queue()
-        child = context.Process(target=_run, args=(events, queue))
+        child = context.Process(target=_run, args=(events, args.check_error, queue))
         child.start()
         r = queue.get()
         child.join()
+        whole = "" if r["hr_all"] is None else f"{r['hr_all']:.4f}"
+        if r["hr_all"] is not None and r["hr_se"] > 0:
+            whole += f" ({(r['hr'] - r['hr_all']) / r['hr_se']:+.1f} SE)"
         print(
             f"| {r['events']:,} | {r['prefixes']:,} | {r['ours']:.1f} | {r['floor']:.1f} "
-            f"| {r['ours'] / r['floor']:.2f}x | {r['reference']:.1f} | {r['peak']:,.0f} MiB |"
+            f"| {r['ours'] / r['floor']:.2f}x | {r['reference']:.1f} | {r['peak']:,.0f} MiB "
+            f"| {r['sampled']:,.0f} of {r['requests']:,.0f} | {r['hr']:.4f} ± {r['hr_se']:.4f} "
+            f"| {whole} |"
         )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

@@ -18,6 +18,12 @@ for it (and shown in the table). Last, the time to load the Dagster definitions 
 process (manifest already parsed). Example:
 
     .venv/bin/python bench/pipeline.py --sizes 7x20000 14x52000 28x52000 --nightly-sessions 52000
+
+With --json, progress goes to stderr and stdout holds one JSON object: per size `events`,
+`ingest_s`, `dbt_s`, `floor_s`, `ratio_to_floor` ((ingest + dbt) / floor, the floor measured
+in the same run), per nightly history `history_days`, `events`, `ingest_s`, `dbt_s`,
+`ingest_dbt_s`, and the load average at start and end (other work on the machine slows every
+figure; the ratio to the same-run floor much less).
 """
 
 from __future__ import annotations
@@ -278,13 +284,14 @@ def _phase_main(name: str, arguments: str) -> None:
 
 
 class Bench:
-    def __init__(self, root: Path, keep: bool) -> None:
+    def __init__(self, root: Path, keep: bool, quiet: bool = False) -> None:
         self.root = root
         self.keep = keep
+        self.out = sys.stderr if quiet else sys.stdout
         self.began = time.perf_counter()
 
     def say(self, text: str) -> None:
-        print(f"[{time.perf_counter() - self.began:6.0f} s] {text}", flush=True)
+        print(f"[{time.perf_counter() - self.began:6.0f} s] {text}", file=self.out, flush=True)
 
     def env(self, home: Path) -> dict[str, str]:
         env = dict(os.environ)
@@ -441,6 +448,47 @@ def _machine() -> list[str]:
     ]
 
 
+def _summary(
+    rows: list[dict], definitions: dict, load_before: float, load_after: float, total: float
+) -> dict:
+    sizes = []
+    for row in rows:
+        run, floor = row["run"], row["floor"]
+        sizes.append(
+            {
+                "size": row["label"],
+                "events": row["gen"]["events"],
+                "ingest_s": round(run["ingest"], 2),
+                "dbt_s": round(run["dbt"], 2),
+                "floor_s": round(floor["seconds"], 3),
+                "ratio_to_floor": round((run["ingest"] + run["dbt"]) / floor["seconds"], 2),
+                "peak_rss_dagster_mib": round(run["peak_self_mib"]),
+                "peak_rss_dbt_mib": round(run["peak_children_mib"]),
+            }
+        )
+    nightly = [
+        {
+            "history_days": row["days"],
+            "sessions_per_day": row["sessions"],
+            "events": row["nightly"]["events"],
+            "ingest_s": round(row["nightly"]["ingest"], 2),
+            "dbt_s": round(row["nightly"]["dbt"], 2),
+            "ingest_dbt_s": round(row["nightly"]["ingest"] + row["nightly"]["dbt"], 2),
+            "dbt_before_process_s": round(row["nightly"]["before_dbt_process"], 2),
+            "dbt_process_s": round(row["nightly"]["dbt_process"], 2),
+        }
+        for row in sorted((r for r in rows if "nightly" in r), key=lambda r: r["days"])
+    ]
+    return {
+        "sizes": sizes,
+        "nightly": nightly,
+        "definitions_s": round(definitions["import_and_build"], 2),
+        "load_average": {"start": round(load_before, 2), "end": round(load_after, 2)},
+        "cores": os.cpu_count(),
+        "minutes": round(total / 60, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -465,6 +513,9 @@ def main() -> None:
         help="days of history under the nightly day (default 7 28; none: skip)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary SKIFF_HOMEs")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout (progress on stderr)"
+    )
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--phase-args", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -473,7 +524,7 @@ def main() -> None:
         return
 
     root = Path(tempfile.mkdtemp(prefix="skiff-bench-pipeline-"))
-    bench = Bench(root, args.keep)
+    bench = Bench(root, args.keep, quiet=args.json)
     load_before = os.getloadavg()
     plan = [(d, s, d in args.nightly_history and s == args.nightly_sessions) for d, s in args.sizes]
     extra = sorted(set(args.nightly_history) - {d for d, s, nightly in plan if nightly})
@@ -504,6 +555,9 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     load_after = os.getloadavg()
     total = time.perf_counter() - bench.began
+    if args.json:
+        print(json.dumps(_summary(rows, definitions, load_before[0], load_after[0], total)))
+        return
 
     print("\n## Pipeline benchmark (`bench/pipeline.py`)\n")
     print(

@@ -6,7 +6,11 @@ shape drops in. One folder per UTC day::
     <landing>/2026-01-05/browsing_events.csv   the day's events, rows in any order
     <landing>/2026-01-05/products.csv          the catalogue as known that day
 
-Pure pandas: used by the generator, the importers, the ingestion asset and the server alike.
+Pure pandas: used by the generator, the importers, the ingestion asset (its reader and the
+products' rules) and the server (`check_event`, the row form of `validate_events`) alike. The
+event rules are also written as one DuckDB query in `orchestration/ingestion/validate.py`, for
+speed; that module refuses to import when `REJECT_REASONS` changes, and tests hold the three
+forms to the same reason and the same cleaned row.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import datetime as dt
 import gzip
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +62,27 @@ REJECT_REASONS: tuple[str, ...] = (
     "missing_product_sku",
 )
 PRODUCT_REJECT_REASONS: tuple[str, ...] = ("missing_product_sku", "bad_price_bucket")
+# The column each event reason is about, and its rule in words (the server's 422 names both).
+REASON_COLUMNS: dict[str, str] = {
+    "missing_session_id": "session_id_hash",
+    "bad_event_type": "event_type",
+    "bad_timestamp": "server_timestamp_epoch_ms",
+    "timestamp_outside_day": "server_timestamp_epoch_ms",
+    "bad_product_action": "product_action",
+    "missing_product_sku": "product_sku_hash",
+}
+REASON_RULES: dict[str, str] = {
+    "missing_session_id": "a session id is required",
+    "bad_event_type": f"must be one of {list(EVENT_TYPES)}",
+    "bad_timestamp": "must be epoch milliseconds: 1 to 15 digits",
+    "timestamp_outside_day": "must fall within the landing day",
+    "bad_product_action": f"an event_product needs one of {list(PRODUCT_ACTIONS)}; "
+    "a pageview carries none",
+    "missing_product_sku": "an event_product needs its product sku",
+}
+# Reasons a row can only get inside a landing day's file (the server has no landing day).
+LANDING_DAY_REASONS: tuple[str, ...] = ("timestamp_outside_day",)
+TIMESTAMP_PATTERN = r"[0-9]{1,15}"
 
 MS_PER_DAY = 86_400_000
 # Strings stay in Arrow memory: vectorized string checks, cheap hand-over to the warehouse.
@@ -415,7 +441,7 @@ def validate_events(
     sku = _clean(raw["product_sku_hash"])
     url = _clean(raw["hashed_url"])
     ts_text = _clean(raw["server_timestamp_epoch_ms"])
-    ts_ok = ts_text.str.fullmatch(r"[0-9]{1,15}").fillna(False).astype(bool)
+    ts_ok = ts_text.str.fullmatch(TIMESTAMP_PATTERN).fillna(False).astype(bool)
     ts = pd.to_numeric(ts_text.where(ts_ok), errors="coerce").astype("Int64")
     lo, hi = day_bounds_ms(day)
     is_product = event_type == "event_product"
@@ -491,3 +517,52 @@ def validate_products(
     rejected["reason"] = reason[bad]
     rejected["snapshot_day"] = day
     return Validated(good=good, rejected=rejected.reset_index(drop=True))
+
+
+def _clean_value(value: object) -> str | None:
+    text = None if value is None else str(value).strip()
+    return text or None
+
+
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+
+
+def check_event(row: Mapping[str, object], day: dt.date | None = None) -> tuple[dict, str | None]:
+    """One event row (EVENT_COLUMNS; values as read, or ints for the timestamp) as
+    `validate_events` types a good row, and the first REJECT_REASONS it fails (None: none).
+
+    The row form of `validate_events`'s checks, for the few events of one request (the
+    server), where building a frame costs about 20 ms; tests/test_contract.py holds both to the
+    same answer on every kind of row. Without `day` (a served session has no landing day),
+    LANDING_DAY_REASONS are not checked.
+    """
+    session = _clean_value(row.get("session_id_hash"))
+    event_type = _clean_value(row.get("event_type"))
+    event_type = event_type.lower() if event_type else None
+    action = _clean_value(row.get("product_action"))
+    action = action.lower() if action else None
+    sku = _clean_value(row.get("product_sku_hash"))
+    ts_text = _clean_value(row.get("server_timestamp_epoch_ms"))
+    ts = int(ts_text) if ts_text and _TIMESTAMP.fullmatch(ts_text) else None
+    is_product = event_type == "event_product"
+    cleaned = {
+        "session_id_hash": session,
+        "event_type": event_type,
+        "product_action": action,
+        "product_sku_hash": sku,
+        "server_timestamp_epoch_ms": ts,
+        "hashed_url": _clean_value(row.get("hashed_url")),
+    }
+    outside = False
+    if day is not None and ts is not None:
+        lo, hi = day_bounds_ms(day)
+        outside = not lo <= ts < hi
+    failed = (  # in the order of REJECT_REASONS
+        session is None,
+        event_type not in EVENT_TYPES,
+        ts is None,
+        outside,
+        (action not in PRODUCT_ACTIONS) if is_product else action is not None,
+        is_product and sku is None,
+    )
+    return cleaned, next((r for r, bad in zip(REJECT_REASONS, failed, strict=True) if bad), None)

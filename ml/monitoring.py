@@ -102,8 +102,11 @@ def data_drift(
     categorical: Sequence[str] = (),
     numerical_threshold: float = NUMERICAL_THRESHOLD,
     categorical_threshold: float = CATEGORICAL_THRESHOLD,
+    drift_share: float = 0.5,
 ) -> DriftResult:
-    """Evidently's data drift of `current` against `reference` over the named columns."""
+    """Evidently's data drift of `current` against `reference` over the named columns.
+    `drift_share`: the share of drifted columns at which Evidently's report calls the whole
+    data set drifted (its summary line; pass the caller's own threshold so it says ours)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -134,6 +137,7 @@ def data_drift(
         cat_method="jensenshannon",
         num_threshold=numerical_threshold,
         cat_threshold=categorical_threshold,
+        drift_share=drift_share,
     )
     snapshot = Report([preset], include_tests=True).run(
         current_data=prepared(current), reference_data=prepared(reference)
@@ -250,12 +254,45 @@ class RecommenderDay:
     points: pd.DataFrame  # one row per prediction point: the columns watched for drift
 
 
+def sample_requests(
+    sessions: Sequence[Sequence[str]], max_sessions: int | None, seed: int = 0
+) -> list[Sequence[str]]:
+    """At most `max_sessions` of the sessions, a seeded simple random sample in their order
+    (all of them when there are no more)."""
+    if max_sessions is None or len(sessions) <= max_sessions:
+        return list(sessions)
+    if max_sessions < 1:
+        raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+    chosen = np.random.default_rng(seed).choice(len(sessions), max_sessions, replace=False)
+    return [sessions[i] for i in np.sort(chosen)]
+
+
+def hit_rate_error(hits: np.ndarray, predictions: np.ndarray, population: int) -> float:
+    """Standard error of a hit rate (sum of hits / sum of predictions over sampled sessions),
+    the sessions a simple random sample of `population` sessions.
+
+    A session's predictions are not independent (one session's hits go together), so the error
+    is the session-level delta method of the ratio; the finite-population correction makes it
+    0 when every session of the day was evaluated: the error is the sample's, not the day's.
+    """
+    n, total = len(hits), float(np.sum(predictions))
+    if n < 2 or total == 0:
+        return math.nan
+    rate = float(np.sum(hits)) / total
+    residual = np.asarray(hits, dtype=float) - rate * np.asarray(predictions, dtype=float)
+    variance = n / (n - 1) * float(np.sum(residual**2)) / total**2
+    return math.sqrt(max(0.0, 1 - n / population) * variance)
+
+
 def recommender_day(
     sessions: Sequence[Sequence[str]],
     recommend_batch: Callable[[Sequence[Sequence[str]], int], list[list[str]]],
     known_items: set[str],
     popularity: Mapping[str, int],
     k: int = 20,
+    *,
+    max_sessions: int | None = None,
+    seed: int = 0,
 ) -> RecommenderDay:
     """The recommender on one day's sessions with the offline protocol (item t+1 from items
     1..t), plus what the day asked of it: the share of requests whose last viewed item the
@@ -264,22 +301,32 @@ def recommender_day(
     `known_items` is the model's vocabulary; `popularity` its training counts per item. As in
     the champion's own evaluation, next items the model cannot know are left out of HR/MRR
     and counted instead (`unseen_target_share`), so the day's HR compares with the champion's.
+
+    Recommending is what costs (about 90% of a day's monitoring when every session was
+    evaluated), so with `max_sessions` the ranking metrics and the drift columns come from a
+    seeded random sample of that many sessions, and `hr_at_<k>_se` with its 95% interval states
+    that sample's error (`hit_rate_error`); the unseen shares, a set lookup per request, count
+    every request of the day.
     """
     from ml.recommend.evaluate import evaluate
 
+    sample = sample_requests(sessions, max_sessions, seed)
     result = evaluate(
-        sessions,
+        sample,
         recommend_batch=recommend_batch,
         k=k,
         popularity=dict(popularity),
         known_items=known_items,
     )
-    # the shares count every request of the day; `result.points` holds only the requests
-    # whose next item the model can know (the ones HR and the drift columns are about)
+    # `result.points` holds only the requests whose next item the model can know (the ones HR
+    # and the drift columns are about)
     steps = [(s[t - 1], s[t]) for s in sessions for t in range(1, len(s))]
     n = len(steps)
     unseen_input = np.fromiter((last not in known_items for last, _ in steps), bool, n)
     unseen_target = np.fromiter((nxt not in known_items for _, nxt in steps), bool, n)
+    hits = np.bincount(result.points.session_index, weights=result.ranks > 0, minlength=len(sample))
+    predictions = np.bincount(result.points.session_index, minlength=len(sample))
+    se = hit_rate_error(hits, predictions, len(sessions))
     log_pop = {item: math.log1p(count) for item, count in popularity.items()}
     last = [prefix[-1] for prefix in result.points.prefixes]
     shown = [
@@ -299,6 +346,9 @@ def recommender_day(
     return RecommenderDay(
         metrics={
             f"hr_at_{k}": result.hr,
+            f"hr_at_{k}_se": se,
+            f"hr_at_{k}_ci95_low": result.hr - 1.96 * se,
+            f"hr_at_{k}_ci95_high": result.hr + 1.96 * se,
             f"mrr_at_{k}": result.mrr,
             f"ndcg_at_{k}": result.ndcg,
             "unseen_request_share": float(unseen_input.mean()) if n else math.nan,
@@ -307,6 +357,7 @@ def recommender_day(
             "coverage": result.coverage,
             "predictions": float(result.predictions),
             "sessions": float(len(sessions)),
+            "sampled_sessions": float(len(sample)),
         },
         points=frame,
     )

@@ -9,9 +9,10 @@ Signed manifests. A sha256 beside the files it protects stops accidents, not a w
 bucket, who can replace both. So with a key configured every manifest written (a version's and
 a published pointer) carries `signature = {key_id, hmac}`: HMAC-SHA256 with the key over the
 canonical serialization of everything else in the manifest (JSON, sorted keys, no spaces,
-UTF-8). Reading a manifest (`manifest`, `fetch`, `fetched`, `publish`, `load_published`,
-`published_copy`) checks it with `hmac.compare_digest` and refuses, naming the version and why,
-one that is unsigned, signed by a key it does not know, or whose signature does not match.
+UTF-8). Reading a manifest (`manifest`, `versions`, `fetch`, `fetched`, `publish`,
+`load_published`, `published_copy`, `published_manifest`) checks it with
+`hmac.compare_digest` and refuses, naming the version and why, one that is unsigned, signed
+by a key it does not know, or whose signature does not match.
 Keys come from the environment (`ManifestKeys.from_env`): `SKIFF_MANIFEST_KEY` signs and
 verifies; `SKIFF_MANIFEST_KEYS_PREVIOUS` (comma-separated) verifies only. A key's id is a hash
 of it, so nothing but the environment names keys. Without any key (the local default)
@@ -25,7 +26,9 @@ key, and `publish` re-signs the published pointers with it. (2) Re-sign what mus
 old key (`Registry.resign(problem)`) or retrain, and republish. (3) Drop the old key from
 PREVIOUS: what it alone signed is refused from then on. Adopting signing on an existing
 registry of unsigned versions is `resign(problem, accept_unsigned=True)` once (trust on first
-use: their files are checked against their manifests, nothing more).
+use: their files are checked against their manifests, nothing more). One bad version does not
+stop the others: `versions` skips a version whose manifest is refused (`unverifiable` names
+them and why), and `resign` re-signs the rest and reports the ones it refused.
 
 Roles (`champion`, `challenger`) are pointers per problem (`conversion`, `recommender`). Every
 change is a line of the history: `assign` moves one pointer and records it; `set_roles` moves
@@ -39,13 +42,22 @@ here beside the roles.
 Concurrent writers. Roles, history and rollout are read-modify-write files, so every write to
 them holds the problem's lock, `<problem>/roles.lock`: an object taken by exclusive create
 (`os.link` of a complete file locally, `pipe_file(mode="create")` — a conditional PUT — on
-object stores) that holds its owner id and an expiry (a lease, 60 s by default). A writer that
-finds it taken retries with jittered backoff up to a timeout, then raises `RegistryLockError`
-naming the lock object and its owner. An expired lock is broken by one writer only: it must
-first create `<lock>.broken-<owner>` exclusively, then deletes the lock only if the owner read
-back is still the expired one. A holder checks its lease before every write and refuses to
-write past it, so a paused writer whose lock was broken cannot overwrite the new holder's
-changes (clock skew between machines must stay well below the lease). `locked(problem)` takes
+object stores) that holds its owner id (unique to that acquisition) and an expiry (a lease,
+60 s by default). A writer that finds it taken retries with jittered backoff up to a timeout,
+then raises `RegistryLockError` naming the lock object and its owner. The lock is only ever
+deleted by "delete it if it is still owner X's": the holder's release (X = itself) and the
+breaking of an expired lock (X = the expired owner; a record is never rewritten, so still X's
+means still expired). That check-and-delete never removes a lock another writer took after the
+check: on S3 the delete is conditional (`DeleteObject` with `If-Match` on the ETag read with the
+owner); on a local disk every check-and-delete holds an `flock` on `<lock>.guard` (released by
+the OS if its holder dies), so no other delete runs between the check and the delete, and a
+lock present at the check cannot be replaced before it; on other stores (`memory://`) a lock
+of this process does the same, which covers writers of this process only. So an expired lock
+is broken by one writer, and a holder released after its lock was broken and re-taken leaves
+the new holder's lock alone. A holder checks its lease before every write and refuses to
+write in its last `_LEASE_MARGIN` seconds, so a paused writer whose lock was broken cannot
+overwrite the new holder's changes (clock skew between machines must stay well below the
+margin; the lease must be more than twice the margin). `locked(problem)` takes
 the lock for a whole read-decide-write sequence (re-entrant in a thread: the methods inside
 take it again for free). The order inside a pointer move is the history line first, then the
 pointer: a reader who sees a pointer has its line; a crash between the two leaves a line for a
@@ -77,9 +89,11 @@ Layout under the root::
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import math
 import numbers
 import os
@@ -98,6 +112,9 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import fsspec.asyn
+
+log = logging.getLogger("skiff.registry")
 
 MANIFEST = "manifest.json"
 ROLES = ("champion", "challenger")
@@ -119,6 +136,14 @@ class ArtifactError(RuntimeError):
 
 class RegistryLockError(ArtifactError):
     """The problem's lock could not be taken in time, or its lease ran out while held."""
+
+
+@dataclass(frozen=True)
+class Resigned:
+    """What `Registry.resign` did: the versions it re-signed, and those it refused, with why."""
+
+    resigned: tuple[str, ...]
+    refused: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -253,8 +278,13 @@ def _parse_manifest(
         body = json.loads(text)
     except ValueError as exc:
         raise ArtifactError(f"{what}: the manifest is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ArtifactError(f"{what}: the manifest is {type(body).__name__}, not an object")
     keys.verify(body, what)
-    manifest = Manifest.from_json(text)
+    try:
+        manifest = Manifest.from_json(text)
+    except TypeError as exc:  # missing or unknown fields
+        raise ArtifactError(f"{what}: not a manifest ({exc})") from None
     if body.get("sha256") not in (None, manifest.sha256):
         raise ArtifactError(f"{what}: the manifest's sha256 does not match its file list")
     if manifest.problem != problem or (version is not None and manifest.version != version):
@@ -289,6 +319,59 @@ def _files_of(folder: Path) -> list[Path]:
 
 # Locks this thread holds: lock path -> [owner, expires_at (epoch s), depth].
 _held = threading.local()
+# The check-and-delete guards of stores without one of their own (memory://): lock path -> lock.
+_guards: dict[str, threading.Lock] = {}
+
+
+def _lock_record(data: bytes) -> dict[str, Any]:
+    """A lock's record; an unreadable one as an expired lock of owner "?"."""
+    try:
+        record = json.loads(data)
+        if isinstance(record, dict):
+            return record
+    except ValueError:
+        pass
+    return {"owner": "?", "expires_at": 0.0, "unreadable": data[:80].decode(errors="replace")}
+
+
+@contextmanager
+def _delete_guard(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[None]:
+    """Mutual exclusion of the lock's check-and-delete: an exclusive `flock` on `<lock>.guard`
+    on a local disk (across processes; the OS drops it when its holder dies), a lock of this
+    process elsewhere."""
+    if not is_local(fs):
+        with _guards.setdefault(path, threading.Lock()):
+            yield
+        return
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with open(f"{path}.guard", "a") as guard:  # never deleted: a lock file of its own
+        fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases it
+
+
+async def _s3_delete_if_owner(fs: Any, bucket: str, key: str, owner: str) -> bool:
+    """Delete s3://bucket/key if its record names `owner`: conditional on the ETag read with
+    the record, so S3 refuses (412) if the object was replaced since. True if deleted."""
+    from botocore.exceptions import ClientError
+
+    await fs.set_session()
+    s3 = await fs.get_s3(bucket)
+    try:
+        got = await s3.get_object(Bucket=bucket, Key=key)
+        data = await got["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            return False
+        raise
+    if str(_lock_record(data).get("owner")) != owner:
+        return False
+    try:
+        await s3.delete_object(Bucket=bucket, Key=key, IfMatch=got["ETag"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "NoSuchKey"}:
+            return False  # replaced by another writer's lock, or gone
+        raise
+    return True
 
 
 class Registry:
@@ -303,6 +386,12 @@ class Registry:
         self.url = str(root)
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.keys = ManifestKeys.from_env() if keys is None else keys
+        if not lock_lease > 2 * _LEASE_MARGIN:
+            raise ValueError(
+                f"lock_lease must be more than {2 * _LEASE_MARGIN:g} s, got {lock_lease:g}: a"
+                f" holder stops writing {_LEASE_MARGIN:g} s before its lease ends, and needs"
+                " at least as long again to write"
+            )
         self.lock_lease = lock_lease
         self.lock_timeout = lock_timeout
 
@@ -356,12 +445,7 @@ class Registry:
 
     def _lock_owner(self, path: str) -> dict[str, Any] | None:
         text = self._read_optional(path)
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError:
-            return {"owner": "?", "expires_at": 0.0, "unreadable": text[:80]}
+        return None if text is None else _lock_record(text.encode())
 
     @contextmanager
     def locked(self, problem: str) -> Iterator[None]:
@@ -384,7 +468,7 @@ class Registry:
             yield
         finally:
             del held[key]
-            self._release(path, owner, expires_at)
+            self._remove_if_owner(path, owner)  # not if broken and re-taken meanwhile
 
     def _acquire(self, path: str, owner: str) -> float:
         deadline = time.monotonic() + self.lock_timeout
@@ -400,8 +484,8 @@ class Registry:
                 return expires_at
             found = self._lock_owner(path)
             expired = found is not None and float(found.get("expires_at", 0)) < time.time()
-            if expired and self._break(path, str(found.get("owner"))):
-                continue
+            if expired and self._remove_if_owner(path, str(found.get("owner"))):
+                continue  # broken: try to take it
             if time.monotonic() > deadline:
                 who = (found or {}).get("owner", "unknown (released just now)")
                 raise RegistryLockError(
@@ -413,33 +497,21 @@ class Registry:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.25)
 
-    def _break(self, path: str, stale_owner: str) -> bool:
-        """Delete an expired lock, once: only the writer that creates the break marker for
-        this owner may, and only if the owner read back is still the expired one. A marker
-        left by a breaker that died is itself removed after a lease. True if it deleted."""
-        marker = f"{path}.broken-{hashlib.sha256(stale_owner.encode()).hexdigest()[:16]}"
-        record = json.dumps({"owner": stale_owner, "expires_at": time.time() + self.lock_lease})
-        if not self._create(marker, record.encode()):
-            left = self._lock_owner(marker)
-            if left is not None and float(left.get("expires_at", 0)) < time.time():
-                self.fs.rm(marker)
-            return False
-        try:
+    def _remove_if_owner(self, path: str, owner: str) -> bool:
+        """Delete the lock if it is `owner`'s; True if it did. Never deletes a lock another
+        writer created after the check (see the module docstring)."""
+        if _is_s3(self.fs):
+            bucket, key, _ = self.fs.split_path(path)
+            fs = self.fs
+            deleted = fsspec.asyn.sync(fs.loop, _s3_delete_if_owner, fs, bucket, key, owner)
+            fs.invalidate_cache(path)
+            return deleted
+        with _delete_guard(self.fs, path):
             found = self._lock_owner(path)
-            if found is not None and str(found.get("owner")) == stale_owner:
-                self.fs.rm(path)
-                return True
-            return False
-        finally:
-            self._remove(marker)
-
-    def _release(self, path: str, owner: str, expires_at: float) -> None:
-        if time.time() < expires_at - _LEASE_MARGIN:  # not breakable yet: still ours
+            if found is None or str(found.get("owner")) != owner:
+                return False
             self._remove(path)
-            return
-        found = self._lock_owner(path)
-        if found is not None and found.get("owner") == owner:
-            self._remove(path)
+            return True
 
     def _remove(self, path: str) -> None:
         """Delete, tolerating that it is gone (a release must not hide the block's error)."""
@@ -522,8 +594,28 @@ class Registry:
         return [n for n in names if self.fs.exists(self._path(problem, "versions", n, MANIFEST))]
 
     def versions(self, problem: str) -> list[Manifest]:
-        """Every complete version of a problem, oldest first (each verified)."""
-        return [self.manifest(problem, name) for name in self._version_names(problem)]
+        """Every complete version of a problem whose manifest verifies, oldest first. A version
+        whose manifest is refused is skipped, with a warning on the `skiff.registry` log:
+        `unverifiable` names those."""
+        good, refused = self._checked(problem)
+        for version, why in refused.items():
+            log.warning("%s version %s skipped, its manifest refused: %s", problem, version, why)
+        return good
+
+    def unverifiable(self, problem: str) -> dict[str, str]:
+        """The complete versions of a problem whose manifest is refused (not JSON, not a
+        manifest, unsigned while a key is set, signed by an unknown key, altered, moved):
+        version -> why."""
+        return self._checked(problem)[1]
+
+    def _checked(self, problem: str) -> tuple[list[Manifest], dict[str, str]]:
+        good, refused = [], {}
+        for name in self._version_names(problem):
+            try:
+                good.append(self.manifest(problem, name))
+            except ArtifactError as exc:
+                refused[name] = str(exc)
+        return good, refused
 
     def fetch(self, problem: str, version: str, dest: Path | None = None) -> Path:
         """A local folder with the version's files, each verified against the manifest.
@@ -544,34 +636,47 @@ class Registry:
         with _verified_copy(self.fs, self._path(problem, "versions", version), manifest) as path:
             yield path
 
-    def resign(self, problem: str, *, accept_unsigned: bool = False) -> list[str]:
-        """Re-sign every version of `problem` with the current key; returns those rewritten.
+    def resign(self, problem: str, *, accept_unsigned: bool = False) -> Resigned:
+        """Re-sign every version of `problem` with the current key, as far as each allows.
 
         A version is re-signed only if its manifest verifies with a configured key (current or
         previous: the rotation step) — or, with `accept_unsigned`, if it is unsigned (adopting
         signing on an old registry: trust on first use) — and its files match the manifest.
-        Anything else raises, naming the version. The published copies are re-signed by the
-        next `publish`.
+        Any other version is left as it is and reported in `refused` with why; those already
+        signed with the current key are verified and left alone. The published copies are
+        re-signed by the next `publish`.
         """
         if not self.keys.configured:
             raise ArtifactError(f"{KEY_ENV} is not set: there is no key to sign with")
-        current = key_id(self.keys.current or b"")
-        done = []
+        done, refused = [], {}
         for name in self._version_names(problem):
-            path = self._path(problem, "versions", name, MANIFEST)
-            text = self._read_text(path)
-            body = json.loads(text)
-            if (body.get("signature") or {}).get("key_id") == current:
-                self.manifest(problem, name)  # verifies
-                continue
-            what = f"{problem} version {name!r} in {self.url}"
-            keys = self.keys if body.get("signature") or not accept_unsigned else ManifestKeys()
-            manifest = _parse_manifest(text, keys, what, problem=problem, version=name)
-            with _verified_copy(self.fs, posixpath.dirname(path), manifest):
-                pass
-            self._write_text(path, _signed_text(manifest, self.keys))
-            done.append(name)
-        return done
+            try:
+                if self._resign_version(problem, name, accept_unsigned):
+                    done.append(name)
+            except ArtifactError as exc:
+                refused[name] = str(exc)
+        return Resigned(tuple(done), refused)
+
+    def _resign_version(self, problem: str, name: str, accept_unsigned: bool) -> bool:
+        """Re-sign one version (True), or verify it if the current key signed it (False)."""
+        path = self._path(problem, "versions", name, MANIFEST)
+        text = self._read_text(path)
+        try:
+            signature = json.loads(text).get("signature")
+        except (ValueError, AttributeError):
+            signature = None  # not a manifest: _parse_manifest says why
+        if isinstance(signature, Mapping) and signature.get("key_id") == key_id(
+            self.keys.current or b""
+        ):
+            self.manifest(problem, name)  # verifies
+            return False
+        what = f"{problem} version {name!r} in {self.url}"
+        keys = self.keys if signature or not accept_unsigned else ManifestKeys()
+        manifest = _parse_manifest(text, keys, what, problem=problem, version=name)
+        with _verified_copy(self.fs, posixpath.dirname(path), manifest):
+            pass
+        self._write_text(path, _signed_text(manifest, self.keys))
+        return True
 
     # --- roles ------------------------------------------------------------------------------
 
@@ -791,6 +896,15 @@ def published_copy(
         yield manifest, path
 
 
+def published_manifest(
+    target: str | Path, problem: str, role: str = "champion", *, keys: ManifestKeys | None = None
+) -> Manifest:
+    """The published manifest of a role, its signature verified, without reading or copying
+    the model's files: for who needs to know what serves (monitoring), not to load it. Whoever
+    loads the files checks them (`published_copy`)."""
+    return _published_manifest(Registry(target, keys=keys), problem, role)
+
+
 def _published_manifest(store: Registry, problem: str, role: str) -> Manifest:
     pointer = store._path(problem, f"{role}.json")
     text = store._read_optional(pointer)
@@ -816,10 +930,18 @@ def _verified_copy(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """Whether `fs` is the local disk (paths are ordinary file paths there)."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return "file" in protocols or "local" in protocols
+    return bool({"file", "local"} & set(_protocols(fs)))
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` is S3 (s3fs): conditional requests go to its client."""
+    return "s3" in _protocols(fs)
 
 
 def _verified(

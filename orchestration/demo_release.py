@@ -79,7 +79,9 @@ def server(settings: Settings, log: Path) -> Iterator[str]:
                 proc.kill()
 
 
-def _latest(problem: str) -> dict:
+def latest_look(problem: str) -> dict:
+    """The metadata of the problem's latest rollout look (its rollout asset's materialization),
+    or {} before the first."""
     with DagsterInstance.get() as instance:
         event = instance.get_latest_materialization_event(AssetKey(rollout_name(problem)))
     if event is None or event.asset_materialization is None:
@@ -87,7 +89,8 @@ def _latest(problem: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
-def _line(problem: str, look: dict) -> str:
+def look_line(problem: str, look: dict) -> str:
+    """A look in one line: the action, the stage it left, the sessions and the lift."""
     lift = look.get("lift")
     numbers = (
         f"; {look.get('sessions_challenger', 0):,} challenger / "
@@ -152,7 +155,7 @@ def run_release(
             watch=watch,
         )
     for problem in pending(settings):
-        look = _latest(problem)
+        look = latest_look(problem)
         print(
             f"\n{problem}: the challenger is still at {look.get('stage', '?')} "
             f"({look.get('reason', '')}); the hourly schedule (release_hourly) keeps looking"
@@ -197,7 +200,7 @@ def release_looks(
         if not run_job(settings, RELEASE_LOOP, first, last, ops=ops):
             return None
         for problem in ramping:
-            print(_line(problem, _latest(problem)), flush=True)
+            print(look_line(problem, latest_look(problem)), flush=True)
         print("  " + truth_line(report), flush=True)
         ramping = pending(settings)
         time.sleep(1.0)  # the server reloads experiments.json every 0.5 s

@@ -27,19 +27,23 @@ partitioned one), decided in this order: this run, when it wrote the value; else
 re-executes (the parent chain of a re-execution from failure, whose skipped steps wrote their
 values there); else the run of the upstream's latest materialization recorded by the instance
 (a step run alone, or a run that selects only downstream assets, reads the current value). A
-missing value is a `Failure` naming the asset and what to materialize.
+missing value is a `Failure` naming the asset and what to materialize. A step whose inputs must
+come from one run (a champion judging its evaluation's candidate on that evaluation's test
+days) takes the others from the run its main input recorded (`input_run`, `load_recorded`),
+not from the latest materializations, which may be of different runs.
 
 Hand-offs of old runs stay until deleted: a run's folder is self-contained, so removing
 `runs/<run_id>/` of runs older than the retention (an object-store lifecycle rule on the
-`handoff/runs/` prefix, or `Handoff.delete_run`) loses nothing but the ability to re-execute
-those runs from failure.
+`handoff/runs/` prefix, or `Handoff.delete_run`) loses the ability to re-execute those runs
+from failure, and fails any later run of downstream assets alone whose inputs resolve to them
+(their upstream's latest materialization: materialize the upstream again; or a recorded run:
+materialize the step that recorded it again, e.g. the evaluation a champion reads).
 """
 
 import datetime as dt
 import io
 import json
 import posixpath
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ from typing import Any
 import fsspec
 import pandas as pd
 from dagster import (
+    AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
     ConfigurableIOManager,
@@ -59,6 +64,7 @@ from dagster import (
 )
 
 from ml.registry import is_local
+from orchestration import store
 
 INDEX = "index.json"
 FORMATS = ("json", "parquet", "frames")
@@ -96,15 +102,8 @@ class Handoff:
     # --- bytes, JSON and Parquet ------------------------------------------------------------
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Whole or not at all: a temporary name renamed locally; one PUT on an object store
-        (an object appears complete or not at all)."""
-        if not self.local:
-            self.fs.pipe_file(path, data)
-            return
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, path)
+        """Whole or not at all (`orchestration.store.write_bytes`)."""
+        store.write_bytes(self.fs, path, data)
 
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)
@@ -140,11 +139,15 @@ class Handoff:
             frames = {str(k): v for k, v in value.items() if isinstance(v, pd.DataFrame)}
             others = {str(k): v for k, v in value.items() if not isinstance(v, pd.DataFrame)}
             index = _json_bytes({"frames": sorted(frames), "values": others}, what)
+            if bad := [n for n in frames if "/" in n or n in ("", ".", "..")]:
+                raise TypeError(f"{what}: a frame's key must be a plain name, got {bad[0]!r}")
+            # a rewrite (a step retried in the same run) drops the old index first: while the
+            # frames are replaced the folder is incomplete, never an old index over new files
+            if self.fs.exists(index_path := posixpath.join(base, INDEX)):
+                self.fs.rm_file(index_path)
             for name, frame in frames.items():
-                if "/" in name or name in ("", ".", ".."):
-                    raise TypeError(f"{what}: a frame's key must be a plain name, got {name!r}")
                 self.write_frame(posixpath.join(base, f"{name}.parquet"), frame)
-            self.write_bytes(posixpath.join(base, INDEX), index)  # last: the folder is complete
+            self.write_bytes(index_path, index)  # last: the folder is complete
             return base
         if isinstance(value, Mapping | list | tuple):
             self.write_json(f"{base}.json", value, what=what)
@@ -226,16 +229,61 @@ class Handoff:
                 f"{self.url}).",
                 allow_retries=False,
             )
-        base = self.asset_path(source, key, partition)
+        return self.load_from_run(source, key, partition)
+
+    def input_run(self, context: AssetExecutionContext, asset_key: AssetKey | str) -> str | None:
+        """The run a step of `context` read the (unpartitioned) asset from: what a value
+        records so that a later step reads that same run's (`load_recorded`). The run the IO
+        manager loaded it from in this process, when it did (another run may have written the
+        asset since: the latest is not what this step read); else `source_run` now."""
+        key = AssetKey.from_coercible(asset_key)
+        loaded = _LOADED_FROM.get((context.run_id, key.to_user_string()))
+        return loaded or self.source_run(context.instance, key, None, context.run_id)
+
+    def load_recorded(self, run_id: str | None, asset_key: AssetKey | str, recorded_by: str) -> Any:
+        """The asset's value in the run `recorded_by` (a hand-off) recorded with `input_run`; a
+        `Failure` naming both when it recorded none (written before it did) or the run's value
+        is gone."""
+        if run_id is None:
+            name = AssetKey.from_coercible(asset_key).to_user_string()
+            raise Failure(
+                description=f"{recorded_by} records no run of {name} (it was written before it "
+                f"did, or {name} was never materialized): materialize {recorded_by} again.",
+                allow_retries=False,
+            )
+        name = AssetKey.from_coercible(asset_key).to_user_string()
+        base = self.asset_path(run_id, AssetKey.from_coercible(asset_key), None)
+        if self.find_value(base) is None:
+            raise Failure(
+                description=f"{recorded_by} was computed on {name} of run {run_id}, whose "
+                f"hand-off is gone from {self.url_of(base)} (deleted by a retention rule?): "
+                f"materialize {recorded_by} again (its run then records a {name} it can read).",
+                allow_retries=False,
+            )
+        return self.load_from_run(run_id, asset_key)
+
+    def load_from_run(
+        self, run_id: str, asset_key: AssetKey | str | Sequence[str], partition: str | None = None
+    ) -> Any:
+        """The value `run_id` itself stored of the asset (partition), resolved no further: for
+        a step whose inputs must all come from one run (the champion reads the training set
+        its evaluation was computed on). A `Failure` names what is missing."""
+        key = AssetKey.from_coercible(asset_key)
+        name = key.to_user_string() + (f" partition {partition}" if partition else "")
+        base = self.asset_path(run_id, key, partition)
         try:
             return self.read_value(base)
         except FileNotFoundError:
             raise Failure(
-                description=f"{name}: run {source} materialized it but stored no value at "
+                description=f"{name}: run {run_id} materialized it but stored no value at "
                 f"{self.url_of(base)} (it returned None, or its hand-offs were deleted): "
                 f"materialize {name} again.",
                 allow_retries=False,
             ) from None
+
+
+# (run, asset) -> the run this process's IO manager loaded the asset from (`input_run`).
+_LOADED_FROM: dict[tuple[str, str], str] = {}
 
 
 class HandoffIOManager(ConfigurableIOManager):
@@ -279,7 +327,10 @@ class HandoffIOManager(ConfigurableIOManager):
         except DagsterInvariantViolationError:  # built outside a run (build_input_context)
             run_id = None
         if not context.has_asset_partitions:
-            return store.load(context.instance, context.asset_key, None, run_id)
+            source = store.source_run(context.instance, context.asset_key, None, run_id)
+            if run_id is not None and source is not None:
+                _LOADED_FROM[(run_id, context.asset_key.to_user_string())] = source
+            return store.load(context.instance, context.asset_key, None, source or run_id)
         partitions = context.asset_partition_keys
         values = {p: store.load(context.instance, context.asset_key, p, run_id) for p in partitions}
         return values[partitions[0]] if len(partitions) == 1 else values

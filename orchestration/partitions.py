@@ -1,4 +1,5 @@
-"""Daily partitions: UTC days from SKIFF_PARTITIONS_START, shared by every partitioned asset;
+"""Daily partitions: UTC days from `settings.partitions_start` (SKIFF_PARTITIONS_START, else
+the earliest landing day: docs/orchestration.md#partitions), shared by every partitioned asset;
 the run tags that make one run cover a range of them."""
 
 from __future__ import annotations

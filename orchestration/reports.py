@@ -7,23 +7,24 @@ read. `write_report` returns the report's link (`skiff.urls.report_url`), which 
 materialization metadata records.
 
 Decisions:
-- Local writes are write-then-rename (a temporary name in the same folder, then `os.replace`),
-  so a reader never sees half a report. On object storage one PUT is atomic already: a reader
-  sees the old object or the new one.
-- A relative path is checked before anything is written (`skiff.urls.report_relpath`): no `..`,
-  nothing absolute, so no caller can write beside the reports.
+- Writes are whole or not at all (`orchestration.store`, the primitive the hand-offs use too):
+  a reader never sees half a report.
+- A relative path is checked before anything is written (`skiff.urls.report_relpath`, the check
+  the server's `/reports/` route applies too): plain names only, no `..`, nothing absolute, so
+  no caller can write beside the reports.
+- A report a run writes (a leaderboard, experiment results) goes under a path keyed by the run,
+  `<folder>/runs/<run_id>/<name>`, which its materialization links, and is copied to
+  `<folder>/<name>`, the latest, for people: two runs at once never overwrite each other's
+  linked report (`write_run_report`).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
+import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import fsspec
-
-from ml.registry import is_local
+from orchestration.store import read_url, write_url
 from skiff.urls import report_relpath, report_url
 
 if TYPE_CHECKING:
@@ -33,42 +34,6 @@ if TYPE_CHECKING:
 def join(root: str | Path, relpath: str) -> str:
     """`root` (a local folder or any fsspec URL) joined with a checked relative path."""
     return f"{str(root).rstrip('/')}/{report_relpath(relpath)}"
-
-
-def write_bytes(url: str, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write `data` to `url` (a local path or any fsspec URL) so that no reader sees a partial
-    file. With `exclusive`, an existing file is left as it is (for immutable content keyed by
-    what produced it: the first writer wins, the others wrote the same). True when written."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if is_local(fs):
-        target = Path(path)
-        if exclusive and target.exists():
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return True
-    if not exclusive:
-        fs.pipe_file(path, data)
-        return True
-    try:
-        fs.pipe_file(path, data, mode="create")
-    except FileExistsError:
-        return False
-    return True
-
-
-def read_bytes(url: str) -> bytes | None:
-    """The content of `url`, or None when there is no such file."""
-    fs, path = fsspec.core.url_to_fs(url)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        return None
 
 
 def report_location(settings: Settings, relpath: str) -> str:
@@ -84,11 +49,25 @@ def write_report(settings: Settings, relpath: str, content: str | bytes) -> str:
     """
     relpath = report_relpath(relpath)
     data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-    write_bytes(report_location(settings, relpath), data)
+    write_url(report_location(settings, relpath), data)
     return report_url(settings, relpath)
+
+
+def run_relpath(relpath: str, run_id: str) -> str:
+    """`<folder>/runs/<run_id>/<name>` for the report `<folder>/<name>` of one run."""
+    folder, name = posixpath.split(report_relpath(relpath))
+    return report_relpath(posixpath.join(folder, "runs", run_id, name))
+
+
+def write_run_report(settings: Settings, relpath: str, run_id: str, content: str | bytes) -> str:
+    """Write a run's report at `run_relpath(relpath, run_id)` and as the latest at `relpath`;
+    return the run's link (what stays true of this run whoever writes the latest next)."""
+    url = write_report(settings, run_relpath(relpath, run_id), content)
+    write_report(settings, relpath, content)
+    return url
 
 
 def read_report(settings: Settings, relpath: str) -> str | None:
     """The text of the report `relpath`, or None when it was never written."""
-    data = read_bytes(report_location(settings, relpath))
+    data = read_url(report_location(settings, relpath))
     return None if data is None else data.decode("utf-8")

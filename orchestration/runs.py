@@ -1,24 +1,76 @@
-"""Running the code location's jobs in process on the persistent instance (the UI shows the runs).
+"""Running the code location's jobs from this process on the persistent instance.
 
-Used by the command line, the demo, the benchmarks and the tests alike.
+Used by the command line, the demo, the benchmarks and the tests alike. A run is created as the
+UI creates one: with the origin of the `skiff` code location in workspace.yaml, so the UI lists
+it under its job, on the Overview timeline and in the asset's history, and re-executes it
+through the code location like any run launched there. It executes here, with the job's own
+executor (SKIFF_EXECUTOR: in process by default, or one process per step), from a job rebuilt
+by `job_for` from the environment's settings wherever a step runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 
-from dagster import AssetCheckSeverity, DagsterInstance, RunRequest
+from dagster import (
+    AssetCheckSeverity,
+    DagsterInstance,
+    JobDefinition,
+    RunRequest,
+    build_reconstructable_job,
+)
+
+# Dagster's private API, the one place (tests/test_architecture.py PRIVATE_DAGSTER): no public
+# call executes a run of a code location from Python with the origin the UI needs.
+from dagster._core.execution.api import execute_run
+from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.workspace.load import location_origins_from_yaml_paths
 
 from orchestration.definitions import DAILY_REFRESH, build_definitions
 from orchestration.monitoring.sensors import RUN_KEY_TAG
 from orchestration.partitions import partition_range_tags
 from orchestration.resources import build_warehouse
-from skiff.settings import ConfigError, Settings
+from skiff.settings import REPO_ROOT, ConfigError, Settings, load_settings
 
 # With the run key, the tag the sensor daemon puts on a run it launches: the sensor sees the run
 # key as done on its next tick, and the UI lists the run under the sensor.
 SENSOR_NAME_TAG = "dagster/sensor_name"
+PARTITION_TAG = "dagster/partition"
+WORKSPACE = REPO_ROOT / "workspace.yaml"
+REPOSITORY = "__repository__"  # the name Dagster gives the one repository of a `Definitions`
+
+
+def fingerprint(settings: Settings) -> str:
+    """The settings the environment gives, without the first partition: that one follows the
+    landing folder (an earlier day landed during a run moves it), and `job_for` takes the
+    launcher's."""
+    fixed = replace(settings, partitions_start=dt.date.min, partitions_start_source="")
+    return hashlib.sha256(repr(fixed).encode()).hexdigest()[:16]
+
+
+def job_for(job_name: str, settings_fingerprint: str, partitions_start: str) -> JobDefinition:
+    """The code location's job built from the environment's settings: how a run's job is rebuilt
+    in this process and in every step process of the multiprocess executor, with the
+    launcher's first partition. The fingerprint keeps Dagster's cache of rebuilt jobs apart per
+    settings and refuses a step process whose environment differs from the launcher's."""
+    settings = load_settings()
+    if fingerprint(settings) != settings_fingerprint:
+        raise ConfigError(
+            f"job {job_name}: this process's SKIFF_* settings differ from the ones the run was "
+            "launched with; a run's steps must see the launcher's environment"
+        )
+    start = dt.date.fromisoformat(partitions_start)
+    if start != settings.partitions_start:
+        settings = replace(settings, partitions_start=start)
+    return build_definitions(settings).resolve_job_def(job_name)
+
+
+def job_origin(job_name: str) -> RemoteJobOrigin:
+    """The job's origin in the workspace the UI loads (workspace.yaml's one code location)."""
+    (location,) = location_origins_from_yaml_paths([str(WORKSPACE)])
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, REPOSITORY), job_name)
 
 
 @dataclass
@@ -31,6 +83,8 @@ class RunReport:
     landing: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     # (asset, check, passed, severity) of every check evaluated
     checks: list[tuple[str, str, bool, str]] = field(default_factory=list)
+    # (asset, partition or None) of every materialization, in order
+    materialized: list[tuple[str, str | None]] = field(default_factory=list)
 
     @property
     def failed_errors(self) -> list[tuple[str, str]]:
@@ -64,31 +118,57 @@ def run_job_report(
     tags: dict[str, str] | None = None,
     partition: dt.date | None = None,
 ) -> RunReport:
-    """Run one of the code location's jobs in process on the persistent instance (so the UI
-    shows it), for days [first, last] in one run when the job is partitioned."""
+    """Run one of the code location's jobs from this process on the persistent instance, as a
+    run of the `skiff` code location (see the module docstring), for days [first, last] in one
+    run when the job is partitioned, or for one `partition`. `settings` must be the
+    environment's: every step rebuilds the job from the environment."""
+    current = load_settings()  # what each step rebuilds the job from
+    if settings.home != current.home:
+        raise ConfigError(
+            f"a run rebuilds its job from the environment's settings: SKIFF_HOME is "
+            f"{current.home}, not the {settings.home} passed"
+        )
     for day in (first, partition):
-        if day is not None and day < settings.partitions_start:
+        if day is not None and day < current.partitions_start:
             # refused before the run starts, so nothing is written for any day of it
+            where = {
+                "SKIFF_PARTITIONS_START": "SKIFF_PARTITIONS_START",
+                "landing": f"the earliest landing day in {current.landing}",
+            }.get(current.partitions_start_source, "the default")
             raise ConfigError(
-                f"{day} is before the first partition {settings.partitions_start} "
-                "(SKIFF_PARTITIONS_START); set SKIFF_PARTITIONS_START to that day or earlier"
+                f"{day} is before the first partition {current.partitions_start} ({where}); "
+                "set SKIFF_PARTITIONS_START to that day or earlier"
             )
-    job = build_definitions(settings).resolve_job_def(job_name)
+    recon = build_reconstructable_job(
+        "orchestration.runs",
+        "job_for",
+        reconstructable_args=(
+            job_name,
+            fingerprint(current),
+            current.partitions_start.isoformat(),
+        ),
+        reconstructor_working_directory=str(REPO_ROOT),
+    )
+    job = recon.get_definition()
     tags = dict(tags or {})
     if first is not None:
         tags |= partition_range_tags(first, last or first)
+    if partition is not None:
+        tags[PARTITION_TAG] = partition.isoformat()
+    # progress at INFO (a line per day, dbt node, epoch); DEBUG stays in the UI's logs
+    run_config = {
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        **({"ops": ops} if ops else {}),
+    }
     with DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            # progress at INFO (a line per day, dbt node, epoch); DEBUG stays in the UI's logs
-            run_config={
-                "loggers": {"console": {"config": {"log_level": "INFO"}}},
-                **({"ops": ops} if ops else {}),
-            },
+        run = instance.create_run_for_job(
+            job_def=job,
+            run_config=run_config,
             tags=tags,
-            partition_key=partition.isoformat() if partition else None,
-            raise_on_error=False,
+            remote_job_origin=job_origin(job_name),
+            job_code_origin=recon.get_python_origin(),
         )
+        result = execute_run(recon, run, instance, raise_on_error=False)
     report = RunReport(steps_ok=result.success)
     for event in result.get_step_failure_events():
         report.failures.append(
@@ -96,9 +176,11 @@ def run_job_report(
         )
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
+        asset = materialization.asset_key.to_user_string()
+        report.materialized.append((asset, materialization.partition))
         by_day = materialization.metadata.get("rows_by_day")
         for day, counts in (by_day.value if by_day else {}).items():
-            report.landing[(materialization.asset_key.to_user_string(), day)] = counts
+            report.landing[(asset, day)] = counts
     for evaluation in result.get_asset_check_evaluations():
         severity = evaluation.severity or AssetCheckSeverity.ERROR
         report.checks.append(

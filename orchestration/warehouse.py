@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 import pandas as pd
+import pyarrow as pa
 from dagster import ConfigurableResource
 
 from orchestration.sql import days_sql, text_sql
@@ -77,12 +78,13 @@ class Warehouse(ConfigurableResource):
         table: str,
         day_column: str,
         days: Sequence[dt.date],
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | pa.Table,
         *,
         columns: dict[str, str] | None = None,
         schema: str | None = None,
     ) -> None:
-        """Atomically delete the rows of `days` from `schema.table` and insert `frame` instead.
+        """Atomically delete the rows of `days` from `schema.table` and insert `frame` instead
+        (a pandas frame, or an Arrow table, which DuckDB loads without a conversion).
 
         The table is created when missing, with `columns` ({name: portable SQL type}; default
         the raw table's, see RAW_TABLES). `schema` defaults to the raw schema.
@@ -91,7 +93,9 @@ class Warehouse(ConfigurableResource):
         schema = schema or self.schema_name
         setup = [f"create schema if not exists {schema}", _ddl(schema, table, columns)]
         delete = f"delete from {schema}.{table} where {day_column} in ({days_sql(days)})"
-        self._replace(setup, delete, schema, table, frame[list(columns)], columns)
+        names = list(columns)
+        frame = frame.select(names) if isinstance(frame, pa.Table) else frame[names]
+        self._replace(setup, delete, schema, table, frame, columns)
 
     def exists(self, table: str, *, schema: str | None = None) -> bool:
         """Whether `schema.table` exists (names compared in lower case, as Snowflake keeps
@@ -135,11 +139,11 @@ class Warehouse(ConfigurableResource):
         delete: str,
         schema: str,
         table: str,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | pa.Table,
         columns: dict[str, str],
     ) -> None:
-        """Run `setup`; then, in one transaction, `delete` and append `frame` (its columns'
-        portable SQL types in `columns`)."""
+        """Run `setup`; then, in one transaction, `delete` and append `frame` (its columns, in
+        this order, are `columns`' names, with their portable SQL types)."""
         raise NotImplementedError
 
     def query(self, sql: str) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from orchestration.warehouse import Warehouse
 from skiff.settings import ConfigError
@@ -96,10 +97,10 @@ class DuckDBWarehouse(Warehouse):
         delete: str,
         schema: str,
         table: str,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | pa.Table,
         columns: dict[str, str],
     ) -> None:
-        names = ", ".join(frame.columns)
+        names = ", ".join(columns)
         with self._connect() as con:
             for sql in setup:
                 con.execute(sql)

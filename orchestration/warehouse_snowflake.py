@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from dagster import EnvVar
 from pydantic import Field
 
@@ -82,9 +83,12 @@ class SnowflakeWarehouse(Warehouse):
         delete: str,
         schema: str,
         table: str,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | pa.Table,
         columns: dict[str, str],
     ) -> None:
+        if isinstance(frame, pa.Table):  # the connector loads pandas frames; nulls stay nulls
+            nullable = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+            frame = frame.to_pandas(types_mapper=nullable.get)
         staging = f"{table}__load_{uuid.uuid4().hex[:8]}"
         names = ", ".join(frame.columns)
         with self._resource().get_connection() as con:

@@ -5,8 +5,9 @@ It reads only what Dagster published (`settings.published`) and the reports it w
 (`$SKIFF_HOME/serving/`); it never opens the warehouse, whose DuckDB file lock would stop the
 pipeline. Model calls run in a worker thread (`serving.batching`), so a slow batch never holds
 up /readyz, /metrics or feedback. Start it with `skiff serve`; the endpoints and their
-examples are at /docs. The routes are in `serving.routes` and `serving.reports`, what they
-share (store, log, metrics, the experiment flow) in `serving.service`.
+examples are at /docs (from the app's own files, `serving.docs`). The routes are in
+`serving.routes` and `serving.reports`, what they share (store, log, metrics, the experiment
+flow) in `serving.service`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import predict, reports, routes
 from serving.config import ServeConfig
+from serving.docs import add_docs
 from serving.limits import BodyLimit, Rejected, body
 from serving.metrics import MetricsMiddleware
 from serving.service import Service, Unavailable
@@ -43,8 +45,12 @@ def create_app(settings: Settings, config: ServeConfig) -> FastAPI:
         summary="Session conversion and next-item recommendation from the published models, "
         "with champion/challenger experiments and a feedback log.",
         lifespan=_lifespan,
+        docs_url=None,  # served from the app's own files: serving.docs
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.service = service
+    app.state.reports = service.reports  # what serving.reports reads
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=service.metrics)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.include_router(routes.scoring)
@@ -78,6 +84,7 @@ async def _poll(service: Service) -> None:
             await anyio.to_thread.run_sync(service.store.refresh)
         except Exception:  # the poller must outlive a storage hiccup
             log.exception("checking the published models failed")
+        await anyio.to_thread.run_sync(service.catalogue.refresh)  # never raises once loaded
 
 
 def _refused(request: Request, reason: str, errors: list[dict]) -> JSONResponse:

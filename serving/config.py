@@ -18,6 +18,14 @@
 | SKIFF_SERVE_EXPLORE | 0.05 | share of A/B recommender answers shuffled from the model's top M |
 |  |  | (logged propensities for off-policy replay); 0 = off, answers exactly the model's top k |
 | SKIFF_SERVE_EXPLORE_POOL | 20 | M = max(pool, k): how deep an explored answer shuffles from |
+| SKIFF_SERVE_EXCLUDE_VIEWED | true | never recommend a product the session viewed |
+| SKIFF_SERVE_CATALOGUE | (none) | a products file (contract's products.csv, path or URL): |
+|  |  | the products that can be shown, and their categories |
+| SKIFF_SERVE_EXCLUDE_UNAVAILABLE | true | with a catalogue: never recommend what it does not list |
+| SKIFF_SERVE_MAX_PER_CATEGORY | 0 | at most N products of one category per answer (0 = no cap; |
+|  |  | needs the catalogue) |
+The rules are `serving.rules`; each can be changed per request (`exclude_viewed`,
+`exclude_unavailable`, `max_per_category` fields of POST /v1/recommendations).
 """
 
 from __future__ import annotations
@@ -37,6 +45,17 @@ PROBLEMS = ("conversion", "recommender")
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
+
+
+def _flag(name: str, default: bool) -> bool:
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
 
 
 def _number(name: str, text: str, kind: type, low: float, high: float | None = None) -> Any:
@@ -65,6 +84,10 @@ class ServeConfig:
     challenger_traffic: float = 0.0
     explore: float = 0.05
     explore_pool: int = 20
+    exclude_viewed: bool = True
+    catalogue: str | None = None
+    exclude_unavailable: bool = True
+    max_per_category: int = 0
 
     @property
     def exploration(self) -> Exploration:
@@ -124,11 +147,27 @@ class ServeConfig:
             explore_pool=_number(
                 "SKIFF_SERVE_EXPLORE_POOL", _env("SKIFF_SERVE_EXPLORE_POOL", "20"), int, 1
             ),
+            exclude_viewed=_flag("SKIFF_SERVE_EXCLUDE_VIEWED", True),
+            catalogue=os.environ.get("SKIFF_SERVE_CATALOGUE", "").strip() or None,
+            exclude_unavailable=_flag("SKIFF_SERVE_EXCLUDE_UNAVAILABLE", True),
+            max_per_category=_number(
+                "SKIFF_SERVE_MAX_PER_CATEGORY", _env("SKIFF_SERVE_MAX_PER_CATEGORY", "0"), int, 0
+            ),
         )
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         if config.reload_retry_max_seconds < config.reload_retry_seconds:
             raise ConfigError(
                 f"SKIFF_SERVE_RELOAD_RETRY_MAX_SECONDS={config.reload_retry_max_seconds:g} is "
                 f"shorter than SKIFF_SERVE_RELOAD_RETRY_SECONDS={config.reload_retry_seconds:g}"
+            )
+        if config.max_per_category < 0:  # a flag skips the variable's bound above
+            raise ConfigError(
+                f"--max-per-category / SKIFF_SERVE_MAX_PER_CATEGORY must be 0 (no cap) or more, "
+                f"got {config.max_per_category}"
+            )
+        if config.max_per_category and not config.catalogue:
+            raise ConfigError(
+                f"SKIFF_SERVE_MAX_PER_CATEGORY={config.max_per_category} needs the products' "
+                "categories: set SKIFF_SERVE_CATALOGUE to a products file"
             )
         return config

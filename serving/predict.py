@@ -22,6 +22,7 @@ import numpy as np
 from ml.conversion import features
 from serving.batching import MicroBatcher
 from serving.metrics import Metrics
+from serving.rules import NO_RULES, Rules
 from serving.store import Loaded
 
 log = logging.getLogger("skiff.serving")
@@ -45,7 +46,9 @@ def conversion_probabilities(model: Any, sessions: Sequence[Events]) -> list[flo
     estimator = getattr(model, "estimator", None)
     if estimator is not None and hasattr(estimator, "predict_proba"):
         rows = [list(features.prefix_features(events).values()) for events in sessions]
-        return estimator.predict_proba(np.asarray(rows, dtype=np.float64))[:, 1].tolist()
+        # the rows training fits on are FEATURE_DTYPE (float32): the same numbers here
+        rows = np.asarray(rows, dtype=features.FEATURE_DTYPE)
+        return estimator.predict_proba(rows)[:, 1].tolist()
     return [float(model.predict_proba(features.batch_from_events(e))[0]) for e in sessions]
 
 
@@ -78,38 +81,57 @@ class Recommended:
 
 
 async def recommend(
-    loaded: Loaded, viewed: Sequence[str], k: int, metrics: Metrics, batcher: MicroBatcher
+    loaded: Loaded,
+    viewed: Sequence[str],
+    k: int,
+    metrics: Metrics,
+    batcher: MicroBatcher,
+    rules: Rules = NO_RULES,
 ) -> Recommended:
-    """Top-k next products, the path that answered and how many viewed products were unknown.
+    """Top-k next products the `rules` allow, the path that answered and how many viewed
+    products were unknown.
 
     model: the model, on the viewed products it knows. item_lookup: the version's precomputed
     list (`next_items.parquet`, the model's own top 20 after each product alone) of the only
-    known product, or of the latest one when the model failed. popularity: no known product
-    (an empty or unseen history), or no list either.
+    known product (when k of it pass the rules), or of the latest one when the model failed.
+    popularity: no known product (an empty or unseen history), or no list either. Each path
+    asks for more than k when the rules filter (`Rules.enough`).
     """
     model = loaded.model
     known = [sku for sku in viewed if sku in model.vocab]
     unknown = len(viewed) - len(known)
-    if len(known) == 1 and k <= len(loaded.lookup.get(known[0], ())):
-        return Recommended(list(loaded.lookup[known[0]][:k]), "item_lookup", unknown)
+    most = len(model.vocab)
+    if len(known) == 1:
+        listed = rules.apply(loaded.lookup.get(known[0], ()), k)
+        if len(listed) == k:
+            return Recommended(listed, "item_lookup", unknown)
     failed = False
     if known:
         try:
             batch = functools.partial(recommendation_lists, model)
-            items = await batcher.submit(id(model), batch, (known, k))
+
+            async def ranked(n: int) -> list[str]:
+                return await batcher.submit(id(model), batch, (known, n))
+
+            items = await rules.enough(ranked, k, most)
             if items:
-                return Recommended(items[:k], "model", unknown)
+                return Recommended(items, "model", unknown)
         except Exception:
             failed = True
             metrics.inc("skiff_model_errors_total", problem=loaded.problem, role=loaded.role)
             if loaded.version not in _failed:  # the traceback once per version, then counts
                 _failed.add(loaded.version)
                 log.exception("recommender %s failed; falling back to the lookup", loaded.version)
-        for sku in reversed(known):
-            listed = loaded.lookup.get(sku)
-            if listed:
-                popular = model.recommend([], k + len(listed))  # pads a list shorter than k
-                return Recommended(
-                    _padded(list(listed), k, popular), "item_lookup", unknown, failed
-                )
-    return Recommended(model.recommend([], k), "popularity", unknown, failed)
+        listed = next((loaded.lookup[s] for s in reversed(known) if loaded.lookup.get(s)), None)
+        if listed:
+
+            async def padded(n: int) -> list[str]:  # popular products pad a short list
+                return _padded(list(listed), n, model.recommend([], n + len(listed)))
+
+            items = await rules.enough(padded, k, most)
+            return Recommended(items, "item_lookup", unknown, failed)
+
+    async def popular(n: int) -> list[str]:
+        return model.recommend([], n)
+
+    return Recommended(await rules.enough(popular, k, most), "popularity", unknown, failed)

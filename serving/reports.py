@@ -2,13 +2,14 @@
 (the local reports folder, or `<SKIFF_ARTIFACTS_URL>/reports` on object storage) through
 fsspec, so the links in Dagster's metadata (`skiff.urls.report_url`) work in production too.
 
-A path is served only when every segment is a plain name: letters, digits and `_ . = + @ , ~ :
--` and spaces, not starting with a dot (so no `.` or `..`, no hidden file), no empty segment
-(no absolute path), no backslash or `%` (the URL is decoded once, by the server: `%2e%2e`
-arrives as `..` and is refused; `%252e` arrives as `%2e` and is refused too). Anything else,
-and a missing file, is a 404 that says nothing of the store. A path ending in `/` serves its
-`index.html`. A local root also refuses a symlink that leads out of it. The content type comes
-from the suffix (`mimetypes`); the body is streamed in chunks read off the event loop.
+A path is served only when it passes `skiff.urls.report_relpath`, the check the pipeline's
+writes pass too: every segment a plain name (no `.` or `..`, no hidden file, no empty segment
+so no absolute path, no backslash, `%` or NUL: the URL is decoded once, by the server, so
+`%2e%2e` arrives as `..` and is refused, and `%252e` arrives as `%2e` and is refused too).
+Anything else, and a missing file, is a 404 that says nothing of the store. A path ending in
+`/` serves its `index.html`. A local root also refuses a symlink that leads out of it. The
+content type comes from the suffix (`mimetypes`); the body is streamed in chunks read off the
+event loop.
 """
 
 from __future__ import annotations
@@ -17,36 +18,32 @@ import logging
 import mimetypes
 import os
 import posixpath
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import fsspec
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ml.registry import is_local
+from skiff.urls import report_relpath
 
 log = logging.getLogger("skiff.serving")
 
 CHUNK = 1 << 20
-SEGMENT = re.compile(r"[A-Za-z0-9_=+@,~:-][A-Za-z0-9_.=+@,~: -]*")
 INDEX = "index.html"
 
 
 def safe_relpath(path: str) -> str | None:
-    """`path` (decoded, relative to the reports root) if it is safe to serve, else None; a
-    folder (empty or ending in "/") gets its index.html."""
-    if "\\" in path or "%" in path or "\x00" in path:
+    """`path` (decoded, relative to the reports root) if it is safe to serve
+    (`skiff.urls.report_relpath`), else None; a folder (empty or ending in "/") gets its
+    index.html."""
+    try:
+        return report_relpath(f"{path}{INDEX}" if path == "" or path.endswith("/") else path)
+    except ValueError:
         return None
-    segments = path.split("/")
-    if segments[-1] == "":
-        segments[-1] = INDEX
-    if not all(SEGMENT.fullmatch(s) for s in segments):
-        return None
-    return "/".join(segments)
 
 
 class Reports:
@@ -97,7 +94,7 @@ async def report(path: str, request: Request) -> Response:
     relpath = safe_relpath(path)
     if relpath is None:
         return _not_found()
-    reports: Reports = request.app.state.service.reports
+    reports: Reports = request.app.state.reports
     try:
         handle, size = await anyio.to_thread.run_sync(reports.open, relpath)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -114,3 +111,14 @@ async def report(path: str, request: Request) -> Response:
         await anyio.to_thread.run_sync(handle.close)
         return Response(headers=headers, media_type=_content_type(relpath))
     return StreamingResponse(_chunks(handle), headers=headers, media_type=_content_type(relpath))
+
+
+def reports_app(root: str | Path) -> FastAPI:
+    """An app of the reports alone, `/reports/<path>` from `root`: what `skiff ui` serves beside
+    the Dagster UI so that the UI's report links answer without `skiff serve`."""
+    app = FastAPI(title="Skiff reports", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.reports = Reports(root)
+    app.include_router(router)
+    # a browser asks every origin for its icon: no icon, and no 404 in the console for it
+    app.add_api_route("/favicon.ico", lambda: Response(status_code=204), include_in_schema=False)
+    return app

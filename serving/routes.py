@@ -22,6 +22,7 @@ from serving.schemas import (
     ProductRecommendations,
     RecommendationRequest,
     Recommendations,
+    check_session,
 )
 from serving.service import Assignment, History, Service, Unavailable, now
 from serving.store import Loaded
@@ -53,11 +54,11 @@ async def score_conversion(
     """The probability that a session ends in a purchase, from its events so far (the
     features are built by the same code as in training)."""
     service.at_most("events", len(request.events))
-    session = sorted((e.model_dump() for e in request.events), key=lambda e: e["event_at"])
+    session_id, session = request.checked_events()  # ingestion's checks (ml.contract)
     adds = sum(e["product_action"] == "add" for e in session)
     exposure = await service.exposed(
         "conversion",
-        request.session_id,
+        session_id,
         History(len(session), adds),
         background,
         lambda model: service.probability(model, session),
@@ -78,21 +79,31 @@ async def recommend(
     """The k products a session is most likely to view next, from the products it viewed.
     Unknown products are skipped and counted; with no known product, popular products. A small
     share of answers explores (a shuffle of the model's top products), and an interleaving
-    experiment's challenger sessions see the champion's and the challenger's lists merged."""
+    experiment's challenger sessions see the champion's and the challenger's lists merged.
+    Business rules (deployment settings, overridden by the request's fields) filter what is
+    shown: already viewed products, products the catalogue does not list, a cap per category;
+    the model is asked for more so that k products remain when it has them."""
     service.at_most("items", len(request.items))
+    session_id = check_session(request.session_id)
+    rules = service.rules(
+        request.items,
+        request.exclude_viewed,
+        request.exclude_unavailable,
+        request.max_per_category,
+    )
 
     def top(model: Loaded, n: int) -> Awaitable[predict.Recommended]:
-        return predict.recommend(model, request.items, n, service.metrics, service.batcher)
+        return predict.recommend(model, request.items, n, service.metrics, service.batcher, rules)
 
     def show(assignment: Assignment) -> Awaitable[predict.Recommended]:
         exploration = service.config.exploration
         return showing.shown(
-            assignment, top, request.items, request.k, exploration, service.metrics
+            assignment, top, request.items, request.k, exploration, service.metrics, rules
         )
 
     exposure = await service.exposed(
         "recommender",
-        request.session_id,
+        session_id,
         History(len(request.items)),
         background,
         lambda model: top(model, request.k),
@@ -101,6 +112,7 @@ async def recommend(
             "path": answer.path,
             "error": answer.failed,
             **answer.logged,
+            "rules": rules.logged,
         },
         show,
     )
@@ -127,7 +139,8 @@ async def product_list(
     k: int = Query(20, ge=1, le=100),
 ) -> ProductRecommendations | JSONResponse:
     """The champion's precomputed next products after this one (next_items.parquet of the
-    published version). Outside any experiment; the exposure is logged for feedback."""
+    published version, at most 20), filtered by the deployment's business rules (this product
+    counts as viewed). Outside any experiment; the exposure is logged for feedback."""
     served = service.store.snapshot.model("recommender", "champion")
     if served is None:
         raise Unavailable("recommender")
@@ -143,9 +156,10 @@ async def product_list(
             status_code=404,
         )
     champion = Variant("champion", "champion", 1.0)
-    items = list(items[:k])
+    rules = service.rules([sku], None, None, None)  # the deployment's rules
+    items = rules.apply(items, k)
     latency = (time.perf_counter() - began) * 1000
-    answer = {"items": items, "path": "item_lookup"}
+    answer = {"items": items, "path": "item_lookup", "rules": rules.logged}
     exposure_id = service.expose(None, champion, served, None, History(1), latency, answer)
     return ProductRecommendations(
         sku=sku, items=items, model_version=served.version, exposure_id=exposure_id

@@ -38,6 +38,7 @@ from serving.experiments import Experiment, Variant, load_file
 from serving.limits import Rejected
 from serving.metrics import Metrics
 from serving.reports import Reports
+from serving.rules import CatalogueFile, Rules
 from serving.store import Backoff, Loaded, ModelStore, Snapshot
 from skiff.settings import Settings
 
@@ -120,6 +121,7 @@ class Service:
     metrics: Metrics
     batcher: MicroBatcher
     reports: Reports
+    catalogue: CatalogueFile
 
     @classmethod
     def build(cls, settings: Settings, config: ServeConfig) -> Service:
@@ -136,7 +138,43 @@ class Service:
         metrics.registry.register(store)  # its gauges are read at each scrape
         events = EventLog(settings.home / "serving")
         batcher = MicroBatcher(metrics, threads=config.inference_threads)
-        return cls(config, store, events, metrics, batcher, Reports(settings.reports_root))
+        catalogue = CatalogueFile(config.catalogue)
+        catalogue.refresh()  # a catalogue that cannot be read stops the start, naming it
+        reports = Reports(settings.reports_root)
+        return cls(config, store, events, metrics, batcher, reports, catalogue)
+
+    def rules(
+        self,
+        viewed: list[str],
+        exclude_viewed: bool | None,
+        exclude_unavailable: bool | None,
+        max_per_category: int | None,
+    ) -> Rules:
+        """The business rules of one recommendation request: its fields, else the
+        deployment's (`serving.rules`); a 422 for a rule that needs a catalogue there is not."""
+        config = self.config
+        viewing = config.exclude_viewed if exclude_viewed is None else exclude_viewed
+        cap = config.max_per_category if max_per_category is None else max_per_category
+        catalogue = self.catalogue.catalogue
+        unavailable = catalogue is not None and config.exclude_unavailable
+        if exclude_unavailable is not None:
+            unavailable = exclude_unavailable
+        for field, wanted in (("exclude_unavailable", unavailable), ("max_per_category", cap)):
+            if wanted and catalogue is None:
+                raise Rejected(
+                    ["body", field],
+                    "needs the catalogue of products, and none is configured "
+                    "(SKIFF_SERVE_CATALOGUE)",
+                    "no_catalogue",
+                )
+        logged = {
+            "exclude_viewed": viewing,
+            "exclude_unavailable": unavailable,
+            "max_per_category": cap,
+        }
+        return Rules(
+            frozenset(viewed) if viewing else frozenset(), catalogue, unavailable, cap, logged
+        )
 
     def at_most(self, field: str, count: int) -> None:
         if count > self.config.max_events:

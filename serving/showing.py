@@ -29,6 +29,10 @@ Decisions:
   If the champion's call raises (nothing could answer), the request fails as it does in A/B
   mode: a 500 and an exposure with `error` true (counted, like any exposure whose call raised,
   under the assigned role).
+- The business rules (`serving.rules`) are applied by `top` (the model path), so exploration
+  shuffles the allowed top M and logs their propensities; an interleaved list, merged from two
+  allowed lists, is capped per category once more: drafted from both whole lists, then its
+  first k allowed items kept with their teams.
 - The context logged is the latest CONTEXT products; a model that reads a longer session saw
   more, so a replay of a session longer than 50 views sees a shorter one than the live model
   did.
@@ -45,6 +49,7 @@ from ml.interleaving import team_draft
 from ml.offpolicy import Exploration, explore
 from serving.metrics import Metrics
 from serving.predict import Recommended
+from serving.rules import NO_RULES, Rules
 from serving.service import Assignment
 from serving.store import Loaded
 
@@ -61,11 +66,12 @@ async def shown(
     k: int,
     exploration: Exploration,
     metrics: Metrics,
+    rules: Rules = NO_RULES,
 ) -> Recommended:
     """The k products this request is shown, with what its exposure logs besides them."""
     context = list(viewed[-CONTEXT:])
     if assignment.experiment.mode == "interleaving":
-        return await interleaved(assignment, top, k, context, metrics)
+        return await interleaved(assignment, top, k, context, metrics, rules)
     return await explored(assignment, top, k, context, exploration, metrics)
 
 
@@ -91,7 +97,12 @@ async def explored(
 
 
 async def interleaved(
-    assignment: Assignment, top: Top, k: int, context: list[str], metrics: Metrics
+    assignment: Assignment,
+    top: Top,
+    k: int,
+    context: list[str],
+    metrics: Metrics,
+    rules: Rules = NO_RULES,
 ) -> Recommended:
     if assignment.variant.role != "challenger":
         return replace(await top(assignment.served, k), logged={"context": context})
@@ -109,7 +120,12 @@ async def interleaved(
         return replace(ours, failed=True, logged={"context": context})
     if ours.failed:  # the champion alone failed (counted under its role): the challenger answers
         return replace(theirs, logged={"context": context})
-    items, teams = team_draft(
-        {"champion": ours.items, "challenger": theirs.items}, k, assignment.rng()
-    )
+    lists = {"champion": ours.items, "challenger": theirs.items}
+    if not rules.max_per_category:
+        items, teams = team_draft(lists, k, assignment.rng())
+    else:  # two capped lists can break the cap together
+        longest = len(ours.items) + len(theirs.items)
+        drafted, drafted_teams = team_draft(lists, longest, assignment.rng())
+        kept = rules.capped(drafted, k)
+        items, teams = [drafted[i] for i in kept], [drafted_teams[i] for i in kept]
     return replace(theirs, items=items, logged={"context": context, "teams": teams})

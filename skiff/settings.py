@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,10 @@ ENVIRONMENTS = ("local", "prod")
 # writer, and no step pays for re-importing the definitions), or one process per step
 # (production default: what a step launcher per pod does, so nothing may pass through memory).
 EXECUTORS = ("in_process", "multiprocess")
-# Daily partitions start here; landing days before it are refused by the command line.
+# Daily partitions start at SKIFF_PARTITIONS_START, else at the earliest landing day, else here.
 DEFAULT_PARTITIONS_START = "2026-01-01"
+# Where the first partition came from (Settings.partitions_start_source).
+PARTITIONS_START_SOURCES = ("SKIFF_PARTITIONS_START", "landing", "default")
 
 # Everything `SKIFF_ENV=prod` needs, checked at start so a run never fails half-way for it.
 SNOWFLAKE_REQUIRED = (
@@ -39,6 +42,9 @@ MANIFEST_KEY = "SKIFF_MANIFEST_KEY"
 _DAGSTER_YAML = """\
 # Written by Skiff (skiff/settings.py) when this DAGSTER_HOME was first used; edit freely.
 telemetry:
+  enabled: false
+# the UI's first-visit "join the community" dialog: off for a tool kept open all day
+nux:
   enabled: false
 concurrency:
   pools:
@@ -76,6 +82,9 @@ class Settings:
     raw_schema: str
     automation: Automation = Automation()
     executor: str = "in_process"
+    # one of PARTITIONS_START_SOURCES: only a start set by SKIFF_PARTITIONS_START is a choice
+    # that landing (or generating) an earlier day must not move
+    partitions_start_source: str = "default"
 
     @property
     def landing(self) -> Path:
@@ -167,21 +176,46 @@ def load_settings() -> Settings:
                 + ", ".join(missing)
             )
     home = Path(os.environ.get("SKIFF_HOME") or REPO_ROOT / ".skiff").expanduser().resolve()
-    start_text = os.environ.get("SKIFF_PARTITIONS_START", DEFAULT_PARTITIONS_START)
-    try:
-        start = dt.date.fromisoformat(start_text)
-    except ValueError as exc:
-        raise ConfigError(
-            f"SKIFF_PARTITIONS_START={start_text!r} is not a YYYY-MM-DD date"
-        ) from exc
+    start, source = _partitions_start(home / "landing")
     return Settings(
         home=home,
         env=env,
         partitions_start=start,
+        partitions_start_source=source,
         raw_schema=os.environ.get("SKIFF_RAW_SCHEMA", "raw"),
         automation=_automation(),
         executor=_executor(env),
     )
+
+
+def _partitions_start(landing: Path) -> tuple[dt.date, str]:
+    """The first daily partition and where it came from: SKIFF_PARTITIONS_START when set; else
+    the earliest `YYYY-MM-DD` folder in the landing folder, so a state shows the days its data
+    has and no months of missing partitions before them; else DEFAULT_PARTITIONS_START (nothing
+    has landed yet).
+
+    Read from the landing folder each time the settings load (one directory listing): a day
+    landed before the first partition moves the start back, once the code location reloads.
+    Set SKIFF_PARTITIONS_START where the start must not move (production: the first day of the
+    history kept), or where landing days live elsewhere than `$SKIFF_HOME/landing`.
+    """
+    text = os.environ.get("SKIFF_PARTITIONS_START", "").strip()
+    if text:
+        try:
+            return dt.date.fromisoformat(text), "SKIFF_PARTITIONS_START"
+        except ValueError as exc:
+            raise ConfigError(f"SKIFF_PARTITIONS_START={text!r} is not a YYYY-MM-DD date") from exc
+    days = []
+    if landing.is_dir():
+        for entry in os.scandir(landing):
+            if entry.is_dir() and re.fullmatch(r"\d{4}-\d{2}-\d{2}", entry.name):
+                try:
+                    days.append(dt.date.fromisoformat(entry.name))
+                except ValueError:  # 2026-02-30: not a day
+                    continue
+    if days:
+        return min(days), "landing"
+    return dt.date.fromisoformat(DEFAULT_PARTITIONS_START), "default"
 
 
 def _executor(env: str) -> str:

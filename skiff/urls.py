@@ -3,15 +3,20 @@
 Part of the `skiff` leaf on purpose: `orchestration` imports this module to link the reports
 it writes under `settings.reports_root` (`$SKIFF_HOME/reports/` by default,
 `$SKIFF_ARTIFACTS_URL/reports` when artifacts live in object storage). A report's link is
-`SKIFF_REPORTS_URL/<relpath>` when that base is set (wherever the reports are reachable in
-production: the server's public URL + `/reports`, or a bucket website), else
-`SKIFF_SERVE_URL/reports/<relpath>`: `skiff serve` serves `/reports/` read-only from the same
-store, so in production setting SKIFF_SERVE_URL to where users reach the server is enough.
+`<base>/<relpath>`, the base being (`reports_base_url`):
+- `SKIFF_REPORTS_URL` when set: wherever the reports are reachable in production (a bucket
+  website, a proxy);
+- else `SKIFF_SERVE_URL/reports` when SKIFF_SERVE_URL is set: `skiff serve` serves `/reports/`
+  read-only from the same store, so in production setting SKIFF_SERVE_URL to where users reach
+  the server is enough;
+- else `http://127.0.0.1:3001/reports`, which `skiff ui` serves beside the Dagster UI: on a
+  laptop a report link works from the UI alone (and `skiff serve` serves them too, on its port).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -20,6 +25,9 @@ if TYPE_CHECKING:
     from skiff.settings import Settings
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000"
+DEFAULT_REPORTS_URL = "http://127.0.0.1:3001/reports"  # served by `skiff ui`
+# One segment of a report path (`report_relpath`).
+SEGMENT = re.compile(r"[A-Za-z0-9_=+@,~:-][A-Za-z0-9_.=+@,~: -]*")
 
 
 def serve_url() -> str:
@@ -29,16 +37,26 @@ def serve_url() -> str:
 
 def reports_base_url() -> str:
     """The URL the reports' relative paths are appended to: SKIFF_REPORTS_URL when set, else
-    `serve_url()/reports` (what `skiff serve` mounts)."""
+    `serve_url()/reports` when SKIFF_SERVE_URL is set (what `skiff serve` mounts), else
+    DEFAULT_REPORTS_URL (what `skiff ui` serves)."""
     base = os.environ.get("SKIFF_REPORTS_URL", "").strip().rstrip("/")
-    return base or f"{serve_url()}/reports"
+    if base:
+        return base
+    if os.environ.get("SKIFF_SERVE_URL", "").strip():
+        return f"{serve_url()}/reports"
+    return DEFAULT_REPORTS_URL
 
 
 def report_relpath(relpath: str | PurePosixPath) -> str:
-    """`relpath` checked and normalised: a relative POSIX path of one or more plain names.
+    """`relpath` checked: a relative POSIX path of plain names, the one check of a report path,
+    for what the pipeline writes (orchestration/reports.py) and what the server serves
+    (serving/reports.py).
 
-    Refused (ValueError naming the path): empty, absolute, a URL, a backslash, or any `..`
-    part — a report path must stay under the reports root whatever the store.
+    A plain name is letters, digits and `_ . = + @ , ~ : -` and spaces, not starting with a dot
+    (so no `.` or `..`, no hidden file). Refused (ValueError naming the path): empty, absolute,
+    a URL, a backslash, an empty segment, `..`, or any other character (`%` and NUL among
+    them: a URL is decoded once, so `%2e%2e` is refused whether it arrives encoded or not) — a
+    report path must stay under the reports root whatever the store.
     """
     text = str(relpath)
     if not text.strip():
@@ -47,10 +65,15 @@ def report_relpath(relpath: str | PurePosixPath) -> str:
         raise ValueError(
             f"report path {text!r} must be relative to the reports root, with / separators"
         )
-    parts = [part for part in PurePosixPath(text).parts if part != "."]
-    if not parts or ".." in parts:
+    segments = text.split("/")
+    if ".." in segments:
         raise ValueError(f"report path {text!r} escapes the reports root (.. is not allowed)")
-    return "/".join(parts)
+    if (bad := next((s for s in segments if not SEGMENT.fullmatch(s)), None)) is not None:
+        raise ValueError(
+            f"report path {text!r}: {bad!r} is not a plain name (letters, digits, "
+            "`_ . = + @ , ~ : -` and spaces, not starting with a dot)"
+        )
+    return text
 
 
 def report_url(settings: Settings, path: str | Path) -> str:
@@ -61,7 +84,7 @@ def report_url(settings: Settings, path: str | Path) -> str:
     served from (`reports_base_url`).
 
     >>> report_url(settings, "monitoring/conversion_quality/2026-01-05.html")
-    'http://127.0.0.1:8000/reports/monitoring/conversion_quality/2026-01-05.html'
+    'http://127.0.0.1:3001/reports/monitoring/conversion_quality/2026-01-05.html'
     """
     if isinstance(path, Path) and path.is_absolute():
         reports = Path(settings.reports).resolve()

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import time
 from pathlib import Path
 
-from skiff.settings import REPO_ROOT, ConfigError, Settings, ensure_home, load_settings
+from skiff.settings import ConfigError, Settings, ensure_home, load_settings
 
 MAX_ERROR_SHARE = 0.01  # `skiff simulate` fails above this share of failed requests
 UI_HINT = (
@@ -26,7 +25,9 @@ UI_HINT = (
 
 def _start(args: argparse.Namespace, settings: Settings) -> dt.date:
     start = args.start or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=args.days)
-    if start < settings.partitions_start:
+    # an explicit first partition refuses earlier days; else earlier days move the start back
+    explicit = settings.partitions_start_source == "SKIFF_PARTITIONS_START"
+    if explicit and start < settings.partitions_start:
         raise ConfigError(
             f"--start {start} is before the first partition {settings.partitions_start} "
             "(set SKIFF_PARTITIONS_START to an earlier day)"
@@ -188,14 +189,23 @@ def cmd_resign(args: argparse.Namespace) -> int:
     settings = ensure_home(load_settings())
     registry = Registry(settings.registry)
     try:
-        done = registry.resign(args.problem, accept_unsigned=args.accept_unsigned)
-        published = registry.publish(args.problem, str(settings.published))
-    except ArtifactError as exc:
+        result = registry.resign(args.problem, accept_unsigned=args.accept_unsigned)
+    except ArtifactError as exc:  # no key to sign with
         print(f"skiff resign: {exc}", file=sys.stderr)
         return 2
+    for why in result.refused.values():  # each names its version
+        print(f"skiff resign: refused {why}", file=sys.stderr)
+    try:
+        published = registry.publish(args.problem, str(settings.published))
+    except ArtifactError as exc:  # a role points at a refused version
+        print(f"skiff resign: not republished: {exc}", file=sys.stderr)
+        return 2
     roles = ", ".join(f"{role} {version}" for role, version in published.items()) or "none"
-    print(f"{args.problem}: {len(done)} version(s) re-signed; republished {roles}")
-    return 0
+    print(
+        f"{args.problem}: {len(result.resigned)} version(s) re-signed,"
+        f" {len(result.refused)} refused; republished {roles}"
+    )
+    return 2 if result.refused else 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -236,31 +246,29 @@ def cmd_evaluate_recs(args: argparse.Namespace) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
-        rows = compare(args.train, args.test, fmt=args.format, models=models)
+        params = json.loads(args.params) if args.params else None
+    except json.JSONDecodeError as exc:
+        print(f"skiff evaluate-recs: --params is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if params is not None and not (
+        isinstance(params, dict) and all(isinstance(v, dict) for v in params.values())
+    ):
+        print(
+            "skiff evaluate-recs: --params must map a model to its parameters, e.g. "
+            '{"gru": {"epochs": 30}}',
+            file=sys.stderr,
+        )
+        return 2
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None
+    try:
+        rows = compare(
+            args.train, args.test, fmt=args.format, models=models, params=params, progress=progress
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"skiff evaluate-recs: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(rows, indent=2) if args.json else format_leaderboard(rows))
     return 0
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    ensure_home(load_settings())
-    dagster = Path(sys.executable).parent / "dagster"
-    argv = [
-        str(dagster),
-        "dev",
-        "-w",
-        str(REPO_ROOT / "workspace.yaml"),
-        "-h",
-        args.host,
-        "-p",
-        str(args.port),
-    ]
-    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(argv)}", flush=True)
-    os.chdir(REPO_ROOT)
-    os.execv(argv[0], argv)
-    return 0  # not reached
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -278,6 +286,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         challenger_traffic=args.challenger_traffic,
         explore=args.explore,
         explore_pool=args.explore_pool,
+        exclude_viewed=args.exclude_viewed,
+        catalogue=args.catalogue,
+        max_per_category=args.max_per_category,
     )
     return serve(settings, config)
 

@@ -6,7 +6,8 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from skiff_cli import commands
+from skiff_cli import commands, jobs
+from skiff_cli import ui as ui_command
 
 IMPORT_FORMATS = ("coveo", "sessions", "diginetica")
 RUN_EXIT_STATUS = """exit status:
@@ -132,14 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
     recs.add_argument("--train", required=True, help="training sessions file")
     recs.add_argument("--test", required=True, help="test sessions file (later sessions)")
     recs.add_argument("--format", default="sessions", choices=IMPORT_FORMATS)
-    recs.add_argument("--models", default="pop,sknn,gru", help="comma-separated (default all)")
+    recs.add_argument(
+        "--models",
+        default="pop,sknn,gru",
+        help="comma-separated, of pop (popularity), sknn (session-kNN), gru (GRU4Rec-style "
+        "torch model), sasrec (self-attention torch model); default pop,sknn,gru",
+    )
+    recs.add_argument(
+        "--params",
+        metavar="JSON",
+        help='constructor parameters per model over the defaults, e.g. \'{"gru": {"epochs": 30, '
+        '"lr": 0.005}, "sknn": {"k_neighbors": 200}}\'',
+    )
+    recs.add_argument(
+        "--progress", action="store_true", help="print the torch models' epochs on stderr"
+    )
     recs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     recs.set_defaults(func=commands.cmd_evaluate_recs)
+
+    jobs.add_parsers(sub, _date)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the local state")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
-    ui.set_defaults(func=commands.cmd_ui)
+    ui.set_defaults(func=ui_command.cmd_ui)
 
     serve = sub.add_parser(
         "serve", help="serve the published models over HTTP (FastAPI; docs at /docs)"
@@ -167,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         metavar="N",
         help="explored answers shuffle the top max(N, k), default SKIFF_SERVE_EXPLORE_POOL or 20",
+    )
+    serve.add_argument(
+        "--exclude-viewed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never recommend a product the session viewed (default SKIFF_SERVE_EXCLUDE_VIEWED "
+        "or on)",
+    )
+    serve.add_argument(
+        "--catalogue",
+        help="products file (landing contract) of what can be shown, and its categories "
+        "(default SKIFF_SERVE_CATALOGUE)",
+    )
+    serve.add_argument(
+        "--max-per-category",
+        type=int,
+        help="at most N products of a category per answer, 0 = no cap (needs a catalogue; "
+        "default SKIFF_SERVE_MAX_PER_CATEGORY or 0)",
     )
     serve.set_defaults(func=commands.cmd_serve)
 
@@ -200,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rotation step: versions signed by a key in SKIFF_MANIFEST_KEYS_PREVIOUS are verified "
         "first), then republish the roles so the served pointers carry the new signature. "
         "docs/production.md#signed-artifacts.",
-        epilog="exit status: 0 re-signed; 2 refused (no key, a version that does not verify)",
+        epilog="exit status: 0 every version re-signed; 2 refused (no key), or some versions "
+        "refused (each named on stderr; the others are re-signed and republished)",
     )
     resign.add_argument("problem", choices=problems)
     resign.add_argument(

@@ -1,19 +1,25 @@
 """A real S3-compatible server (moto in server mode) on 127.0.0.1, for object-storage tests.
 
-`s3_server` starts one `moto_server` process per test session (per xdist worker) on a free
+`s3_server` starts one moto server process per test session (per xdist worker) on a free
 port and points boto/s3fs at it through the environment (`AWS_ENDPOINT_URL` and test
 credentials), which child processes (the multiprocess executor, `skiff serve`) inherit.
 `s3_bucket` gives each test its own fresh bucket as an fsspec URL, `s3://<bucket>`.
+
+The server answers one request at a time (`server_command`), not with a thread per request
+as `moto_server` does. Real S3 makes a conditional PUT (`If-None-Match: *`, the registry
+lock's exclusive create) atomic; moto checks the condition and then stores without a lock, so
+two threads of `moto_server` could both create the same key and both writers believed they
+held the lock (CI lost a history line that way). Served one at a time, the check and the
+store cannot interleave. werkzeug closes every connection after its response, so a waiting
+client never holds the server.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,12 +31,26 @@ CREDENTIALS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
+# What `moto_server` runs (moto/server.py), with threaded=False.
+_SERVE = """
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+host, port = sys.argv[1], int(sys.argv[2])
+app = DomainDispatcherApplication(create_backend_app)
+run_simple(host, port, app, threaded=False, request_handler=MotoRequestHandler)
+"""
 
-def _moto_server() -> str:
-    found = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(found).exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]'): make setup")
-    return found
+
+def server_command(host: str, port: int) -> list[str]:
+    """The argv of a moto S3 server on host:port that serves one request at a time."""
+    try:
+        import moto.moto_server.werkzeug_app  # noqa: F401
+    except ImportError:
+        pytest.skip("moto's server is not installed (pip install 'moto[server]'): make setup")
+    return [sys.executable, "-c", _SERVE, host, str(port)]
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +59,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     saved = {name: os.environ.get(name) for name in (*CREDENTIALS, "AWS_ENDPOINT_URL")}
-    with running([_moto_server(), "-H", "127.0.0.1", "-p", str(port)], log):
+    with running(server_command("127.0.0.1", port), log):
         wait_for_port(port, seconds=30)
         os.environ.update(CREDENTIALS)
         os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"

@@ -27,6 +27,20 @@ FORBIDDEN_THIRD_PARTY = {
     "serving": {"dagster", "dagster_dbt", "dagster_duckdb", "dagster_snowflake", "dbt", "duckdb"},
     "skiff": {"dagster_dbt", "dagster_duckdb", "dagster_snowflake", "dbt", "duckdb"},
 }
+# The one exception to Dagster's public API, pinned to dagster==1.13.27 (STACK.md): Dagster has
+# no public call that executes a run of a code location from Python. These are what `dagster
+# job launch` and the web server use to give a run its origin; without them a run executed here
+# is an orphan the UI lists under no job and cannot re-execute. tests/test_e2e_ui.py proves it.
+# (The other private dependency is not an import: orchestration/dbt/project.py overrides two
+# private members of dagster-dbt's DbtCliResource, pinned 0.29.27; tests/test_dbt_project.py
+# fails if dbt --version runs again, i.e. if an upgrade renamed them.)
+PRIVATE_DAGSTER = {
+    "orchestration/runs.py": {
+        "dagster._core.execution.api",
+        "dagster._core.remote_origin",
+        "dagster._core.workspace.load",
+    }
+}
 MAX_LINES = 400
 SIZE_LIMITED = ("skiff", "skiff_cli", "orchestration", "serving")
 
@@ -76,7 +90,8 @@ def test_only_public_dagster_api():
         for package in ALLOWED
         for path in modules(package)
         for line, name in imports(path)
-        if name.startswith("dagster._") or name.startswith("dagster_dbt._")
+        if (name.startswith("dagster._") or name.startswith("dagster_dbt._"))
+        and name not in PRIVATE_DAGSTER.get(str(path.relative_to(REPO)), ())
     ]
     assert not private, "\n".join(private)
 

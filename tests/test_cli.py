@@ -25,7 +25,7 @@ def skiff(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_generate_is_deterministic_and_checks_its_flags(settings, tmp_path):
+def test_generate_is_deterministic_and_checks_its_flags(settings, tmp_path, monkeypatch):
     flags = ["generate", "--days", "2", "--sessions-per-day", "50", "--start", "2026-02-01"]
     for out in ("a", "b"):
         done = skiff(*flags, "--seed", "5", "--out", str(tmp_path / out))
@@ -34,9 +34,15 @@ def test_generate_is_deterministic_and_checks_its_flags(settings, tmp_path):
     comparison = filecmp.dircmp(tmp_path / "a" / "2026-02-02", tmp_path / "b" / "2026-02-02")
     assert sorted(comparison.same_files) == ["browsing_events.csv", "products.csv"]
 
+    # with SKIFF_PARTITIONS_START set, a day before it is refused; without, the partitions
+    # start at the earliest landing day, wherever that is
+    monkeypatch.setenv("SKIFF_PARTITIONS_START", "2026-01-01")
     early = skiff("generate", "--days", "1", "--start", "2025-06-01", "--out", str(tmp_path / "c"))
     assert early.returncode == 2
     assert "before the first partition 2026-01-01" in early.stderr
+    monkeypatch.delenv("SKIFF_PARTITIONS_START")
+    moved = skiff("generate", "--days", "1", "--start", "2025-06-01", "--out", str(tmp_path / "c"))
+    assert moved.returncode == 0, moved.stderr
     bad = skiff("generate", "--days", "0")
     assert bad.returncode == 2 and "--days" in bad.stderr
 
@@ -118,6 +124,32 @@ def test_evaluate_recs_on_a_users_session_files(settings, tmp_path):
     assert result["pop"]["mrr_at_20"] == pytest.approx(sum(1 / (2 * i + 2) for i in range(10)) / 40)
     unknown = skiff("evaluate-recs", *flags, "--models", "x")
     assert unknown.returncode == 2 and "unknown model" in unknown.stderr
+
+    # --params over the defaults (sknn with 1 neighbour still ranks a_i's partner second), and
+    # the torch model's epochs on stderr with --progress
+    tuned = skiff(
+        "evaluate-recs", *flags, "--models", "sknn,gru", "--json", "--progress",
+        "--params", '{"sknn": {"k_neighbors": 1}, "gru": {"epochs": 2, "holdout": 0}}',
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr
+    by_model = {row["model"]: row for row in json.loads(tuned.stdout)}
+    assert by_model["sknn"]["params"]["k_neighbors"] == 1
+    assert by_model["gru"]["params"]["epochs"] == 2
+    assert "epoch 2" in tuned.stderr
+    for bad, said in (("{not json", "not JSON"), ('{"gru": 3}', "must map a model")):
+        refused = skiff("evaluate-recs", *flags, "--params", bad)
+        assert refused.returncode == 2 and said in refused.stderr
+    typo = skiff("evaluate-recs", *flags, "--models", "gru", "--params", '{"gru": {"epoch": 2}}')
+    assert typo.returncode == 2 and "epoch" in typo.stderr
+
+
+def test_evaluate_recs_help_lists_every_model_and_the_true_default():
+    from ml.recommend.compare import DEFAULT_MODELS
+    from ml.recommend.models import ALGORITHMS
+
+    shown = " ".join(skiff("evaluate-recs", "--help").stdout.split())
+    assert all(f"{name} (" in shown for name in ALGORITHMS), shown
+    assert f"default {','.join(DEFAULT_MODELS)}" in shown
 
 
 @pytest.mark.skipif(not DIGINETICA.exists(), reason="../shared/data/diginetica is absent")
@@ -204,3 +236,61 @@ def test_resign_adopts_signing_on_an_unsigned_registry_and_republishes(
     assert [m.version for m in Registry(settings.registry).versions("recommender")] == [
         manifest.version
     ]
+
+
+def test_serve_flags_set_the_business_rules(monkeypatch):
+    """`skiff serve --no-exclude-viewed --catalogue F --max-per-category N` reach the server's
+    configuration over the environment's values; unset flags leave the environment's."""
+    from serving.config import ServeConfig
+    from skiff_cli.parser import build_parser
+
+    monkeypatch.setenv("SKIFF_SERVE_MAX_PER_CATEGORY", "5")
+    monkeypatch.delenv("SKIFF_SERVE_EXCLUDE_VIEWED", raising=False)
+    monkeypatch.delenv("SKIFF_SERVE_CATALOGUE", raising=False)
+
+    def config(*flags: str) -> ServeConfig:
+        args = build_parser().parse_args(["serve", *flags])
+        return ServeConfig.from_env(
+            exclude_viewed=args.exclude_viewed,
+            catalogue=args.catalogue,
+            max_per_category=args.max_per_category,
+        )
+
+    default = config("--catalogue", "products.csv")
+    assert (default.exclude_viewed, default.max_per_category) == (True, 5)
+    with pytest.raises(ConfigError, match=r"must be 0 \(no cap\) or more, got -1"):
+        config("--catalogue", "p.csv", "--max-per-category", "-1")
+    flagged = config("--no-exclude-viewed", "--catalogue", "p.csv", "--max-per-category", "2")
+    assert (flagged.exclude_viewed, flagged.catalogue, flagged.max_per_category) == (
+        False,
+        "p.csv",
+        2,
+    )
+
+
+def test_resign_re_signs_the_good_versions_and_names_the_refused(settings, tmp_path, monkeypatch):
+    from ml import release
+    from ml.registry import Registry
+
+    monkeypatch.setenv("SKIFF_MANIFEST_KEY", "an-old-key-for-the-cli-test")
+    registry = Registry(settings.registry)
+    versions = []
+    for name in ("pop", "broken"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.txt").write_text(name)
+        versions.append(
+            registry.register(
+                "recommender", folder, algorithm=name, params={}, metrics={}, training_window={}
+            ).version
+        )
+    good, broken = versions
+    release.bootstrap(registry, str(settings.published), "recommender", good, "first")
+    manifest = registry._path("recommender", "versions", broken, "manifest.json")
+    registry.fs.pipe_file(manifest, b'{"problem": "recomm')  # unreadable
+    monkeypatch.setenv("SKIFF_MANIFEST_KEYS_PREVIOUS", "an-old-key-for-the-cli-test")
+    monkeypatch.setenv("SKIFF_MANIFEST_KEY", "the-new-key-for-the-cli-test")
+    done = skiff("resign", "recommender")
+    assert done.returncode == 2
+    assert broken in done.stderr and "not valid JSON" in done.stderr
+    assert "1 version(s) re-signed, 1 refused" in done.stdout and good in done.stdout

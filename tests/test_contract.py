@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 import pytest
 
 from ml import contract
 from tests.conftest import DAY, ms
+
+
+def _row(values) -> dict:
+    return dict(zip(contract.EVENT_COLUMNS, values, strict=True))
 
 
 def _events(*rows: list[str | None]) -> pd.DataFrame:
@@ -40,6 +46,41 @@ def test_each_bad_row_gets_its_reason(row, reason):
     assert validated.good["product_action"].tolist() == ["detail"]
     assert validated.good["server_timestamp_epoch_ms"].dtype == "int64"
     assert validated.rows_read == 2
+    assert contract.check_event(_row(row), DAY)[1] == reason
+
+
+def test_the_row_check_agrees_with_the_frame_check_on_every_kind_of_row():
+    """`check_event` (the server's) and `validate_events` (ingestion's) on every combination
+    of good, bad, padded, upper-case and missing values: the same reason, the same clean row."""
+    values = {
+        "session_id_hash": [None, "", "  ", "\u3000\x1c", "s", " s "],
+        "event_type": [None, "pageview", "EVENT_PRODUCT ", "search"],
+        "product_action": [None, "", "detail", " Add", "refund", "purchase"],
+        "product_sku_hash": [None, " ", "p"],
+        "server_timestamp_epoch_ms": [None, ms(DAY, 1), ms(DAY, -1), "-5", "1.7e12", "9" * 16],
+        "hashed_url": [None, " u "],
+    }
+    rows = list(itertools.product(*(values[c] for c in contract.EVENT_COLUMNS)))
+    validated = contract.validate_events(_events(*rows), DAY)
+    frame_reasons = dict.fromkeys(range(1, len(rows) + 1))
+    rejected = validated.rejected
+    frame_reasons |= dict(zip(rejected["row_number"], rejected["reason"], strict=True))
+    good = iter(validated.good.drop(columns="event_day").to_dict("records"))
+    for number, row in enumerate(rows, start=1):
+        cleaned, reason = contract.check_event(_row(row), DAY)
+        assert reason == frame_reasons[number], row
+        if reason is None:
+            expected = {k: (None if pd.isna(v) else v) for k, v in next(good).items()}
+            assert cleaned == expected, row
+    assert set(frame_reasons.values()) == {None, *contract.REJECT_REASONS}
+
+
+def test_without_a_day_the_row_check_skips_the_day_reasons():
+    row = _row(["s", "pageview", None, None, ms(DAY, -1), None])
+    assert contract.check_event(row, DAY)[1] == "timestamp_outside_day"
+    assert contract.check_event(row)[1] is None
+    reasons = set(contract.REJECT_REASONS)
+    assert set(contract.REASON_COLUMNS) == set(contract.REASON_RULES) == reasons
 
 
 def test_schema_error_names_missing_and_unexpected_columns():

@@ -28,10 +28,11 @@ from orchestration.conversion.config import (
     PREDICTIONS,
     TRAINING_SET,
 )
-from orchestration.conversion.leaderboard import best_candidate
+from orchestration.conversion.leaderboard import CALIBRATION_COLUMNS, best_candidate
 from orchestration.definitions import build_definitions
 from orchestration.handoff import Handoff
 from orchestration.runs import run_days
+from tests.test_metadata_readable import header, unreadable_numbers
 
 START = dt.date(2026, 1, 5)
 DAYS = [START + dt.timedelta(days=i) for i in range(10)]
@@ -146,6 +147,8 @@ def test_conversion_assets_end_to_end(settings):
             define_asset_job(
                 "score", AssetSelection.assets(PREDICTIONS), partitions_def=partitions
             ),
+            define_asset_job("training_set", AssetSelection.assets(TRAINING_SET)),
+            define_asset_job("champion", AssetSelection.assets(CHAMPION)),
         ],
     )
     defs = Definitions.merge(base, jobs)
@@ -158,12 +161,22 @@ def test_conversion_assets_end_to_end(settings):
     assert "| model |" in evaluation["leaderboard"] and "majority" in evaluation["leaderboard"]
     assert 0.5 < evaluation["roc_auc"] <= 1 and 0 < evaluation["pr_auc"] <= 1
     assert "| bin |" in evaluation["calibration"]
-    leaderboard = (settings.reports / "conversion" / "leaderboard.md").read_text()
+    # what a person reads: rounded numbers in every table of the run, columns in reading order
+    for key in TRAINING:
+        for name, value in _metadata(first, key).items():
+            if isinstance(value, str) and "|" in value:
+                assert not unreadable_numbers(value), (key, name, unreadable_numbers(value))
+    assert header(evaluation["calibration"], "bin") == list(CALIBRATION_COLUMNS)
+    assert header(evaluation["slices"], "prefix length")[:2] == ["prefix length", "n"]
+    # the run's own leaderboard, which its materialization links, and the latest copy
+    board = settings.reports / "conversion" / "runs" / first.run_id / "leaderboard.md"
+    leaderboard = board.read_text()
     assert (
         leaderboard.startswith("Test day")
         and leaderboard.strip() == evaluation["leaderboard"].strip()
     )
-    assert evaluation["report"].endswith("/reports/conversion/leaderboard.md")
+    assert evaluation["report"].endswith(f"/reports/conversion/runs/{first.run_id}/leaderboard.md")
+    assert (settings.reports / "conversion" / "leaderboard.md").read_text() == leaderboard
     # every step's value went through the hand-off store, under this run's id; no scratch folder
     store = Handoff(settings.handoff_root)
     for key in TRAINING:
@@ -244,6 +257,15 @@ def test_conversion_assets_end_to_end(settings):
         ("challenger", challenger.version, "offline gates"),
     ]
     assert history[1]["evidence"]["pr_auc"] == pytest.approx(evaluation["pr_auc"])
+
+    # a newer training set on another test day, then the champion step alone: it scores the
+    # champion on its evaluation's test day (the second round's), not on the latest set's
+    other = dt.date.fromisoformat(worse["test_day"]) - dt.timedelta(days=1)
+    newer = _run(defs, "training_set", {TRAINING_SET: {"train_days": 5, "test_day": str(other)}})
+    assert newer.success
+    alone = _metadata(_run(defs, "champion", {}), CHAMPION)
+    assert (alone["decision"], alone["test_day"]) == ("kept", worse["test_day"])
+    assert alone["champion_pr_auc"] == kept["champion_pr_auc"]
 
     day = DAYS[-1]
     scored = _run(defs, "score", {}, partition_key=day.isoformat())

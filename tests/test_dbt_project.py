@@ -697,3 +697,53 @@ def test_day_by_day_a_rerun_and_one_range_run_give_the_same_tables(
     mart = midnight["range"].table("conversion_examples")
     for column in EXAMPLE_COLUMNS:
         assert _text(local[column]) == _text(mart[column]), column
+
+
+# --- dbt's fixed cost per run ----------------------------------------------------------------
+
+
+def _project_copy(tmp_path: Path):
+    from dagster_dbt import DbtProject
+
+    from skiff.settings import DBT_PROJECT_DIR
+
+    copy = tmp_path / "dbt_project"
+    shutil.copytree(DBT_PROJECT_DIR, copy, ignore=shutil.ignore_patterns("target", "logs"))
+    return DbtProject(project_dir=copy, profiles_dir=copy, target="duckdb")
+
+
+def test_a_dbt_invocation_runs_no_version_check(tmp_path, monkeypatch):
+    """dagster-dbt's `dbt --version` asks the package index for the latest releases."""
+    from orchestration.dbt.project import dbt_cli
+
+    calls = tmp_path / "calls.txt"
+    real = Path(sys.executable).parent / "dbt"
+    wrapper = tmp_path / "dbt"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("SKIFF_HOME", str(tmp_path / "home"))
+    dbt = dbt_cli(_project_copy(tmp_path)).model_copy(update={"dbt_executable": str(wrapper)})
+    dbt.cli(["debug", "--config-dir"], raise_on_error=False).wait()
+    assert calls.read_text().splitlines() == ["debug --config-dir --target duckdb"]
+
+
+def test_a_new_day_range_keeps_dbts_partial_parse(tmp_path, monkeypatch):
+    from orchestration.dbt.assets import END_DAY_VARIABLE, START_DAY_VARIABLE
+    from orchestration.dbt.project import dbt_cli, dbt_invocation, keep_partial_parse
+
+    monkeypatch.setenv("SKIFF_HOME", str(tmp_path / "home"))
+    project = _project_copy(tmp_path)
+    dbt = dbt_cli(project)
+    logs = []
+    for day in ("2026-01-05", "2026-01-06", "2026-01-07"):
+        with dbt_invocation(
+            project.project_dir, {START_DAY_VARIABLE: day, END_DAY_VARIABLE: day}
+        ) as target:
+            invocation = dbt.cli(["ls", "--select", "sessions"], target_path=target)
+        invocation.wait()
+        logs.append((target / "dbt.log").read_text())
+        keep_partial_parse(target)
+    assert "Unable to do partial parsing" in logs[0] or "Starting full parse" in logs[0]
+    for log in logs[1:]:
+        assert "Partial parsing enabled, no changes found" in log, log[-2000:]
+    assert os.environ.get(START_DAY_VARIABLE) is None  # the range does not outlive the call

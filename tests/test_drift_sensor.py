@@ -48,6 +48,8 @@ def retrain_job(problem: str):
     def gate(context: OpExecutionContext) -> None:
         if context.op_config["fail"]:
             raise Failure(description="training set is empty")
+        if not context.op_config["decision"]:  # a run whose champion step did not run
+            return
         context.log_event(
             AssetMaterialization(
                 asset_key=f"{problem}_champion",
@@ -209,6 +211,23 @@ def test_refused_by_its_gates_is_retried_an_admitted_one_settles_the_episode(
         clock.now += hours * HOUR
         assert tick(sensor, instance, cursor)[0] == []
         assert tick(sensor, instance)[0] == []
+
+
+def test_a_run_that_recorded_no_decision_did_not_adapt_and_is_retried(settings, instance):
+    """A successful run whose champion step recorded no decision (skipped, deselected) admitted
+    nothing: it does not settle the episode, and is retried after the cool-down."""
+    clock = Clock()
+    sensor = build_drift_sensor(load_settings(), JOBS, clock=clock)
+    drifted(instance)
+    (first,), cursor = tick(sensor, instance)
+    silent = run_attempt(instance, first, decision="")
+    assert tick(sensor, instance, cursor)[0] == []  # within the cool-down
+    clock.now += 25 * HOUR
+    record(instance, RECOMMENDER, D1 + dt.timedelta(days=3), "error")
+    (second,), _ = tick(sensor, instance, cursor)
+    assert second.run_key == f"drift-recommender-{D1}-2"
+    assert second.tags["skiff/drift_retry_of"] == silent
+    assert "recorded no recommender_champion decision" in second.tags["skiff/drift_reason"]
 
 
 def test_retry_only_while_the_drift_lasts(settings, instance):

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dagster import DagsterInstance
 from dagster_graphql import DagsterGraphQLClient
 
 from ml.synthetic import GeneratorConfig, generate
-from orchestration.definitions import DATA_GROUPS
+from orchestration.definitions import DAILY_REFRESH, DATA_GROUPS
+from orchestration.runs import run_days
 from tests.servers import free_port, running, wait_for_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -40,6 +42,22 @@ query ($id: String!) {
   }
 }
 """
+JOB_RUNS = """
+query ($job: String!) {
+  pipelineOrError(
+    params: {repositoryLocationName: "skiff", repositoryName: "__repository__", pipelineName: $job}
+  ) { ... on Pipeline { runs(limit: 20) { runId } } }
+}
+"""
+REEXECUTE = """
+mutation ($parent: String!) {
+  launchPipelineReexecution(reexecutionParams: {parentRunId: $parent, strategy: ALL_STEPS}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
 LATEST = """
 query ($path: [String!]!) {
   assetOrError(assetKey: {path: $path}) {
@@ -59,7 +77,7 @@ def dagster_dev(settings, tmp_path: Path):
         yield port
 
 
-def test_launch_through_graphql_and_read_lineage(dagster_dev):
+def test_launch_through_graphql_and_read_lineage(dagster_dev, settings):
     port = dagster_dev
     client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=30)
     # Two runs at once, each writing the same DuckDB file: the `warehouse` pool serializes
@@ -120,3 +138,15 @@ def test_launch_through_graphql_and_read_lineage(dagster_dev):
         tags["dagster/asset_partition_range_start"],
         tags["dagster/asset_partition_range_end"],
     ) == tuple(days)
+
+    # A run launched from the command line (`skiff run` calls run_days) is the code location's
+    # own: the UI lists it under its job and re-executes it through the code location. (Runs
+    # executed in process without an origin were listed nowhere but Runs.)
+    assert run_days(settings, START, START)
+    with DagsterInstance.get() as instance:
+        cli_run = instance.get_runs(limit=1)[0].run_id
+    listed = gql(JOB_RUNS, {"job": DAILY_REFRESH})["pipelineOrError"]["runs"]
+    assert cli_run in {r["runId"] for r in listed}
+    again = gql(REEXECUTE, {"parent": cli_run})["launchPipelineReexecution"]
+    assert again["__typename"] == "LaunchRunSuccess", again
+    assert wait_for_run(client, again["run"]["runId"]) == "SUCCESS"

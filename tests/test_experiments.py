@@ -371,7 +371,9 @@ def test_experiment_results_asset_reads_the_marts(settings):
     markdown = metadata["results"].value
     assert "`recs-ab`" in markdown and "Sample ratio" in markdown
     assert "### Interleaving" in markdown and "`recs-interleaved`" in markdown
-    assert metadata["report"].value.endswith("/reports/experiments/results.md")
+    assert metadata["report"].value.endswith(
+        f"/reports/experiments/runs/{result.run_id}/results.md"
+    )
     checks = {
         (c.asset_key.to_user_string(), c.check_name): c
         for c in result.get_asset_check_evaluations()

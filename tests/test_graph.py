@@ -84,9 +84,15 @@ def test_three_days_end_to_end(settings):
     dbt_checks = {
         key for key in graph.asset_check_keys if graph.get(key.asset_key).group_name in DBT_GROUPS
     }
-    passed = {e.asset_check_key: e.passed for e in _check_evaluations(settings)}
+    evaluations = _check_evaluations(settings)
+    passed = {e.asset_check_key: e.passed for e in evaluations}
     assert dbt_checks
     assert {key: passed.get(key) for key in dbt_checks} == dict.fromkeys(dbt_checks, True)
+    # a range run's dbt test results say which days they judged
+    days = f"{DAYS[0]} .. {DAYS[-1]}"
+    dated = [e for e in evaluations if e.asset_check_key in dbt_checks]
+    assert all(e.description.startswith(f"{days}: ") for e in dated)
+    assert {e.metadata["days"].text for e in dated} == {days}
 
     # the marts hold the three days, with buyers among the sessions
     assert set(

@@ -250,3 +250,27 @@ def test_the_store_works_on_object_storage(s3_bucket):
     assert value["days"] == 3
     assert store.url_of(base) == f"{s3_bucket}/prefix/handoff/runs/r1/training_set"
     assert store.fs.exists(f"{s3_bucket}/prefix/handoff/runs/r1/training_set/index.json")
+
+
+def test_a_rewritten_frames_folder_never_shows_its_old_index_over_new_files(tmp_path):
+    """A step retried in the same run rewrites its folder: the old index goes first, so while
+    the frames are replaced a reader finds no value rather than the old index over new files."""
+    store = Handoff(tmp_path / "handoff")
+    base = store.run_path("r1", "training_set")
+    store.write_value(base, {"train": FRAME, "days": 1}, what="training_set")
+    seen = []
+    write_frame = store.write_frame
+
+    def write_frame_watched(path: str, frame: pd.DataFrame) -> None:
+        seen.append(store.find_value(base))  # what a reader finds at this moment
+        write_frame(path, frame)
+
+    store.write_frame = write_frame_watched
+    store.write_value(base, {"train": FRAME.head(2), "test": FRAME, "days": 2}, what="x")
+    assert seen == [None, None]
+    value = store.read_value(base)
+    assert value["days"] == 2 and len(value["train"]) == 2 and len(value["test"]) == 3
+    # a refused value leaves the stored one whole
+    with pytest.raises(TypeError, match="plain name"):
+        store.write_value(base, {"a/b": FRAME}, what="x")
+    assert store.read_value(base)["days"] == 2

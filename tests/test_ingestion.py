@@ -127,3 +127,38 @@ def test_missing_day_folder_fails_clearly(settings):
     assert f"No landing folder for {DAY}" in str(failure.event_specific_data.error)
     # the step retries on other errors (orchestration/policy.py), not on this permanent one
     assert failure.step_key and not [e for e in result.all_events if e.is_step_up_for_retry]
+
+
+def test_a_range_run_reads_per_day_and_its_checks_name_their_days(settings):
+    """A single-run backfill of two days: the totals are the run's, the `by_day` table gives
+    each day its own row, and each check says which days it judged."""
+    other = DAY + dt.timedelta(days=1)
+    write_day(settings.landing, DAY, GOOD + BAD[:1], PRODUCTS)
+    write_day(settings.landing, other, [["s9", "pageview", "", "", ms(other, 1), "u"]], PRODUCTS)
+    result = materialize(
+        build_ingestion_assets(PARTITIONS, settings.landing),
+        resources={"warehouse": build_warehouse(settings)},
+        tags={
+            "dagster/asset_partition_range_start": DAY.isoformat(),
+            "dagster/asset_partition_range_end": other.isoformat(),
+        },
+        raise_on_error=False,
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("ingest_raw_browsing_events")[0].metadata
+    assert meta["rows_loaded"].value == len(GOOD) + 1  # the run's total
+    rows = [line for line in meta["by_day"].value.splitlines() if line.startswith("| 2026")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert cells == [
+        [DAY.isoformat(), str(len(GOOD) + 1), str(len(GOOD)), "1"],
+        [other.isoformat(), "1", "1", "0"],
+    ]
+    days = f"{DAY} .. {other}"
+    events = [
+        c
+        for c in result.get_asset_check_evaluations()
+        if c.asset_key.path == ["raw_browsing_events"]
+    ]
+    assert {c.check_name for c in events} == {"rows_reconcile", "quarantine_share"}
+    for check in events:
+        assert check.description.startswith(f"{days}:") and check.metadata["days"].text == days

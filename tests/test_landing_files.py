@@ -246,3 +246,93 @@ def test_the_landing_sensor_sees_a_day_landed_as_gzip_parts(settings):
     assert list(landing_days(settings, DAY + dt.timedelta(days=1), later)) == [DAY]
     (folder / contract.PRODUCTS_FILE).unlink()  # no catalogue yet: not complete
     assert landing_days(settings, DAY + dt.timedelta(days=1), later) == {}
+
+
+# --- The SQL checks give what the contract's pandas checks give, on both read paths -----------
+
+# Every reason, and what cleaning must get right: spaces around values, upper case enums, a
+# whitespace-only value (missing), an action on a pageview, 16 digits, a negative timestamp.
+ROW_CASES = [
+    f"s1,pageview,,,{ms(DAY, 1)},u1",
+    f" s2 , PageView ,,, {ms(DAY, 2)} , u2 ",
+    f"s3,EVENT_PRODUCT, Detail ,p1,{ms(DAY, 3)},u3",
+    f"s3,event_product,PURCHASE, p2 ,{ms(DAY, 4)},",
+    f"   ,pageview,,,{ms(DAY, 5)},u1",  # missing_session_id
+    f"s4,click,,,{ms(DAY, 6)},u1",  # bad_event_type
+    "s4, ,,,1767571200000,u1",  # bad_event_type (blank)
+    "s4,pageview,,,17e9,u1",  # bad_timestamp
+    "s4,pageview,,,1767571200000000,u1",  # bad_timestamp (16 digits)
+    "s4,pageview,,,-5,u1",  # bad_timestamp
+    f"s4,pageview,,,{ms(DAY, 86_400)},u1",  # timestamp_outside_day
+    f"s4,pageview,,,{ms(DAY, -1)},u1",  # timestamp_outside_day
+    f"s4,event_product,wish,p1,{ms(DAY, 7)},u1",  # bad_product_action
+    f"s4,event_product,,p1,{ms(DAY, 7)},u1",  # bad_product_action (none)
+    f"s4,pageview,detail,,{ms(DAY, 7)},u1",  # bad_product_action (on a pageview)
+    f"s4,event_product,add, ,{ms(DAY, 8)},u1",  # missing_product_sku
+    f",click,,,{ms(DAY, 9)},u1",  # missing_session_id wins over bad_event_type
+]
+# The same rows in a file the fast reader refuses (a quoted value, non-ASCII whitespace and
+# case): the contract's line reader, then the same SQL checks.
+NOT_PLAIN = [
+    f'"s5",pageview,,,{ms(DAY, 10)},u5',
+    f"\u00a0s6\u2003,PAGEVIEW,,,{ms(DAY, 11)},u6",
+    f"s7,\u00a0Event_Product ,ADD,p\u00e9,{ms(DAY, 12)},u7",
+    f"s8,pageview,,,{ms(DAY, 13)}",  # wrong_field_count: a line, not a row
+]
+
+
+def _as_contract_gives(path: Path) -> tuple[list[tuple], list[tuple]]:
+    landed = contract.read_landing_file(path, contract.EVENT_COLUMNS)
+    checked = contract.validate_events(landed.rows, DAY, landed.row_numbers)
+    rejected = checked.rejected.astype(object).where(checked.rejected.notna(), None)
+    good = checked.good.astype(object).where(checked.good.notna(), None)
+    return [tuple(r) for r in good.itertuples(index=False)], [
+        tuple(r) for r in rejected.itertuples(index=False)
+    ]
+
+
+def _table_rows(table) -> list[tuple]:
+    return [tuple(r.values()) for r in table.to_pylist()]
+
+
+@pytest.mark.parametrize("extra", [[], NOT_PLAIN], ids=["plain", "not-plain"])
+def test_the_sql_checks_give_the_contracts_rows_on_both_read_paths(settings, extra):
+    import pyarrow as pa
+
+    from orchestration.ingestion.validate import check_events, read_plain_events
+
+    path = _events_file(settings, [HEADER, *ROW_CASES, *extra])
+    good, rejected = _as_contract_gives(path)
+    plain = read_plain_events(path, contract.file_bytes(path), DAY)
+    if extra:
+        assert plain is None, "a file with quotes and non-ASCII text went the fast path"
+        landed = contract.read_landing_file(path, contract.EVENT_COLUMNS)
+        rows = pa.Table.from_pandas(landed.rows, preserve_index=False)
+        plain = check_events(rows, landed.row_numbers, DAY)
+        assert len(landed.rejected) == 1  # the short line: the contract's, not the SQL's
+    assert plain is not None
+    sql_good, sql_rejected = plain
+    assert _table_rows(sql_good) == good
+    assert sorted(_table_rows(sql_rejected)) == sorted(rejected)
+    reasons = {r[-2] for r in rejected}
+    assert reasons == set(contract.REJECT_REASONS)
+    assert len(good) == 4 + (3 if extra else 0)
+
+
+def test_a_plain_file_with_a_short_line_goes_through_the_contracts_reader(settings):
+    from orchestration.ingestion.validate import read_plain_events
+
+    path = _events_file(settings, [HEADER, *GOOD, f"s9,pageview,,,{ms(DAY, 60)}"])
+    assert read_plain_events(path, contract.file_bytes(path), DAY) is None
+    folder = path.parent
+    result = materialize(
+        build_ingestion_assets(PARTITIONS, settings.landing),
+        resources={"warehouse": build_warehouse(settings)},
+        partition_key=DAY.isoformat(),
+    )
+    assert result.success and folder.is_dir()
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        rejected = con.execute(
+            "select row_number, reason from raw.raw_browsing_events_rejected"
+        ).fetchall()
+    assert rejected == [(len(GOOD) + 1, "wrong_field_count")]

@@ -23,7 +23,7 @@ from dagster import (
 )
 
 from ml import release
-from ml.monitoring import data_drift, drift_episode, grade
+from ml.monitoring import data_drift, drift_episode, grade, recommender_day
 from ml.recommend.behavior import GATES
 from ml.registry import Registry
 from ml.synthetic import GeneratorConfig, generate
@@ -166,6 +166,46 @@ def test_data_drift_finds_the_moved_column_and_writes_html(tmp_path):
     assert html.stat().st_size > 10_000 and "moved" in html.read_text(errors="ignore")
     with pytest.raises(ValueError, match="lacks the columns"):
         data_drift(reference, current.drop(columns="moved"), numerical=["moved"])
+
+
+def test_recommender_day_on_a_sample_states_its_error_and_the_error_is_right():
+    """The recommender is evaluated on a seeded sample of the day's sessions; the standard
+    error it records matches the spread of HR@20 over many samples. Hits come in whole
+    sessions here (a session of one repeated item is all hits, one of distinct items all
+    misses), so an error that treats predictions as independent would be far too small."""
+    rng = np.random.default_rng(0)
+    sessions = []
+    for i in range(3000):
+        length = int(rng.integers(2, 12))
+        repeat = rng.random() < 0.3
+        sessions.append([f"r{i}"] * length if repeat else [f"s{i}-{t}" for t in range(length)])
+    known = {item for s in sessions for item in s}
+    popularity = dict.fromkeys(known, 1)
+    asked: list[int] = []
+
+    def again(prefixes, k):  # recommends the last item: a hit exactly on repeats
+        asked.append(len(prefixes))
+        return [[p[-1]] for p in prefixes]
+
+    day = recommender_day(sessions, again, known, popularity)
+    whole = day.metrics["hr_at_20"]
+    assert day.metrics["hr_at_20_se"] == 0  # every session evaluated: no sampling error
+    assert day.metrics["sampled_sessions"] == day.metrics["sessions"] == 3000
+    asked.clear()
+    rates, errors = [], []
+    for seed in range(200):
+        m = recommender_day(sessions, again, known, popularity, max_sessions=300, seed=seed).metrics
+        rates.append(m["hr_at_20"])
+        errors.append(m["hr_at_20_se"])
+        assert m["sampled_sessions"] == 300 and m["sessions"] == 3000
+        assert m["hr_at_20_ci95_low"] < m["hr_at_20"] < m["hr_at_20_ci95_high"]
+        # the shares count every request of the day, not only the sample's
+        assert m["unseen_request_share"] == 0
+    assert sum(asked) < 200 * 300 * 11 and max(asked) <= 300 * 11  # only sampled sessions asked
+    assert np.mean(rates) == pytest.approx(whole, abs=0.01)
+    assert np.mean(errors) == pytest.approx(np.std(rates), rel=0.2)
+    same = recommender_day(sessions, again, known, popularity, max_sessions=300, seed=7)
+    assert same.metrics["hr_at_20"] == rates[7]
 
 
 # --- schedule and landing sensor --------------------------------------------------------------
@@ -342,9 +382,12 @@ def test_stable_weeks_raise_no_false_alarm(world):
         html = settings.reports / "monitoring" / name / f"{day}.html"
         assert html.stat().st_size > 100_000  # self-contained Evidently HTML
         assert metadata["report_path"] == str(html)
-        assert metadata["report"] == f"http://127.0.0.1:8000/reports/monitoring/{name}/{day}.html"
+        assert metadata["report"] == f"http://127.0.0.1:3001/reports/monitoring/{name}/{day}.html"
         # what the Plots tab draws are numbers, not text
         assert isinstance(metadata["severity_level"], int)
+    # the feature drift report states Skiff's ERROR share as Evidently's data-set threshold
+    feature_report = (settings.reports / "monitoring" / FEATURE_DRIFT / f"{day}.html").read_text()
+    assert "Dataset drift detection threshold is 0.2" in feature_report
     numbers = {
         FEATURE_DRIFT: ("drift_share", "drifted_columns", "max_column_score"),
         RECOMMENDER: ("hr_at_20", "mrr_at_20", "unseen_request_share", "popularity_bias"),

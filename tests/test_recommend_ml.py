@@ -28,6 +28,9 @@ from ml.synthetic import GeneratorConfig, generate
 from skiff.settings import REPO_ROOT
 
 DIGINETICA = REPO_ROOT.parent / "shared" / "data" / "diginetica" / "sample_train-item-views.csv"
+YOOCHOOSE = REPO_ROOT.parent / "shared" / "data" / "yoochoose"
+YOOCHOOSE_TRAIN = YOOCHOOSE / "yoochoose-clicks-100k_train_tr.txt"
+YOOCHOOSE_VALID = YOOCHOOSE / "yoochoose-clicks-100k_train_valid.txt"
 
 
 # --- evaluator ---------------------------------------------------------------------------------
@@ -285,6 +288,55 @@ def test_unseen_items_are_skipped_and_counted(algorithm):
     assert model.recommend(["a", "new"], 4) == model.recommend(["a"], 4)
     assert model.vocab.unseen_items == 3 and model.vocab.unseen_inputs == 2
     assert len(model.recommend(["a"], 50)) == 5  # never more than the catalogue
+
+
+def test_torch_model_stops_early_on_the_latest_sessions_and_refits():
+    lines: list[str] = []
+    model = make_model("gru", epochs=6, patience=1, dim=16, holdout=0.2)
+    model.progress = lines.append
+    model.fit(TOY)
+    held = [r for r in model.history if not r["refit"]]
+    refit = [r for r in model.history if r["refit"]]
+    assert all("holdout_mrr_at_20" in r for r in held) and 1 <= model.best_epoch <= len(held)
+    stopped = len(held) < 6
+    best = max(r["holdout_mrr_at_20"] for r in held)
+    assert not stopped or held[-1]["holdout_mrr_at_20"] <= best  # stopped on no gain
+    assert [r["epoch"] for r in refit] == list(range(1, model.best_epoch + 1))  # all sessions
+    assert len(lines) == len(model.history)
+    assert "train loss" in lines[0] and "holdout MRR@20" in lines[0] and lines[0].endswith("s")
+    plain = make_model("gru", epochs=2, dim=16, holdout=0).fit(TOY)
+    assert [r["epoch"] for r in plain.history] == [1, 2] and plain.best_epoch == 2
+    with pytest.raises(ValueError, match="holdout"):
+        make_model("gru", holdout=1.0)
+    with pytest.raises(ValueError, match=r"gru: .*'hidden_size'"):
+        make_model("gru", hidden_size=10)
+
+
+def test_sampled_negatives_train_and_repeat():
+    runs = [make_model("gru", dim=16, epochs=2, negatives=8).fit(TOY) for _ in range(2)]
+    sessions = [["a"], ["b", "c"]]
+    assert runs[0].recommend_batch(sessions, 3) == runs[1].recommend_batch(sessions, 3)
+    assert (
+        runs[0].history[0]["loss"]
+        != make_model("gru", dim=16, epochs=2).fit(TOY).history[0]["loss"]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not YOOCHOOSE_VALID.exists(), reason="../shared/data/yoochoose is absent")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #16 target not reached yet: gru 0.6340/0.3418 vs sknn 0.6393/0.3431",
+)
+def test_torch_model_beats_session_knn_on_yoochoose_validation():
+    """The issue's target: default parameters, trained on train_tr only (early stopping on its
+    latest sessions), against session-kNN on every next item of train_valid."""
+    train = load_sessions(YOOCHOOSE_TRAIN, "sessions").sessions
+    valid = load_sessions(YOOCHOOSE_VALID, "sessions").sessions
+    _, sknn, _ = fit_and_evaluate("sknn", train, valid)
+    _, gru, _ = fit_and_evaluate("gru", train, valid)
+    numbers = f"gru {gru.hr:.4f}/{gru.mrr:.4f}, sknn {sknn.hr:.4f}/{sknn.mrr:.4f} (HR/MRR@20)"
+    assert gru.hr > sknn.hr and gru.mrr > sknn.mrr, numbers
 
 
 def test_sknn_prefers_recent_items():

@@ -116,9 +116,13 @@ def test_recommendation_assets_end_to_end(settings):
     assert evaluation["validation_hr_at_20"] == selection[evaluation["best"]]["validation_hr_at_20"]
     assert evaluation["hr_at_20"] == selection[evaluation["best"]]["test_hr_at_20"]
     assert evaluation["hr_at_20"] > 0.3 and 0 < evaluation["ndcg_at_20"] < evaluation["hr_at_20"]
-    report = settings.reports / "recommender" / "leaderboard.md"
+    report = settings.reports / "recommender" / "runs" / result.run_id / "leaderboard.md"
     assert report.read_text().strip() == evaluation["leaderboard"].strip()
-    assert evaluation["report"] == "http://127.0.0.1:8000/reports/recommender/leaderboard.md"
+    assert evaluation["report"] == (
+        f"http://127.0.0.1:3001/reports/recommender/runs/{result.run_id}/leaderboard.md"
+    )
+    latest = settings.reports / "recommender" / "leaderboard.md"
+    assert latest.read_text() == report.read_text()
     # the steps' values went through the hand-off store as JSON under this run's id, no pickles
     store = Handoff(settings.handoff_root)
     handed = sorted(

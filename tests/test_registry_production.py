@@ -16,6 +16,8 @@ import pickle
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -159,27 +161,126 @@ def test_an_expired_lock_of_a_crashed_writer_is_broken(root):
     assert not registry.fs.glob(f"{lock}.broken-*")
 
 
-def test_a_breaker_that_died_does_not_block_the_lock_for_ever(tmp_path):
-    """An expired lock and the expired marker of a writer that died while breaking it: the
-    next writer removes the marker, breaks the lock and writes (no endless spin)."""
-    registry = Registry(tmp_path / "registry", lock_timeout=10)
-    lock = registry._path(PROBLEM, reg.LOCK)
-    registry.fs.makedirs(registry._path(PROBLEM), exist_ok=True)
-    registry.fs.pipe_file(lock, json.dumps({"owner": "crashed", "expires_at": 1.0}).encode())
-    marker = f"{lock}.broken-{hashlib.sha256(b'crashed').hexdigest()[:16]}"
-    registry.fs.pipe_file(marker, json.dumps({"owner": "crashed", "expires_at": 1.0}).encode())
-    registry.set_rollout(PROBLEM, {"stage": 4})
-    assert registry.rollout(PROBLEM) == {"stage": 4}
-    assert not registry.fs.exists(lock) and not registry.fs.exists(marker)
+@pytest.fixture
+def short_margin(monkeypatch) -> float:
+    """A lease margin of 0.1 s, so a test outlives a lease in a fraction of a second."""
+    monkeypatch.setattr(reg, "_LEASE_MARGIN", 0.1)
+    return 0.1
 
 
-def test_a_writer_past_its_lease_writes_nothing(tmp_path):
+def test_a_writer_past_its_lease_writes_nothing(tmp_path, short_margin):
     """A writer paused beyond its lease may have lost the lock to another: it must not write."""
-    registry = Registry(tmp_path / "registry", lock_lease=reg._LEASE_MARGIN + 0.2)
+    registry = Registry(tmp_path / "registry", lock_lease=3 * short_margin)
     with pytest.raises(reg.RegistryLockError, match="lease"), registry.locked(PROBLEM):
         threading.Event().wait(0.3)
         registry.set_rollout(PROBLEM, {"stage": 3})
     assert registry.rollout(PROBLEM) is None
+
+
+def test_a_lease_must_outlast_twice_the_margin(tmp_path):
+    with pytest.raises(ValueError, match=r"lock_lease must be more than 10 s, got 10"):
+        Registry(tmp_path / "registry", lock_lease=2 * reg._LEASE_MARGIN)
+    Registry(tmp_path / "registry", lock_lease=2 * reg._LEASE_MARGIN + 1)
+
+
+# Another writer, in its own process: says it is ready, takes the lock (breaking an expired
+# one), prints its owner id, and holds the lock until its stdin closes.
+_TAKE_AND_HOLD = """
+import json, sys
+from ml.registry import LOCK, Registry
+registry = Registry(sys.argv[1], lock_timeout=30)
+print("ready", flush=True)
+with registry.locked(sys.argv[2]):
+    print(json.loads(registry.fs.cat_file(registry._path(sys.argv[2], LOCK)))["owner"], flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def _before_deleting(registry: Registry, action) -> Iterator[None]:
+    """Run `action` once, when `registry` is about to delete an object (after it read it):
+    a writer paused at the worst moment. The store is real; only the timing is forced."""
+    fired = []
+
+    def once() -> None:
+        if not fired:
+            fired.append(True)
+            action()
+
+    if reg.is_local(registry.fs):
+        rm = registry.fs.rm
+
+        def paused_rm(path, *args, **kwargs):
+            once()
+            return rm(path, *args, **kwargs)
+
+        registry.fs.rm = paused_rm  # the instance is shared (cached): put back below
+        try:
+            yield
+        finally:
+            del registry.fs.rm
+        return
+
+    def before_call(model, **kwargs) -> None:
+        if model.name in {"DeleteObject", "DeleteObjects"}:
+            once()
+
+    registry.fs.connect()  # the client every request of this filesystem goes through
+    events = registry.fs.s3.meta.events
+    events.register("before-call.s3", before_call)
+    try:
+        yield
+    finally:
+        events.unregister("before-call.s3", before_call)
+
+
+def test_a_holder_released_after_its_lock_was_re_taken_keeps_the_new_lock(
+    root, short_margin, monkeypatch
+):
+    """A holder paused past its lease: another writer breaks its lock and takes it. When the
+    paused holder releases, having just read its lock, the new holder's lock must stay.
+    (Before, a release past the margin read the owner, then deleted whatever was there.)"""
+    import select
+    import subprocess
+    import sys
+
+    from skiff.settings import REPO_ROOT
+
+    registry = Registry(root, lock_lease=3 * short_margin)
+    lock = registry._path(PROBLEM, reg.LOCK)
+    other: list[subprocess.Popen] = []
+    taken_by: list[str] = []
+
+    def another_writer_takes_it() -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _TAKE_AND_HOLD, root, PROBLEM],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        other.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        # wait for it to hold the lock, or give up if this writer's delete excludes it
+        if select.select([proc.stdout], [], [], 3)[0]:
+            taken_by.append(proc.stdout.readline().strip())
+
+    try:
+        with _before_deleting(registry, another_writer_takes_it), registry.locked(PROBLEM):
+            owner = json.loads(registry.fs.cat_file(lock))["owner"]
+            threading.Event().wait(4 * short_margin)  # past the lease
+        assert other, "the holder did not try to delete its lock"
+        if not taken_by:  # it waited for this release: it holds the lock now
+            taken_by.append(other[0].stdout.readline().strip())
+        assert taken_by[0] and taken_by[0] != owner
+        found = registry._read_optional(lock)
+        assert found is not None, "the paused holder deleted the new holder's lock"
+        assert json.loads(found)["owner"] == taken_by[0]
+    finally:
+        for proc in other:
+            proc.communicate(timeout=60)  # closes its stdin: it releases
+    assert other[0].returncode == 0
+    assert registry._read_optional(lock) is None  # and its release deleted it
 
 
 def test_set_roles_writes_its_lines_before_the_pointer(tmp_path):
@@ -363,6 +464,37 @@ def test_a_published_pointer_is_verified(root, tmp_path):
         pass
 
 
+def test_published_manifest_reads_no_model_file(root, tmp_path, scratch):
+    """Monitoring needs what serves, not the model: the manifest-only reader verifies the
+    pointer's signature and copies nothing (it answers with the model's files gone, where a
+    loader refuses), and refuses a forged pointer."""
+    registry = Registry(root, keys=_keys())
+    target = f"{root}-published"
+    manifest = _register(registry, tmp_path)
+    registry.assign(PROBLEM, "champion", manifest.version, "test")
+    registry.publish(PROBLEM, target)
+    out = Registry(target)
+    for name in manifest.files:
+        out.fs.rm(out._path(PROBLEM, manifest.version, name))
+
+    assert reg.published_manifest(target, PROBLEM, keys=_keys()) == manifest
+    assert _skiff_folders(scratch) == []
+    with (
+        pytest.raises(ArtifactError, match="is missing"),
+        reg.published_copy(target, PROBLEM, keys=_keys()),
+    ):
+        pass
+
+    pointer = out._path(PROBLEM, "champion.json")
+    stored = _read_json(out, pointer)
+    stored["version"] = "a-version-of-my-own"
+    out.fs.pipe_file(pointer, json.dumps(stored).encode())
+    with pytest.raises(ArtifactError, match=r"published conversion champion.*does not match"):
+        reg.published_manifest(target, PROBLEM, keys=_keys())
+    with pytest.raises(ArtifactError, match="nothing is published as conversion challenger"):
+        reg.published_manifest(target, PROBLEM, "challenger", keys=_keys())
+
+
 def test_key_rotation(root, tmp_path):
     """Signed by the old key: loadable while it is listed as previous, refused once dropped;
     publishing re-signs the pointer with the new key; `resign` moves versions to it."""
@@ -381,7 +513,7 @@ def test_key_rotation(root, tmp_path):
     published, _ = reg.load_published(target, PROBLEM, keys=_keys(KEY))  # re-signed
     assert published == manifest
 
-    assert rotating.resign(PROBLEM) == [manifest.version]
+    assert rotating.resign(PROBLEM) == reg.Resigned((manifest.version,), {})
     assert new_only.manifest(PROBLEM, manifest.version) == manifest
     with pytest.raises(ArtifactError, match="neither"):
         Registry(root, keys=_keys(OLD_KEY)).manifest(PROBLEM, manifest.version)
@@ -390,10 +522,62 @@ def test_key_rotation(root, tmp_path):
 def test_adopting_signing_on_unsigned_versions(tmp_path):
     unsigned = _register(Registry(tmp_path / "registry", keys=_keys(None)), tmp_path)
     registry = Registry(tmp_path / "registry", keys=_keys())
+    refused = registry.resign(PROBLEM)
+    assert refused.resigned == () and "not signed" in refused.refused[unsigned.version]
     with pytest.raises(ArtifactError, match="not signed"):
-        registry.resign(PROBLEM)
-    assert registry.resign(PROBLEM, accept_unsigned=True) == [unsigned.version]
+        registry.manifest(PROBLEM, unsigned.version)  # left as it was
+    assert registry.resign(PROBLEM, accept_unsigned=True) == reg.Resigned((unsigned.version,), {})
     assert registry.manifest(PROBLEM, unsigned.version) == unsigned
+
+
+def _bad_versions(root: str, tmp_path: Path) -> dict[str, str]:
+    """Versions whose manifests are refused under KEY, by kind: unsigned, signed by a key no
+    one knows, forged (signed, then altered), and not JSON at all."""
+    bad = {
+        "unsigned": _register(Registry(root, keys=_keys(None)), tmp_path, b"u").version,
+        "unknown key": _register(Registry(root, keys=_keys(b"x" * 32)), tmp_path, b"x").version,
+        "forged": _register(Registry(root, keys=_keys()), tmp_path, b"f").version,
+        "not JSON": _register(Registry(root, keys=_keys()), tmp_path, b"j").version,
+    }
+    registry = Registry(root)
+    _forge(registry, bad["forged"])
+    registry.fs.pipe_file(_manifest_file(registry, bad["not JSON"]), b'{"problem": "conv')
+    return bad
+
+
+def test_versions_skips_the_unverifiable_and_names_them(root, tmp_path):
+    """One bad manifest used to make `versions` raise for the whole problem."""
+    registry = Registry(root, keys=_keys())
+    good = [_register(registry, tmp_path, w).version for w in (b"1", b"2")]
+    bad = _bad_versions(root, tmp_path)
+    assert [m.version for m in registry.versions(PROBLEM)] == sorted(good)  # oldest first
+    skipped = registry.unverifiable(PROBLEM)
+    assert sorted(skipped) == sorted(bad.values())
+    assert "not signed" in skipped[bad["unsigned"]]
+    assert f"key id {reg.key_id(b'x' * 32)}" in skipped[bad["unknown key"]]
+    assert "does not match" in skipped[bad["forged"]]
+    assert "not valid JSON" in skipped[bad["not JSON"]]
+    assert all(version in why for version, why in skipped.items())
+
+
+def test_resign_re_signs_what_it_can_and_reports_the_rest(root, tmp_path):
+    """Rotation with bad versions among the good: the good are re-signed, the rest refused
+    with why and left as they were; accept_unsigned adds the unsigned ones, nothing else."""
+    old = _register(Registry(root, keys=_keys(OLD_KEY)), tmp_path, b"old")
+    bad = _bad_versions(root, tmp_path)
+    rotating = Registry(root, keys=_keys(KEY, OLD_KEY))
+    before = {v: rotating.fs.cat_file(_manifest_file(rotating, v)) for v in bad.values()}
+
+    first = rotating.resign(PROBLEM)
+    assert first.resigned == (old.version,)
+    assert sorted(first.refused) == sorted(bad.values())
+    assert "not signed" in first.refused[bad["unsigned"]]
+    assert {v: rotating.fs.cat_file(_manifest_file(rotating, v)) for v in bad.values()} == before
+    assert Registry(root, keys=_keys(KEY)).manifest(PROBLEM, old.version) == old
+
+    second = rotating.resign(PROBLEM, accept_unsigned=True)
+    assert second.resigned == (bad["unsigned"],)  # the old one is done: verified, left alone
+    assert sorted(second.refused) == sorted(v for k, v in bad.items() if k != "unsigned")
 
 
 def test_keys_come_from_the_environment(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from ml.recommend.models import SKNNRecommender
 from ml.registry import Registry
 from orchestration.definitions import build_definitions
 from orchestration.monitoring.config import RECOMMENDER
-from orchestration.reports import read_report, report_location, write_report
+from orchestration.reports import read_report, report_location, write_report, write_run_report
 from skiff.settings import ensure_home, load_settings
 from skiff.urls import report_url
 from tests.conftest import AUTOMATION_VARIABLES
@@ -162,19 +162,27 @@ def test_monitoring_report_and_reference_cache_live_in_the_bucket(store, tmp_pat
 def test_write_report_through_the_bucket_and_back(store):
     settings, root, _ = store
     url = write_report(settings, "experiments/results.md", "# results\n")
-    assert url == "http://127.0.0.1:8000/reports/experiments/results.md"
+    assert url == "http://127.0.0.1:3001/reports/experiments/results.md"
     assert fsspec.open(f"{root}/reports/experiments/results.md", "rb").open().read() == (
         b"# results\n"
     )
     assert read_report(settings, "experiments/results.md") == "# results\n"
     assert read_report(settings, "experiments/missing.md") is None
+    # two runs' reports: each its own object, linked; the latest copy is the last one's
+    for run, text in (("run-1", "# one\n"), ("run-2", "# two\n")):
+        url = write_run_report(settings, "experiments/results.md", run, text)
+        assert url == f"http://127.0.0.1:3001/reports/experiments/runs/{run}/results.md"
+    assert read_report(settings, "experiments/runs/run-1/results.md") == "# one\n"
+    assert read_report(settings, "experiments/runs/run-2/results.md") == "# two\n"
+    assert read_report(settings, "experiments/results.md") == "# two\n"
     assert _files_under(settings.reports) == []
 
 
 def test_write_report_locally_is_whole_and_refuses_paths_that_escape(settings, monkeypatch):
     monkeypatch.delenv("SKIFF_REPORTS_URL", raising=False)
+    # neither SKIFF_REPORTS_URL nor SKIFF_SERVE_URL: the address `skiff ui` serves them at
     url = write_report(settings, "conversion/leaderboard.md", b"| a |\n")
-    assert url == "http://127.0.0.1:8000/reports/conversion/leaderboard.md"
+    assert url == "http://127.0.0.1:3001/reports/conversion/leaderboard.md"
     assert report_location(settings, "conversion/leaderboard.md") == str(
         settings.reports / "conversion" / "leaderboard.md"
     )

@@ -309,7 +309,7 @@ def test_variant_assignment_uses_the_experiment_name():
 def test_report_url(settings, monkeypatch):
     html = settings.reports / "monitoring" / "drift 2026-01-05.html"
     assert report_url(settings, html) == (
-        "http://127.0.0.1:8000/reports/monitoring/drift%202026-01-05.html"
+        "http://127.0.0.1:3001/reports/monitoring/drift%202026-01-05.html"
     )
     monkeypatch.setenv("SKIFF_SERVE_URL", "https://skiff.example.com/")
     assert report_url(settings, "monitoring/a.html") == (

@@ -2,7 +2,10 @@
 
 - Snowflake (fakesnow's server on 127.0.0.1): a day replacement whose load fails leaves the
   day's previous rows, through both load paths; a good one replaces them; no staging table is
-  left behind.
+  left behind. The stand-in is DuckDB, where DDL inside a transaction does not commit it;
+  Snowflake commits the open transaction before every DDL statement, so the tests make the
+  stand-in's client do the same (`ddl_commits`): a delete issued before a load's DDL is then
+  committed, as in production.
 - Secrets: the Dagster UI (a real webserver's GraphQL API) shows the Snowflake password's
   variable name, never its value.
 - DuckDB: a reader in another process (short queries in a loop, through `Warehouse.query`)
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -55,6 +59,28 @@ def _frame(day: dt.date, sessions: list[str], stamps: list) -> pd.DataFrame:
 def fakesnow_port(tmp_path: Path):
     with fakesnow_server(tmp_path / "fakesnow.log") as port:
         yield port
+
+
+DDL = re.compile(r"\s*(create|drop|alter|truncate|grant|revoke)\b", re.IGNORECASE)
+
+
+@pytest.fixture
+def ddl_commits(monkeypatch):
+    """Snowflake's rule on the stand-in's client: a DDL statement first commits the session's
+    open transaction (https://docs.snowflake.com/en/sql-reference/transactions#ddl)."""
+    from snowflake.connector.cursor import SnowflakeCursor
+
+    execute = SnowflakeCursor.execute
+    commits: list[str] = []
+
+    def commit_then_execute(self, command, *args, **kwargs):
+        if isinstance(command, str) and DDL.match(command):
+            self.connection.commit()
+            commits.append(command.split("(")[0].strip()[:80])
+        return execute(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(SnowflakeCursor, "execute", commit_then_execute)
+    return commits
 
 
 def _standin(port: int, load_method: str) -> SnowflakeWarehouse:
@@ -103,7 +129,7 @@ def _rows(warehouse: SnowflakeWarehouse) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_a_failing_load_leaves_the_snowflake_day_in_place(fakesnow_port):
+def test_a_failing_load_leaves_the_snowflake_day_in_place(fakesnow_port, ddl_commits):
     inserts = _standin(fakesnow_port, "insert")
     with inserts._resource().get_connection() as con:  # a real account has its database
         con.cursor().execute("create database if not exists skiff")
@@ -127,6 +153,7 @@ def test_a_failing_load_leaves_the_snowflake_day_in_place(fakesnow_port):
         90, lambda: staged.replace_days("events", "event_day", [DAY], bad, columns=COLUMNS)
     )
     assert raised is not None, "the stand-in accepted a load it cannot take"
+    assert any("stage" in c.lower() for c in ddl_commits), "write_pandas issued no stage DDL"
     assert _rows(inserts) == before
 
     good = _frame(DAY, ["f", "g"], [5, 6])

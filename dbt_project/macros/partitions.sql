@@ -1,12 +1,17 @@
 {#-
-    Daily partitions. Dagster passes an inclusive range of UTC days:
+    Daily partitions. Dagster passes an inclusive range of UTC days in the environment:
+
+        SKIFF_DBT_START_DAY=2026-01-05 SKIFF_DBT_END_DAY=2026-01-07 dbt build
+
+    read only when models execute (not while dbt parses), so a new range keeps dbt's partial
+    parse; the same range as vars works too and wins (a change of vars re-parses the project):
 
         dbt build --vars '{"start_day": "2026-01-05", "end_day": "2026-01-07"}'
 
     Incremental models filter their upstream scan with in_partition(...) and, through the
     pre_hook delete_partition(...), delete those days from themselves before appending them
     again: re-running a day replaces it, an emptied day becomes empty, nothing is duplicated.
-    Without the vars every day is selected (and, on an existing table, every row is deleted
+    Without a range every day is selected (and, on an existing table, every row is deleted
     first), so a plain `dbt build` rebuilds everything.
 -#}
 
@@ -14,6 +19,11 @@
     {#- Returns none (no partition vars) or [start_day, end_day] as validated ISO strings. -#}
     {%- set raw_start = var('start_day', none) -%}
     {%- set raw_end = var('end_day', none) -%}
+    {%- if raw_start is none and raw_end is none and execute -%}
+        {#- env_var outside parsing: dbt would record it and re-parse when it changes -#}
+        {%- set raw_start = env_var('SKIFF_DBT_START_DAY', '') or none -%}
+        {%- set raw_end = env_var('SKIFF_DBT_END_DAY', '') or none -%}
+    {%- endif -%}
     {%- set start_day = (raw_start | string | trim) if raw_start is not none else '' -%}
     {%- set end_day = (raw_end | string | trim) if raw_end is not none else '' -%}
     {%- if start_day == '' and end_day == '' -%}

@@ -15,7 +15,9 @@ import pandas as pd
 # Defaults; the Dagster assets expose each as configuration.
 PR_AUC_MARGIN = 0.0  # the candidate's test PR AUC must exceed logistic regression's by this
 MAX_CALIBRATION_ERROR = 0.05  # expected calibration error on the test day, at most
-LEAKAGE_TOLERANCE = 1e-6  # features recomputed from raw events may differ by this, no more
+# Features recomputed from raw events may differ by this, relative to max(1, |value|): the
+# training rows are float32 (ml.conversion.features.FEATURE_DTYPE), which rounds at 6e-8.
+LEAKAGE_TOLERANCE = 1e-6
 PROMOTION_METRIC = "pr_auc"
 
 Gate = tuple[bool, str]
@@ -48,7 +50,8 @@ def calibration_bounded(metrics: Mapping[str, float], limit: float = MAX_CALIBRA
 def no_leakage(
     training: pd.DataFrame, recomputed: pd.DataFrame, tolerance: float = LEAKAGE_TOLERANCE
 ) -> Gate:
-    """Training feature rows equal rows recomputed from raw events cut before the purchase.
+    """Training feature rows equal rows recomputed from raw events cut before the purchase
+    (to `tolerance`, relative to max(1, |recomputed value|)).
 
     Both frames are indexed by (session_key, prefix_length) with the same feature columns. A
     training row the recomputation lacks is a prefix that reaches the purchase or beyond.
@@ -66,12 +69,18 @@ def no_leakage(
         return False, f"{len(missing)} prefixes before the purchase are missing, e.g. {missing[0]}"
     a = training.loc[recomputed.index, recomputed.columns].to_numpy(dtype=float)
     b = recomputed.to_numpy(dtype=float)
-    diff = np.abs(a - b).max(axis=0)
+    diff = (np.abs(a - b) / np.maximum(1.0, np.abs(b))).max(axis=0)
     worst = int(np.argmax(diff))
     if diff[worst] > tolerance:
-        return False, f"feature {recomputed.columns[worst]} differs by {diff[worst]:.6g}"
+        return (
+            False,
+            f"feature {recomputed.columns[worst]} differs by {diff[worst]:.6g} (relative)",
+        )
     sessions = recomputed.index.get_level_values(0).nunique()
-    return True, f"{len(recomputed)} prefixes of {sessions} sessions recomputed: identical"
+    return True, (
+        f"{len(recomputed)} prefixes of {sessions} sessions recomputed: identical within "
+        f"float32 rounding (largest relative difference {diff[worst]:.2g})"
+    )
 
 
 def at_least_as_good(

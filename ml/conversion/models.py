@@ -28,10 +28,23 @@ from typing import Any, ClassVar, Protocol, Self
 import numpy as np
 import pandas as pd
 
-from ml.conversion.features import ACTIONS, FEATURES, Batch, action_codes, column_ms, top_category
+from ml.conversion.features import (
+    ACTIONS,
+    FEATURE_DTYPE,
+    FEATURES,
+    Batch,
+    action_codes,
+    column_ms,
+    top_category,
+)
 from ml.registry import ArtifactError, Manifest, Registry
 
 CONFIG_FILE = "model.json"
+# Every model fits on at most this many prefixes (whole sessions, seeded): scikit-learn copies
+# its input to float64 (2 GB at 5M prefixes), the GRU's cost grows with the sessions, and none
+# of them gains from more rows of these features (bench/conversion.py: the quality table at
+# 1M sessions, 5M prefixes, against the oracle).
+MAX_FIT_PREFIXES = 1_000_000
 SMALL_BATCH = 1000  # prefixes; fewer are scored on one thread
 PROBLEM = "conversion"
 # Types an estimator file may hold beyond skops' default trust (sklearn estimators, numpy,
@@ -108,7 +121,12 @@ def _read_config(folder: Path, algorithm: str) -> dict[str, Any]:
 
 
 def _matrix(batch: Batch) -> np.ndarray:
-    return batch.features[list(FEATURES)].to_numpy(dtype=np.float64)
+    """The feature rows as FEATURE_DTYPE, a view of the batch's array when its columns are
+    already in FEATURES order (no copy of a GB-sized training matrix)."""
+    frame = batch.features
+    if list(frame.columns) != list(FEATURES):
+        frame = frame[list(FEATURES)]
+    return frame.to_numpy(dtype=FEATURE_DTYPE)
 
 
 class MajorityModel:
@@ -140,22 +158,45 @@ class MajorityModel:
         return model
 
 
+def fit_sample(starts: np.ndarray, max_prefixes: int | None, seed: int) -> np.ndarray | None:
+    """Which prefixes a model fits on: all (None), or those of a seeded random sample of whole
+    sessions (a session is its `Batch.starts` value) holding at most `max_prefixes`."""
+    if max_prefixes is None or len(starts) <= max_prefixes:
+        return None
+    if max_prefixes < 1:
+        raise ValueError(f"max_fit_prefixes must be at least 1, got {max_prefixes}")
+    sessions, which = np.unique(starts, return_inverse=True)
+    sizes = np.bincount(which)
+    order = np.random.default_rng(seed).permutation(len(sessions))
+    chosen = np.zeros(len(sessions), dtype=bool)
+    chosen[order[np.cumsum(sizes[order]) <= max_prefixes]] = True
+    return chosen[which]
+
+
 class _SklearnModel:
     """A scikit-learn estimator on the feature rows, saved with skops (see the module
-    docstring)."""
+    docstring).
+
+    It fits on at most `max_fit_prefixes` prefixes (`fit_sample`; None: on all of them).
+    """
 
     algorithm: ClassVar[str] = ""
     WEIGHTS: ClassVar[str] = "estimator.skops"
     LEGACY_WEIGHTS: ClassVar[str] = "estimator.joblib"
+    FIT_THREADS: ClassVar[int | None] = None  # BLAS / OpenMP threads of fit (None: default)
 
-    def __init__(self, seed: int = 0, **params: Any) -> None:
+    def __init__(
+        self, seed: int = 0, max_fit_prefixes: int | None = MAX_FIT_PREFIXES, **params: Any
+    ) -> None:
         self.seed = seed
+        self.max_fit_prefixes = max_fit_prefixes
         self._params = params
         self.estimator: Any = None
+        self.log: Callable[[str], None] = lambda message: None
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"seed": self.seed, **self._params}
+        return {"seed": self.seed, "max_fit_prefixes": self.max_fit_prefixes, **self._params}
 
     def _estimator(self) -> Any:
         raise NotImplementedError
@@ -165,7 +206,15 @@ class _SklearnModel:
         raise NotImplementedError
 
     def fit(self, batch: Batch, y: np.ndarray) -> Self:
-        self.estimator = self._estimator().fit(_matrix(batch), np.asarray(y))
+        x, y = _matrix(batch), np.asarray(y)
+        rows = fit_sample(batch.starts, self.max_fit_prefixes, self.seed)
+        if rows is not None:
+            self.log(f"{self.algorithm}: fitting on {rows.sum():,} of {len(x):,} prefixes")
+            x, y = x[rows], y[rows]
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.FIT_THREADS):
+            self.estimator = self._estimator().fit(x, y)
         return self
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
@@ -212,12 +261,22 @@ def signed_log1p(x: np.ndarray) -> np.ndarray:
 
 class LogisticModel(_SklearnModel):
     """Logistic regression on signed-log1p-scaled features: the linear baseline gates compare
-    with."""
+    with. The scaler works in place on the transform's fresh float64 output, so the solver
+    gets its input without another copy."""
 
     algorithm: ClassVar[str] = "logistic"
+    # 53 coefficients: a second BLAS thread gains nothing and waits for a busy core (100k
+    # prefixes: 7.4 s on one thread, 22-35 s on two, load average about 12 on 2 cores).
+    FIT_THREADS: ClassVar[int | None] = 1
 
-    def __init__(self, seed: int = 0, C: float = 1.0, max_iter: int = 2000) -> None:
-        super().__init__(seed=seed, C=C, max_iter=max_iter)
+    def __init__(
+        self,
+        seed: int = 0,
+        C: float = 1.0,
+        max_iter: int = 2000,
+        max_fit_prefixes: int | None = MAX_FIT_PREFIXES,
+    ) -> None:
+        super().__init__(seed=seed, max_fit_prefixes=max_fit_prefixes, C=C, max_iter=max_iter)
 
     def _estimator(self) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -226,7 +285,7 @@ class LogisticModel(_SklearnModel):
 
         return make_pipeline(
             FunctionTransformer(signed_log1p),
-            StandardScaler(),
+            StandardScaler(copy=False),
             LogisticRegression(
                 C=self._params["C"], max_iter=self._params["max_iter"], random_state=self.seed
             ),
@@ -252,9 +311,11 @@ class HGBModel(_SklearnModel):
         learning_rate: float = 0.1,
         max_leaf_nodes: int = 31,
         l2_regularization: float = 0.0,
+        max_fit_prefixes: int | None = MAX_FIT_PREFIXES,
     ) -> None:
         super().__init__(
             seed=seed,
+            max_fit_prefixes=max_fit_prefixes,
             max_iter=max_iter,
             learning_rate=learning_rate,
             max_leaf_nodes=max_leaf_nodes,
@@ -345,6 +406,7 @@ class GRUModel:
         batch_sessions: int = 256,
         learning_rate: float = 3e-3,
         max_categories: int = 200,
+        max_fit_prefixes: int | None = MAX_FIT_PREFIXES,
     ) -> None:
         self._params = {
             "seed": seed,
@@ -354,6 +416,7 @@ class GRUModel:
             "batch_sessions": batch_sessions,
             "learning_rate": learning_rate,
             "max_categories": max_categories,
+            "max_fit_prefixes": max_fit_prefixes,
         }
         self.categories: dict[str, int] = {}
         self.net: Any = None
@@ -367,12 +430,14 @@ class GRUModel:
         self.net = _net(len(self.categories), self._params["embedding"], self._params["hidden"])
 
     @staticmethod
-    def _sessions(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _sessions(
+        prefix_starts: np.ndarray, prefix_ends: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Unique session starts, their lengths to run, each prefix's session and position."""
-        starts, which = np.unique(batch.starts, return_inverse=True)
+        starts, which = np.unique(prefix_starts, return_inverse=True)
         lengths = np.zeros(len(starts), dtype=np.int64)
-        np.maximum.at(lengths, which, batch.ends - batch.starts + 1)
-        return starts, lengths, which, batch.ends - batch.starts
+        np.maximum.at(lengths, which, prefix_ends - prefix_starts + 1)
+        return starts, lengths, which, prefix_ends - prefix_starts
 
     @staticmethod
     def _tensors(steps, starts: np.ndarray, lengths: np.ndarray):
@@ -389,10 +454,16 @@ class GRUModel:
             torch.from_numpy(numeric[index] * valid[..., None]),
         )
 
-    def _scan(self, batch: Batch, chunk: int, rng: np.random.Generator | None):
+    def _scan(
+        self,
+        steps: tuple[np.ndarray, ...],
+        prefix_starts: np.ndarray,
+        prefix_ends: np.ndarray,
+        chunk: int,
+        rng: np.random.Generator | None,
+    ):
         """Batches of sessions of similar length: (step tensors, prefix rows, their positions)."""
-        starts, lengths, which, position = self._sessions(batch)
-        steps = _step_inputs(batch.events, self.categories)
+        starts, lengths, which, position = self._sessions(prefix_starts, prefix_ends)
         tie = rng.random(len(starts)) if rng is not None else np.zeros(len(starts))
         by_length = np.lexsort((tie, lengths))
         groups = [by_length[lo : lo + chunk] for lo in range(0, len(by_length), chunk)]
@@ -416,14 +487,36 @@ class GRUModel:
         frequent = tops.value_counts().head(p["max_categories"]).index
         self.categories = {name: i + 3 for i, name in enumerate(sorted(frequent))}
         self._build()
-        y = torch.from_numpy(np.asarray(y, dtype=np.float32))
+        starts, ends, y = batch.starts, batch.ends, np.asarray(y, dtype=np.float32)
+        rows = fit_sample(starts, p["max_fit_prefixes"], p["seed"])
+        if rows is not None:
+            self.log(f"gru: fitting on {rows.sum():,} of {len(starts):,} prefixes")
+            starts, ends, y = starts[rows], ends[rows], y[rows]
+        steps = _step_inputs(batch.events, self.categories)
+        y = torch.from_numpy(y)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=p["learning_rate"])
         loss_fn = torch.nn.BCEWithLogitsLoss()
         rng = np.random.default_rng(p["seed"])
         self.net.train()
+        # The matrices are small (256 sessions x 32 units): a second thread costs more than it
+        # saves: an epoch of 10k sessions took 3 s on one thread, 62-70 s on two (2 cores, load
+        # average 17-24: the second thread waits for a core).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._epochs(steps, starts, ends, y, optimizer, loss_fn, rng)
+        finally:
+            torch.set_num_threads(threads)
+        return self
+
+    def _epochs(self, steps, starts, ends, y, optimizer, loss_fn, rng) -> None:
+        import torch
+
+        p = self._params
         for epoch in range(p["epochs"]):
             total, seen = 0.0, 0
-            for tensors, rows, session, position in self._scan(batch, p["batch_sessions"], rng):
+            scan = self._scan(steps, starts, ends, p["batch_sessions"], rng)
+            for tensors, rows, session, position in scan:
                 logits = self.net(*tensors)[torch.from_numpy(session), torch.from_numpy(position)]
                 loss = loss_fn(logits, y[torch.from_numpy(rows)])
                 optimizer.zero_grad()
@@ -432,7 +525,6 @@ class GRUModel:
                 total += loss.item() * len(rows)
                 seen += len(rows)
             self.log(f"gru epoch {epoch + 1}/{p['epochs']}: loss {total / max(seen, 1):.4f}")
-        return self
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
         import torch
@@ -442,7 +534,10 @@ class GRUModel:
             return scores
         self.net.eval()
         with torch.no_grad():
-            for tensors, rows, session, position in self._scan(batch, 1024, None):
+            steps = _step_inputs(batch.events, self.categories)
+            for tensors, rows, session, position in self._scan(
+                steps, batch.starts, batch.ends, 1024, None
+            ):
                 probability = torch.sigmoid(self.net(*tensors)).numpy()
                 scores[rows] = probability[session, position]
         return scores

@@ -8,6 +8,15 @@ over sessions, so long sessions weigh by their number of predictions, as in sess
 GRU4Rec. A recommendation list is deduplicated (first occurrence wins) and cut at k before
 ranking: a list cannot win twice with one item, nor score with an item past k.
 
+Both ways of viewed items: a session often views a product again, and the models rank the
+session's own products too, while the server shows none of them by default (its
+`exclude_viewed` rule). So every evaluation also reports `*_excluding_viewed`: the same
+predictions, each list with the prefix's items left out before the cut at k (a repeated view
+is then a miss). A recommender function is asked for k plus the prefix's distinct items (a
+batch: the most of its chunk), so k items remain after leaving them out, as the server asks
+the model for more; precomputed `recommendations` are filtered as given (give longer lists
+to measure this fairly). The first k of the longer list are the k-list for every model here.
+
 Ties are the recommender's to break: the evaluator ranks lists. For score vectors,
 `rank_from_scores` counts ties against the target (pessimistic), so a model that scores
 everything 0 ranks nothing first — the classic port bug this avoids.
@@ -108,6 +117,11 @@ class EvalResult:
     ranks: np.ndarray = field(repr=False)
     points: PredictionPoints = field(repr=False)
     recommendations: list[list[str]] = field(repr=False)
+    # the same predictions, each list without the prefix's own items (see the protocol)
+    hr_excluding_viewed: float = math.nan
+    mrr_excluding_viewed: float = math.nan
+    ndcg_excluding_viewed: float = math.nan
+    ranks_excluding_viewed: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     @property
     def recs_per_second(self) -> float:
@@ -122,6 +136,9 @@ class EvalResult:
             "coverage": self.coverage,
             "popularity_bias": self.popularity_bias,
             "predictions": float(self.predictions),
+            f"hr_at_{k}_excluding_viewed": self.hr_excluding_viewed,
+            f"mrr_at_{k}_excluding_viewed": self.mrr_excluding_viewed,
+            f"ndcg_at_{k}_excluding_viewed": self.ndcg_excluding_viewed,
         }
 
 
@@ -170,10 +187,13 @@ def evaluate(
         lists = []
         for start in range(0, len(kept), batch_size):
             chunk = [points.prefixes[i] for i in kept[start : start + batch_size]]
-            lists.extend(list(r) for r in recommend_batch(chunk, k))
+            asked = k + max(len(set(prefix)) for prefix in chunk)
+            lists.extend(list(r) for r in recommend_batch(chunk, asked))
     else:
         assert recommend is not None
-        lists = [list(recommend(points.prefixes[i], k)) for i in kept]
+        lists = [
+            list(recommend(points.prefixes[i], k + len(set(points.prefixes[i])))) for i in kept
+        ]
     seconds = time.perf_counter() - began
 
     ranks = np.fromiter(
@@ -182,6 +202,15 @@ def evaluate(
         count=len(kept),
     )
     scores = metrics_from_ranks(ranks, k)
+    unseen_ranks = np.fromiter(
+        (
+            rank_in_list(_without(r, points.prefixes[i]), points.targets[i], k)
+            for r, i in zip(lists, kept, strict=True)
+        ),
+        dtype=np.int64,
+        count=len(kept),
+    )
+    unseen = metrics_from_ranks(unseen_ranks, k)
     top = [_distinct(r, k) for r in lists]
     recommended = {item for r in top for item in r}
     if popularity is None:
@@ -209,7 +238,16 @@ def evaluate(
         ranks=ranks,
         points=flat_points,
         recommendations=top,
+        hr_excluding_viewed=unseen[f"hr_at_{k}"],
+        mrr_excluding_viewed=unseen[f"mrr_at_{k}"],
+        ndcg_excluding_viewed=unseen[f"ndcg_at_{k}"],
+        ranks_excluding_viewed=unseen_ranks,
     )
+
+
+def _without(items: Iterable[str], viewed: Sequence[str]) -> list[str]:
+    leave_out = set(viewed)
+    return [item for item in items if item not in leave_out]
 
 
 def _distinct(items: Iterable[str], k: int) -> list[str]:

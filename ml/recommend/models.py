@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -278,10 +280,28 @@ class SKNNRecommender(Recommender):
 class SequenceRecommender(Recommender):
     """A torch next-item model: GRU4Rec-style (`arch="gru"`) or SASRec-style (`"sasrec"`).
 
-    Items are embedded, encoded left to right (a GRU, or causal self-attention with learned
-    positions), and scored against the same item embeddings (tied output, full softmax, cross
-    entropy on every position of every session: each view is a training target). Sessions
-    longer than `max_len` are cut into windows so every transition is used once per epoch.
+    Items are embedded (with `dropout`), encoded left to right (a GRU of `hidden` units, or
+    causal self-attention with learned positions), projected back to the embedding size (with
+    `hidden_dropout`) and scored against the same item embeddings plus a bias (tied output).
+    Every position of every session is a training target. The loss is cross entropy over the
+    whole catalogue (`negatives=0`), or, for large catalogues, over the batch's own targets
+    plus `negatives` items sampled by popularity^`alpha` (GRU4Rec's in-batch + sampled
+    negatives). Sessions longer than `max_len` are cut into windows so every transition is used
+    once per epoch.
+
+    Training follows GRU4Rec's time order: each epoch walks the sessions oldest first in
+    mini-batches of `batch_size` consecutive windows, so the last updates come from the most
+    recent sessions (on time splits this beats shuffled batches). Early stopping: the latest
+    `holdout` share of the training sessions is held out; after every epoch the model ranks
+    their every next item (targets unseen in the rest left out) and MRR@20 is the stopping
+    metric; after `patience` epochs without a gain training stops. With `refit` the model is
+    then retrained from the same seed on all training sessions for the best epoch count, so the
+    most recent sessions are learned too. `holdout=0` trains `epochs` epochs without a check.
+
+    torch runs on `threads` threads while training and scoring (1 by default: these small
+    matrices gain little from a second thread, and on a shared machine spin-waiting threads
+    slow training tenfold; 0 leaves torch's setting). `progress` (e.g. an asset's
+    `context.log.info`) receives one line per epoch: train loss, holdout MRR@20, seconds.
     Saved as a state_dict and a JSON config; loaded with `torch.load(weights_only=True)`.
     """
 
@@ -291,45 +311,65 @@ class SequenceRecommender(Recommender):
         self,
         arch: str = "gru",
         dim: int = 64,
-        epochs: int = 5,
-        batch_size: int = 256,
-        lr: float = 0.01,
+        hidden: int = 0,
+        epochs: int = 20,
+        batch_size: int = 128,
+        lr: float = 0.005,
         max_len: int = 20,
-        dropout: float = 0.1,
+        dropout: float = 0.25,
+        hidden_dropout: float = 0.0,
+        negatives: int = 0,
+        alpha: float = 0.5,
+        patience: int = 2,
+        holdout: float = 0.1,
+        refit: bool = True,
         seed: int = 0,
         heads: int = 2,
         layers: int = 1,
+        threads: int = 1,
     ):
+        """`dim`: embedding size; `hidden`: GRU units (0 = `dim`); `epochs`: the most epochs;
+        `dropout` / `hidden_dropout`: on the input embeddings / the encoder's output;
+        `negatives`: sampled negatives per batch (0 = full softmax); `alpha`: popularity
+        exponent of the sampling; `patience`, `holdout`, `refit`: early stopping (class doc)."""
         super().__init__()
         if arch not in ("gru", "sasrec"):
             raise ValueError(f"arch must be 'gru' or 'sasrec', got {arch!r}")
-        self.arch, self.dim, self.epochs, self.batch_size = arch, dim, epochs, batch_size
-        self.lr, self.max_len, self.dropout, self.seed = lr, max_len, dropout, seed
-        self.heads, self.layers = heads, layers
+        if not 0 <= holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+        if patience < 1 or epochs < 1:
+            raise ValueError(f"epochs and patience must be >= 1, got {epochs} and {patience}")
+        self.arch, self.dim, self.hidden, self.epochs = arch, dim, hidden, epochs
+        self.batch_size, self.lr, self.max_len = batch_size, lr, max_len
+        self.dropout, self.hidden_dropout = dropout, hidden_dropout
+        self.negatives, self.alpha, self.patience = negatives, alpha, patience
+        self.holdout, self.refit, self.seed = holdout, refit, seed
+        self.heads, self.layers, self.threads = heads, layers, threads
         self.net: Any = None
-        self.history: list[float] = []
+        self.history: list[dict[str, float]] = []  # one row per epoch, as `progress` reads
+        self.best_epoch = 0
         self.progress: Callable[[str], None] | None = None  # e.g. an asset's context.log.info
 
     def params(self) -> dict[str, Any]:
-        return {
-            "arch": self.arch,
-            "dim": self.dim,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "max_len": self.max_len,
-            "dropout": self.dropout,
-            "seed": self.seed,
-            "heads": self.heads,
-            "layers": self.layers,
-        }
+        names = (
+            "arch dim hidden epochs batch_size lr max_len dropout hidden_dropout negatives"
+            " alpha patience holdout refit seed heads layers threads"
+        )
+        return {name: getattr(self, name) for name in names.split()}
 
     def _build(self, n_items: int) -> Any:
         import torch
 
         torch.manual_seed(self.seed)
         return _SeqNet(
-            n_items, self.dim, self.arch, self.max_len, self.dropout, self.heads, self.layers
+            n_items,
+            self.dim,
+            self.hidden or self.dim,
+            self.arch,
+            self.max_len,
+            (self.dropout, self.hidden_dropout),
+            self.heads,
+            self.layers,
         )
 
     def _windows(self, encoded: list[np.ndarray]) -> list[np.ndarray]:
@@ -341,45 +381,92 @@ class SequenceRecommender(Recommender):
         return out
 
     def _fit(self, encoded: list[np.ndarray]) -> None:
+        self.history = []
+        began = time.perf_counter()
+        with _torch_threads(self.threads):
+            cut = len(encoded) - round(len(encoded) * self.holdout)
+            held = self._windows(encoded[cut:])
+            known = np.zeros(len(self.vocab) + 1, dtype=bool)
+            if held and cut > 0:
+                known[np.concatenate(encoded[:cut])] = True
+            if not held or not known.any():  # too little data to hold out: a plain fit
+                self.net = self._train(encoded, self.epochs, None, known, began, "")
+                self.best_epoch = self.epochs
+                return
+            self.net = self._train(encoded[:cut], self.epochs, held, known, began, "")
+            if self.refit:
+                self.net = self._train(encoded, self.best_epoch, None, known, began, "refit ")
+
+    def _train(
+        self,
+        encoded: list[np.ndarray],
+        epochs: int,
+        held: list[np.ndarray] | None,
+        known: np.ndarray,
+        began: float,
+        stage: str,
+    ) -> Any:
         import torch
 
-        self.net = self._build(len(self.vocab) + 1)
-        windows = self._windows(encoded)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        generator = np.random.default_rng(self.seed)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        self.history = []
-        for epoch in range(self.epochs):
-            self.net.train()
-            order = generator.permutation(len(windows))
+        net = self._build(len(self.vocab) + 1)
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
+        sampler = torch.Generator().manual_seed(self.seed)
+        weights = torch.from_numpy(self.popularity.astype(np.float64) ** self.alpha)
+        windows = self._windows(encoded)  # oldest first: batches walk forward in time
+        best, best_state, stale = -1.0, None, 0
+        for epoch in range(1, epochs + 1):
+            net.train()
             total, tokens = 0.0, 0
-            for start in range(0, len(order), self.batch_size):
-                batch = [windows[i] for i in order[start : start + self.batch_size]]
-                x, y = _pad([w[:-1] for w in batch]), _pad([w[1:] for w in batch])
-                x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-                hidden = self.net.encode(x_t)
-                mask = y_t != PAD
-                logits = self.net.logits(hidden[mask])
-                loss = loss_fn(logits, y_t[mask])
+            for start in range(0, len(windows), self.batch_size):
+                batch = windows[start : start + self.batch_size]
+                x = torch.from_numpy(_pad([w[:-1] for w in batch]))
+                y = torch.from_numpy(_pad([w[1:] for w in batch]))
+                mask = y != PAD
+                hidden, targets = net.encode(x)[mask], y[mask]
+                loss = _loss(net, hidden, targets, self.negatives, weights, sampler)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach()) * int(mask.sum())
-                tokens += int(mask.sum())
-            self.history.append(total / max(tokens, 1))
-            message = (
-                f"{self.arch} epoch {epoch + 1}/{self.epochs}: loss {self.history[-1]:.4f}"
-                f" over {len(windows):,} windows"
-            )
-            log.info(message)
-            if self.progress is not None:
-                self.progress(message)
+                total += float(loss.detach()) * len(targets)
+                tokens += len(targets)
+            row = {"epoch": epoch, "loss": total / max(tokens, 1)}
+            if held is not None:
+                row["holdout_mrr_at_20"] = _holdout_mrr(net, held, known)
+                if row["holdout_mrr_at_20"] > best:
+                    best, stale, self.best_epoch = row["holdout_mrr_at_20"], 0, epoch
+                    best_state = {k: v.clone() for k, v in net.state_dict().items()}
+                else:
+                    stale += 1
+            row["seconds"] = time.perf_counter() - began
+            self.history.append({**row, "refit": float(bool(stage))})
+            self._report(stage, epochs, row)
+            if held is not None and stale >= self.patience:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        return net
+
+    def _report(self, stage: str, epochs: int, row: dict[str, float]) -> None:
+        check = ""
+        if "holdout_mrr_at_20" in row:
+            mrr = row["holdout_mrr_at_20"]
+            check = f", holdout MRR@20 {mrr:.4f} (best epoch {self.best_epoch})"
+        message = (
+            f"{self.arch} {stage}epoch {row['epoch']}/{epochs}: train loss {row['loss']:.4f}"
+            f"{check}, {row['seconds']:.1f}s"
+        )
+        log.info(message)
+        if self.progress is not None:
+            self.progress(message)
 
     def _scores(self, encoded: list[np.ndarray], k: int) -> list[np.ndarray]:
         import torch
 
         self.net.eval()
         out: list[np.ndarray] = []
+        # no per-call change of torch's threads here: the setting is the process's, and a server
+        # scores on several threads at once (it is set once, on load)
         with torch.inference_mode():
             for start in range(0, len(encoded), 512):
                 chunk = [e[-self.max_len :] for e in encoded[start : start + 512]]
@@ -403,6 +490,8 @@ class SequenceRecommender(Recommender):
         self.net = self._build(len(self.vocab) + 1)
         self.net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
         self.net.eval()
+        if self.threads > 0:  # once, for the process that scores with it (a server)
+            torch.set_num_threads(self.threads)
 
 
 class SASRecRecommender(SequenceRecommender):
@@ -412,6 +501,58 @@ class SASRecRecommender(SequenceRecommender):
 
     def __init__(self, **params: Any):
         super().__init__(**{**params, "arch": "sasrec"})
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _loss(net: Any, hidden: Any, targets: Any, negatives: int, weights: Any, sampler: Any) -> Any:
+    """Cross entropy over the catalogue, or over the batch's targets + sampled negatives (a
+    candidate equal to a row's target, other than its own column, is masked out)."""
+    import torch
+
+    if negatives == 0:
+        return torch.nn.functional.cross_entropy(net.logits(hidden), targets)
+    sampled = torch.multinomial(weights, negatives, replacement=True, generator=sampler)
+    candidates = torch.cat([targets, sampled])
+    logits = hidden @ net.items.weight[candidates].T + net.bias[candidates]
+    own = torch.arange(len(targets))
+    clash = candidates.unsqueeze(0) == targets.unsqueeze(1)
+    clash[own, own] = False
+    return torch.nn.functional.cross_entropy(logits.masked_fill(clash, -1e9), own)
+
+
+def _holdout_mrr(net: Any, windows: list[np.ndarray], known: np.ndarray, k: int = 20) -> float:
+    """MRR@k of every next item of held-out windows in one causal pass (targets the training
+    part never saw are left out; ties count against the target)."""
+    import torch
+
+    net.eval()
+    reciprocal, count = 0.0, 0
+    known_t = torch.from_numpy(known)
+    with torch.inference_mode():
+        for start in range(0, len(windows), 512):
+            chunk = windows[start : start + 512]
+            x = torch.from_numpy(_pad([w[:-1] for w in chunk]))
+            y = torch.from_numpy(_pad([w[1:] for w in chunk]))
+            mask = (y != PAD) & known_t[y]
+            logits = net.logits(net.encode(x)[mask])
+            logits[:, PAD] = -torch.inf
+            target = logits.gather(1, y[mask].unsqueeze(1))
+            rank = (logits >= target).sum(1).double()
+            reciprocal += float(torch.where(rank <= k, 1 / rank, 0.0).sum())
+            count += int(mask.sum())
+    return reciprocal / max(count, 1)
 
 
 def _pad(rows: list[np.ndarray]) -> np.ndarray:
@@ -424,7 +565,14 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def _SeqNet(
-    n_items: int, dim: int, arch: str, max_len: int, dropout: float, heads: int, layers: int
+    n_items: int,
+    dim: int,
+    hidden: int,
+    arch: str,
+    max_len: int,
+    dropout: tuple[float, float],
+    heads: int,
+    layers: int,
 ) -> Any:
     """Built in a function so that importing this module never imports torch."""
     import torch
@@ -434,32 +582,39 @@ def _SeqNet(
         def __init__(self) -> None:
             super().__init__()
             self.items = nn.Embedding(n_items, dim, padding_idx=PAD)
-            self.drop = nn.Dropout(dropout)
+            self.drop = nn.Dropout(dropout[0])
+            self.drop_hidden = nn.Dropout(dropout[1])
             self.bias = nn.Parameter(torch.zeros(n_items))
+            width = dim
             if arch == "gru":
-                self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True)
+                width = hidden
+                self.gru = nn.GRU(dim, hidden, num_layers=layers, batch_first=True)
             else:
                 self.positions = nn.Embedding(max_len, dim)
                 layer = nn.TransformerEncoderLayer(
                     dim,
                     heads,
                     dim_feedforward=2 * dim,
-                    dropout=dropout,
+                    dropout=dropout[0],
                     batch_first=True,
                     norm_first=True,
                 )
                 self.attn = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
                 self.norm = nn.LayerNorm(dim)
+            # back to the embedding size when the GRU is wider: the output is tied to items
+            self.project = nn.Linear(width, dim) if width != dim else nn.Identity()
             nn.init.normal_(self.items.weight, std=0.05)
 
         def encode(self, x: torch.Tensor) -> torch.Tensor:
             h = self.drop(self.items(x))
             if arch == "gru":
-                return self.gru(h)[0]
-            length = x.shape[1]
-            h = h + self.positions(torch.arange(length))
-            causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
-            return self.norm(self.attn(h, mask=causal))
+                h = self.gru(h)[0]
+            else:
+                length = x.shape[1]
+                h = h + self.positions(torch.arange(length))
+                causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+                h = self.norm(self.attn(h, mask=causal))
+            return self.project(self.drop_hidden(h))
 
         def logits(self, hidden: torch.Tensor) -> torch.Tensor:
             return hidden @ self.items.weight.T + self.bias
@@ -478,4 +633,7 @@ ALGORITHMS: dict[str, type[Recommender]] = {
 def make_model(algorithm: str, **params: Any) -> Recommender:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
-    return ALGORITHMS[algorithm](**params)
+    try:
+        return ALGORITHMS[algorithm](**params)
+    except TypeError as exc:  # an unknown parameter name, e.g. from `--params` JSON
+        raise ValueError(f"{algorithm}: {exc}") from exc

@@ -45,14 +45,17 @@ from orchestration.conversion.config import (
 )
 from orchestration.conversion.leaderboard import (
     best_candidate,
+    calibration_markdown,
     gates_report,
     leaderboard_markdown,
-    markdown_table,
     selection_table,
+    slices_markdown,
 )
 from orchestration.conversion.leakage import leakage
+from orchestration.handoff import Handoff
+from orchestration.markdown import markdown_table
 from orchestration.policy import asset, warehouse_asset
-from orchestration.reports import write_report
+from orchestration.reports import write_run_report
 from orchestration.sql import date_sql
 from skiff.settings import Settings
 
@@ -200,7 +203,7 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
                 **{m: float(evaluation.overall[m]) for m in METRIC_COLUMNS},
                 "fit_seconds": float(fit_seconds),
                 "train_prefixes": len(train),
-                "slices": MetadataValue.md(markdown_table(evaluation.slices)),
+                "slices": MetadataValue.md(slices_markdown(evaluation.slices)),
             },
         )
 
@@ -287,7 +290,7 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         for name, (passed, reason) in outcome.items():
             context.log.info(f"gate {name}: {'pass' if passed else 'FAIL'} — {reason}")
         report = gates_report(leaderboard, best, outcome)
-        url = write_report(settings, LEADERBOARD_REPORT, report + "\n")
+        url = write_run_report(settings, LEADERBOARD_REPORT, context.run_id, report + "\n")
         slices = pd.DataFrame(chosen["slices"])
         yield Output(
             {
@@ -302,6 +305,8 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 "selection": selection_table(results),
                 # every model's results, for the champion step (same run's candidates)
                 "results": results,
+                # the run whose training set this was: the champion reads its test day there
+                "training_set_run": Handoff(settings.handoff_root).input_run(context, TRAINING_SET),
             },
             metadata={
                 "leaderboard": MetadataValue.md(report),
@@ -314,9 +319,9 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
                 **{m: float(chosen["test"][m]) for m in METRIC_COLUMNS},
                 "logistic_pr_auc": float(results["logistic"]["test"]["pr_auc"]),
                 "calibration": MetadataValue.md(
-                    markdown_table(pd.DataFrame(chosen["calibration"]))
+                    calibration_markdown(pd.DataFrame(chosen["calibration"]))
                 ),
-                "slices": MetadataValue.md(markdown_table(slices)),
+                "slices": MetadataValue.md(slices_markdown(slices)),
                 "report": MetadataValue.url(url),
             },
         )

@@ -38,6 +38,7 @@ from orchestration.conversion.config import (
     ChampionConfig,
     split_frames,
 )
+from orchestration.handoff import Handoff
 from orchestration.partitions import partition_days
 from orchestration.policy import asset, warehouse_asset
 from orchestration.sql import date_sql
@@ -126,7 +127,10 @@ def _evidence(evaluation: dict, results: Results, algorithm: str, champion: dict
 def build_champion_asset(settings: Settings) -> AssetsDefinition:
     @asset(
         name=CHAMPION,
-        ins={"evaluation": AssetIn(EVALUATION), "training_set": AssetIn(TRAINING_SET)},
+        ins={"evaluation": AssetIn(EVALUATION)},
+        # read from the run the evaluation names (`training_set_run`), not the latest: a
+        # champion-only run must score the champion on the evaluation's own test day
+        deps=[TRAINING_SET],
         group_name=GROUP,
         kinds={"python"},
         description="Release by evidence, offline side: bootstraps a first champion (the best "
@@ -138,7 +142,6 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
         context: AssetExecutionContext,
         config: ChampionConfig,
         evaluation: dict,
-        training_set: dict,
     ) -> MaterializeResult:
         from ml import release
         from ml.registry import Registry
@@ -214,6 +217,9 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
             role = next(r for r, v in before.items() if v == candidate)
             decision, reason = "unchanged", f"{candidate} is already the {role}"
         else:
+            training_set = Handoff(settings.handoff_root).load_recorded(
+                evaluation.get("training_set_run"), TRAINING_SET, EVALUATION
+            )
             champion_metrics = _champion_metrics(context, registry, current, training_set)
             versus = gates.at_least_as_good(evaluation["metrics"], champion_metrics)
             results_of_gates = {n: tuple(v) for n, v in evaluation["gates"].items()}

@@ -1,25 +1,43 @@
 """The conversion leaderboard: which candidate is best, and markdown tables for the UI."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from orchestration.conversion.config import BASELINES, CANDIDATES, METRIC_COLUMNS
+from orchestration.markdown import markdown_table, number
 
 SELECTION_METRIC = "pr_auc"  # on the validation day
+# Reading order of the tables (whatever order the records came in): a calibration bin is read
+# from its probability range to what was predicted and observed in it; a slice from its size
+# and base rate to the ranking metrics, then the calibration ones.
+CALIBRATION_COLUMNS = ("bin", "n", "p_min", "p_max", "predicted", "observed")
+# The UI's metadata cell shows about eight columns before it scrolls sideways (the table's
+# last columns were cut off): precision, recall and log loss per slice stay in the models'
+# hand-off values (`slices`), not in the table.
+SLICE_METRICS = ("n", "positive_rate", "roc_auc", "pr_auc", "f1", "ece", "brier")
+SLICE_KINDS = {"prefix_length": "prefix length", "day": "day"}
 
 
-def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.{digits}f}"
-        return str(value)
+def calibration_markdown(calibration: pd.DataFrame) -> str:
+    """The calibration bins in reading order."""
+    return markdown_table(calibration, CALIBRATION_COLUMNS)
 
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += [
-        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
-    ]
-    return "\n".join(lines)
+
+def slices_markdown(slices: pd.DataFrame, metrics: Sequence[str] = SLICE_METRICS) -> str:
+    """One table per kind of slice (prefix length, day), the slice first, then its size, base
+    rate and `metrics`; the decision threshold, the same in every row, is said once."""
+    parts = []
+    if "threshold" in slices and len(slices):
+        parts.append(
+            f"F1, precision and recall at the threshold {number(slices['threshold'].iloc[0])}"
+        )
+    for kind, title in SLICE_KINDS.items():
+        rows = slices[slices["kind"] == kind].rename(columns={"slice": title})
+        if len(rows):
+            parts.append(markdown_table(rows, [title, *metrics]))
+    return "\n\n".join(parts)
 
 
 def best_candidate(results: dict[str, dict[str, Any]]) -> str:

@@ -5,25 +5,28 @@ tables. `experiment_dbt_models`: the serving log's models (dbt tag `experiments`
 unpartitioned tables rebuilt from the whole raw log, run by the hourly rollout loop apart from
 the nightly run; the daily asset excludes them.
 
-The daily models are partitioned by day. A run passes its day range to dbt as
-`--vars {"start_day", "end_day"}`; the incremental models rebuild those days, so the nightly
-run costs one day and a backfill of many days is one dbt invocation. Session-grain models
+The daily models are partitioned by day. A run passes its day range to dbt in the environment
+(SKIFF_DBT_START_DAY, SKIFF_DBT_END_DAY; read only when models execute, see
+macros/partitions.sql), not as `--vars`: a change of vars makes dbt parse the whole project
+again, every run. The incremental models rebuild those days, so the nightly run costs one day
+and a backfill of many days is one dbt invocation. Session-grain models
 (session_day, the day a visit starts) also rebuild the day before the range, which the range's
 first day completes: the step records that day as materialized again, now final.
 """
 
 import datetime as dt
-import json
 import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
     AssetsDefinition,
     BackfillPolicy,
+    MetadataValue,
     TimeWindowPartitionsDefinition,
 )
 from dagster_dbt import (
@@ -34,10 +37,13 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from orchestration.dbt.project import ensure_manifest
+from orchestration.dbt.project import dbt_invocation, ensure_manifest, keep_partial_parse
 from orchestration.partitions import partition_days
 from orchestration.policy import RETRIES, WAREHOUSE_POOL
 
+# The run's day range, as dbt's partition macros read it (macros/partitions.sql).
+START_DAY_VARIABLE = "SKIFF_DBT_START_DAY"
+END_DAY_VARIABLE = "SKIFF_DBT_END_DAY"
 # Partitioned by session_day: a run rewrites the day before its range too.
 SESSION_GROUPS = ("intermediate", "marts")
 EXPERIMENT_MODELS = "tag:experiments"
@@ -84,12 +90,14 @@ def build_dbt_assets(
     )
     def skiff_dbt_models(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator:
         days = partition_days(context)
-        dbt_vars = {"start_day": days[0].isoformat(), "end_day": days[-1].isoformat()}
-        context.log.info(f"dbt build for {dbt_vars['start_day']} .. {dbt_vars['end_day']}")
+        env = {START_DAY_VARIABLE: days[0].isoformat(), END_DAY_VARIABLE: days[-1].isoformat()}
+        context.log.info(f"dbt build for {days[0]} .. {days[-1]}")
         # Unit tests check SQL logic, not data: they run in CI (tests/test_dbt_project.py), not
         # in every partition run.
-        args = ["build", "--vars", json.dumps(dbt_vars), "--exclude-resource-type", "unit_test"]
-        yield from _build(dbt, context, args)
+        args = ["build", "--exclude-resource-type", "unit_test"]
+        label = f"{days[0]} .. {days[-1]}" if len(days) > 1 else str(days[0])
+        for event in _build(dbt, context, args, env):
+            yield _dated(event, label) if isinstance(event, AssetCheckResult) else event
         yield from completed_days(context, partitions_def, days[0] - dt.timedelta(days=1))
 
     return skiff_dbt_models
@@ -109,17 +117,36 @@ def build_experiment_dbt_assets(project: DbtProject) -> AssetsDefinition:
         name="experiment_dbt_models",
     )
     def experiment_dbt_models(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator:
-        yield from _build(dbt, context, ["build", "--exclude-resource-type", "unit_test"])
+        yield from _build(dbt, context, ["build", "--exclude-resource-type", "unit_test"], {})
 
     return experiment_dbt_models
 
 
-def _build(dbt: DbtCliResource, context: AssetExecutionContext, args: list[str]) -> Iterator:
-    invocation = dbt.cli(args, context=context)
+def _dated(result: AssetCheckResult, days: str) -> AssetCheckResult:
+    """A dbt test's result saying which days it judged (in its description and its `days`
+    metadata): a run may cover a range, so the result cannot be one partition's."""
+    said = f"{days}: {result.description}" if result.description else f"{days}: dbt test"
+    return AssetCheckResult(
+        passed=result.passed,
+        asset_key=result.asset_key,
+        check_name=result.check_name,
+        metadata={**result.metadata, "days": MetadataValue.text(days)},
+        severity=result.severity,
+        description=said,
+    )
+
+
+def _build(
+    dbt: DbtCliResource, context: AssetExecutionContext, args: list[str], env: dict[str, str]
+) -> Iterator:
+    with dbt_invocation(dbt.project_dir, env) as target:
+        invocation = dbt.cli(args, context=context, target_path=target)
     yield from invocation.stream()
     # Each invocation writes its own target folder; once it succeeded, its events are in
-    # Dagster and the folder is only disk (kept on failure, for debugging).
+    # Dagster, its parse state is kept for the next run, and the folder is only disk (kept on
+    # failure, for debugging).
     if invocation.is_successful():
+        keep_partial_parse(target)
         shutil.rmtree(invocation.target_path, ignore_errors=True)
 
 

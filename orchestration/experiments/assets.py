@@ -37,7 +37,7 @@ from orchestration.experiments.rollout import (
     read_marts,
 )
 from orchestration.policy import warehouse_asset
-from orchestration.reports import write_report
+from orchestration.reports import write_run_report
 from orchestration.sql import date_sql
 from skiff.settings import Settings
 
@@ -203,7 +203,7 @@ def build_experiment_assets(settings: Settings) -> list[AssetsDefinition]:
         markdown = results_markdown(results, config.alpha)
         if interleaved:
             markdown += "\n\n" + interleaving_markdown(interleaved, config.alpha)
-        url = write_report(settings, REPORT, markdown + "\n")
+        url = write_run_report(settings, REPORT, context.run_id, markdown + "\n")
         context.log.info(
             f"{len(sessions):,} sessions, {len(exposures):,} exposures, {len(results)} experiments"
         )

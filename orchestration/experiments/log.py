@@ -39,6 +39,7 @@ from dagster import (
 
 from ml import serving_log
 from ml.experiments import log_file
+from orchestration.markdown import reason_table
 from orchestration.partitions import partition_days
 from orchestration.policy import warehouse_asset
 from orchestration.sql import days_sql
@@ -98,13 +99,6 @@ def read_day(folder: Path, day: dt.date) -> tuple[serving_log.ParsedLog, int]:
     path = log_file(folder, day)
     data = path.read_bytes() if path.exists() else b""
     return serving_log.parse_log(data), count_lines(data)
-
-
-def _reasons_markdown(reasons: pd.Series) -> str:
-    if not reasons.sum():
-        return "No line was quarantined."
-    rows = [f"| `{r}` | {int(n):,} |" for r, n in reasons.sort_values(ascending=False).items()]
-    return "\n".join(["| reason | lines |", "|---|---:|", *rows])
 
 
 def build_serving_log_asset(settings: Settings) -> AssetsDefinition:
@@ -176,7 +170,7 @@ def build_serving_log_asset(settings: Settings) -> AssetsDefinition:
                 "shadows": counts["serving_shadows"],
                 "quarantined": counts["serving_log_quarantine"],
                 "dagster/row_count": counts["serving_exposures"],
-                "quarantine_reasons": MetadataValue.md(_reasons_markdown(reasons)),
+                "quarantine_reasons": MetadataValue.md(reason_table(reasons, "lines")),
                 "quarantined_by_reason": MetadataValue.json(
                     {str(r): int(n) for r, n in reasons.items()}
                 ),

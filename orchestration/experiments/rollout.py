@@ -162,7 +162,7 @@ def float_or_null(value: float | None) -> MetadataValue:
 
 
 def history_markdown(history: list[dict], limit: int = 12) -> str:
-    """The latest role changes and ramp steps, newest last."""
+    """The latest role changes and ramp steps, newest last (times in UTC, to the second)."""
     lines = [
         "| at | version | role | stage | traffic | decided by | reason |",
         "|---|---|---|---|---:|---|---|",
@@ -170,7 +170,7 @@ def history_markdown(history: list[dict], limit: int = 12) -> str:
     for entry in history[-limit:]:
         traffic = entry.get("traffic")
         lines.append(
-            f"| {entry['at']} | `{entry['version']}` | {entry['role']} "
+            f"| {str(entry['at'])[:19].replace('T', ' ')} | `{entry['version']}` | {entry['role']} "
             f"| {entry.get('stage') or '-'} "
             f"| {'-' if traffic is None else f'{traffic:.0%}'} | {entry.get('decided_by') or '-'} "
             f"| {str(entry.get('reason') or '').replace('|', '/')} |"

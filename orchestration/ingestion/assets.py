@@ -2,21 +2,24 @@
 
 One factory builds both landing assets (events and products), so they behave the same way:
 each run reads the landing folders of its partition days, validates every line with
-`ml.contract` (a line that is no row, or a row that fails a check, is quarantined with its row
-number and reason), and replaces those days in the raw table and in its `_rejected` twin. Only
+`ml.contract`'s rules (a line that is no row, or a row that fails a check, is quarantined with
+its row number and reason), and replaces those days in the raw table and in its `_rejected`
+twin. Rows stay in Arrow from the file to the warehouse; a plain events file (no quote, no
+control byte, ASCII) is read and checked by DuckDB in one query, any other by the contract's
+line reader, then the same checks (orchestration/ingestion/validate.py). Only
 what makes a whole file unreadable fails the run, naming it: a missing day folder or file, a
 file the folder may not hold, a wrong header, a misnamed or damaged gzip file. An empty file is
 an empty day. `rows_reconcile` counts the files' rows again, apart from the loader.
 """
 
 import datetime as dt
-import gzip
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -33,9 +36,12 @@ from dagster import (
 )
 
 from ml import contract
+from orchestration.ingestion.validate import arrow_schema, check_events, read_plain_events
+from orchestration.markdown import markdown_table, reason_table
 from orchestration.partitions import partition_days
 from orchestration.policy import WAREHOUSE_STEP
 from orchestration.sql import date_sql
+from orchestration.warehouse import RAW_TABLES
 
 # A day whose quarantined share passes this is flagged (warning) on the asset's page.
 MAX_QUARANTINE_SHARE = 0.05
@@ -47,8 +53,25 @@ class LandingTable:
     file_name: str
     columns: tuple[str, ...]
     day_column: str
-    validate: Callable[[pd.DataFrame, dt.date, np.ndarray], contract.Validated]
+    # (rows as read, their row numbers, day) -> (good, rejected), in Arrow
+    validate: Callable[[pa.Table, np.ndarray, dt.date], tuple[pa.Table, pa.Table]]
     description: str
+    # a faster reader of a file's (good, rejected) rows, or None where it does not apply
+    read_plain: Callable[[Path, bytes, dt.date], tuple[pa.Table, pa.Table] | None] | None = None
+
+
+def _validate_products(
+    rows: pa.Table, row_numbers: np.ndarray, day: dt.date
+) -> tuple[pa.Table, pa.Table]:
+    # The catalogue is small (tens of thousands of rows a day): the contract's pandas checks.
+    frame = rows.to_pandas(types_mapper={pa.string(): contract.STRING}.get)
+    checked = contract.validate_products(frame, day, row_numbers)
+    return _arrow(checked.good, "raw_products"), _arrow(checked.rejected, "raw_products_rejected")
+
+
+def _arrow(frame: pd.DataFrame, table: str) -> pa.Table:
+    schema = arrow_schema(RAW_TABLES[table])
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
 
 EVENTS = LandingTable(
@@ -56,16 +79,18 @@ EVENTS = LandingTable(
     file_name=contract.EVENTS_FILE,
     columns=contract.EVENT_COLUMNS,
     day_column="event_day",
-    validate=contract.validate_events,
-    description="Browsing events of one landing day (Coveo SIGIR eCom 2021 schema), validated.",
+    validate=check_events,
+    description="Browsing events of the run's landing days (one, or a range in a single-run "
+    "backfill; Coveo SIGIR eCom 2021 schema), validated.",
+    read_plain=read_plain_events,
 )
 PRODUCTS = LandingTable(
     name="raw_products",
     file_name=contract.PRODUCTS_FILE,
     columns=contract.PRODUCT_COLUMNS,
     day_column="snapshot_day",
-    validate=contract.validate_products,
-    description="The product catalogue as known on each landing day, validated.",
+    validate=_validate_products,
+    description="The product catalogue as known on each of the run's landing days, validated.",
 )
 
 
@@ -73,9 +98,10 @@ PRODUCTS = LandingTable(
 class LandingDay:
     """One day of one table as read from its files: rows to load and rows to quarantine."""
 
-    good: pd.DataFrame
-    rejected: pd.DataFrame
+    good: pa.Table
+    rejected: pa.Table
     files: tuple[Path, ...]
+    rows_in_files: int  # counted apart from the reader (`count_file_rows`)
 
 
 def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> LandingDay:
@@ -87,7 +113,8 @@ def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> Landin
             "or generate data with `skiff generate`.",
             allow_retries=False,  # data not landed yet: a retry a minute later will not help
         )
-    goods, rejects = [], []
+    goods, rejects, in_files = [], [], 0
+    rejected_name = f"{table.name}_rejected"
     try:
         files = contract.day_files(folder, table.file_name)
         if not files:
@@ -96,41 +123,43 @@ def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> Landin
                 f"{contract.landing_file_pattern(table.file_name).pattern})"
             )
         for path in files:
-            landed = contract.read_landing_file(path, table.columns)
-            validated = table.validate(landed.rows, day, landed.row_numbers)
-            lines = landed.rejected.assign(**{table.day_column: day})
-            goods.append(validated.good)
-            rejects.append(
-                pd.concat([f for f in (lines, validated.rejected) if len(f)] or [lines])
-                .sort_values("row_number", kind="stable")
-                .reset_index(drop=True)
-            )
+            data = contract.file_bytes(path)
+            in_files += count_file_rows(data)
+            plain = table.read_plain(path, data, day) if table.read_plain else None
+            if plain is None:
+                landed = contract.read_landing_file(path, table.columns)
+                rows = pa.Table.from_pandas(landed.rows, preserve_index=False)
+                good, rejected = table.validate(rows, landed.row_numbers, day)
+                lines = _arrow(landed.rejected.assign(**{table.day_column: day}), rejected_name)
+                rejected = pa.concat_tables([lines, rejected.cast(lines.schema)])
+            else:
+                good, rejected = plain
+            goods.append(good.cast(arrow_schema(RAW_TABLES[table.name])))
+            rejected = rejected.cast(arrow_schema(RAW_TABLES[rejected_name]))
+            rejects.append(rejected.sort_by("row_number"))
     except contract.SchemaError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
-    return LandingDay(
-        pd.concat(goods, ignore_index=True), pd.concat(rejects, ignore_index=True), tuple(files)
-    )
+    return LandingDay(pa.concat_tables(goods), pa.concat_tables(rejects), tuple(files), in_files)
 
 
-def count_file_rows(path: Path) -> int:
-    """Rows of a landing file counted without the loader: its non-empty lines after the first
-    (a row is a line; a line break in a value is not supported, see `ml/contract.py`)."""
-    data = path.read_bytes()
-    if path.name.endswith(".gz"):
-        data = gzip.decompress(data)
-    lines = data.split(b"\n")[1:]
-    return len(lines) - lines.count(b"") - lines.count(b"\r")
+def count_file_rows(data: bytes) -> int:
+    """Rows of a landing file (its text, as `contract.file_bytes` gives it) counted without
+    the loader: its non-empty lines after the first (a row is a line; a line break in a value
+    is not supported, see `ml/contract.py`); a line holding only a carriage return is empty."""
+    if not data:
+        return 0
+    buf = np.frombuffer(data, dtype=np.uint8)
+    breaks = np.flatnonzero(buf == 10)
+    starts = np.concatenate(([0], breaks + 1))
+    lengths = np.append(breaks, len(data)) - starts
+    only_cr = (lengths == 1) & (buf[np.minimum(starts, len(data) - 1)] == 13)
+    return int(((lengths > 0) & ~only_cr)[1:].sum())
 
 
-def _reason_table(reasons: pd.Series) -> str:
-    if not reasons.sum():
-        return "No row was quarantined."
-    lines = ["| reason | rows |", "|---|---:|"]
-    lines += [
-        f"| `{reason}` | {int(count):,} |"
-        for reason, count in reasons.sort_values(ascending=False).items()
-    ]
-    return "\n".join(lines)
+def _day_table(by_day: dict[str, dict[str, int]]) -> str:
+    """Each landing day's rows in the files, loaded and quarantined, in day order."""
+    frame = pd.DataFrame([{"day": day, **counts} for day, counts in sorted(by_day.items())])
+    return markdown_table(frame, ["day", "rows_in_files", "loaded", "quarantined"])
 
 
 def build_landing_asset(
@@ -176,7 +205,7 @@ def build_landing_asset(
             landed = read_landing_day(landing, table, day)
             warehouse.replace_days(table.name, table.day_column, [day], landed.good)
             warehouse.replace_days(rejected_name, table.day_column, [day], landed.rejected)
-            in_files = sum(count_file_rows(path) for path in landed.files)
+            in_files = landed.rows_in_files
             by_day[day.isoformat()] = {
                 "loaded": len(landed.good),
                 "quarantined": len(landed.rejected),
@@ -188,7 +217,9 @@ def build_landing_asset(
             )
             rows_loaded += len(landed.good)
             rows_in_files += in_files
-            reasons = reasons.add(landed.rejected["reason"].value_counts(), fill_value=0)
+            day_reasons = landed.rejected.column("reason").value_counts().to_pylist()
+            counts = pd.Series({r["values"]: r["counts"] for r in day_reasons}, dtype="int64")
+            reasons = reasons.add(counts, fill_value=0)
         rows_quarantined = int(reasons.sum())
         rows_read = rows_loaded + rows_quarantined
         share = rows_quarantined / rows_read if rows_read else 0.0
@@ -202,7 +233,10 @@ def build_landing_asset(
                 "rows_quarantined": rows_quarantined,
                 "quarantine_share": float(share),
                 "dagster/row_count": rows_loaded,
-                "quarantine_reasons": MetadataValue.md(_reason_table(reasons)),
+                "quarantine_reasons": MetadataValue.md(reason_table(reasons)),
+                # per day, to read (the totals above are the run's, over all its days) ...
+                "by_day": MetadataValue.md(_day_table(by_day)),
+                # ... and to read back (`skiff run` prints it)
                 "rows_by_day": MetadataValue.json(by_day),
             },
         )
@@ -223,7 +257,10 @@ def build_landing_asset(
             asset_key=table.name,
             check_name="rows_reconcile",
             passed=loaded + quarantined == rows_in_files,
+            description=f"{day_range}: {rows_in_files:,} rows in the files, {loaded:,} in the "
+            f"table + {quarantined:,} in the quarantine",
             metadata={
+                "days": MetadataValue.text(day_range),
                 "rows_in_files": rows_in_files,
                 "rows_in_table": loaded,
                 "rows_in_quarantine": quarantined,
@@ -234,7 +271,13 @@ def build_landing_asset(
             check_name="quarantine_share",
             passed=share <= MAX_QUARANTINE_SHARE,
             severity=AssetCheckSeverity.WARN,
-            metadata={"quarantine_share": float(share), "threshold": MAX_QUARANTINE_SHARE},
+            description=f"{day_range}: {share:.2%} of the rows quarantined (warns above "
+            f"{MAX_QUARANTINE_SHARE:.0%})",
+            metadata={
+                "days": MetadataValue.text(day_range),
+                "quarantine_share": float(share),
+                "threshold": MAX_QUARANTINE_SHARE,
+            },
         )
 
     return _ingest

@@ -85,6 +85,7 @@ def build_feature_drift_asset(
             categorical=CATEGORICAL_INPUTS,
             numerical_threshold=config.numerical_threshold,
             categorical_threshold=config.categorical_threshold,
+            drift_share=config.error_drift_share,  # Evidently's summary line says our ERROR
         )
         severity = grade(drift.drift_share, config.warn_drift_share, config.error_drift_share)
         top = drift.columns.iloc[0]

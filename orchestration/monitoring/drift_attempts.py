@@ -4,9 +4,12 @@ An episode (problem, first day) is retrained by attempts, found by their run key
 `drift-<problem>-<first day>`, then `-<n>` for attempt n >= 2), so no sensor state is needed
 for them. `attempts` reads each key's runs into an `Attempt`: running, adapted (succeeded and
 its champion step admitted a model), refused (succeeded with the gates recording `kept` or `no
-champion`) or failed (failed or canceled). `retrain_cooldown_hours` is how long after an
-attempt that did not adapt the next one may come (SKIFF_RETRAIN_COOLDOWN_HOURS). What to do
-with them is decided in orchestration/monitoring/sensors.py.
+champion`) or failed (failed or canceled, or succeeded without its champion step recording a
+decision: a run whose champion was skipped or deselected adapted nothing, so it is retried
+after the cool-down like a failure, never taken as settling the episode).
+`retrain_cooldown_hours` is how long after an attempt that did not adapt the next one may come
+(SKIFF_RETRAIN_COOLDOWN_HOURS). What to do with them is decided in
+orchestration/monitoring/sensors.py.
 """
 
 from __future__ import annotations
@@ -85,8 +88,15 @@ def _attempt(context: SensorEvaluationContext, problem: str, number: int, record
             return Attempt(number, run.run_id, "running", None, why)
         if run.status == DagsterRunStatus.SUCCESS:
             decision = _decision(context, problem, run.run_id)
-            if decision is None or not decision.startswith(REFUSED_DECISIONS):
-                why = f"run {run.run_id} succeeded ({decision or 'no decision recorded'})"
+            if decision is None:  # its champion step never ran: nothing was decided or admitted
+                why = (
+                    f"run {run.run_id} succeeded but recorded no {CHAMPIONS[problem]} decision "
+                    "(the champion step did not run)"
+                )
+                states.append(Attempt(number, run.run_id, "failed", ended(record), why))
+                continue
+            if not decision.startswith(REFUSED_DECISIONS):
+                why = f"run {run.run_id} succeeded ({decision})"
                 states.append(Attempt(number, run.run_id, "adapted", ended(record), why))
                 continue
             why = f"run {run.run_id} succeeded but its gates admitted nothing ({decision})"

@@ -23,8 +23,9 @@ from dagster import AssetExecutionContext, Failure
 
 from orchestration.monitoring.config import REFERENCE_ROWS
 from orchestration.partitions import partition_days
-from orchestration.reports import join, read_bytes, write_bytes
+from orchestration.reports import join
 from orchestration.sql import date_sql
+from orchestration.store import read_url, write_url
 from skiff.settings import Settings
 
 REFERENCE_CACHE = "monitoring/reference"
@@ -36,23 +37,23 @@ def reference_location(settings: Settings, name: str) -> str:
 
 
 def cached_frame(settings: Settings, name: str) -> pd.DataFrame | None:
-    data = read_bytes(reference_location(settings, name))
+    data = read_url(reference_location(settings, name))
     return None if data is None else pd.read_parquet(io.BytesIO(data))
 
 
 def cache_frame(settings: Settings, name: str, frame: pd.DataFrame) -> None:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    write_bytes(reference_location(settings, name), buffer.getvalue(), exclusive=True)
+    write_url(reference_location(settings, name), buffer.getvalue(), exclusive=True)
 
 
 def cached_json(settings: Settings, name: str) -> Any | None:
-    data = read_bytes(reference_location(settings, name))
+    data = read_url(reference_location(settings, name))
     return None if data is None else json.loads(data)
 
 
 def cache_json(settings: Settings, name: str, value: Any) -> None:
-    write_bytes(reference_location(settings, name), json.dumps(value).encode(), exclusive=True)
+    write_url(reference_location(settings, name), json.dumps(value).encode(), exclusive=True)
 
 
 def one_day(context: AssetExecutionContext) -> dt.date:
@@ -80,17 +81,26 @@ def published(settings: Settings, problem: str) -> Iterator[tuple[Any, Path]]:
     except ArtifactError as exc:
         if entered:  # raised by the block, not by the published champion
             raise
-        raise Failure(
-            description=f"{exc}: monitoring compares the day with a published champion; "
-            "train and promote one first (job train_models).",
-            allow_retries=False,
-        ) from exc
+        raise _no_champion(exc) from exc
 
 
 def published_manifest(settings: Settings, problem: str) -> Any:
-    """The published champion's manifest (its files verified; a remote copy is removed)."""
-    with published(settings, problem) as (manifest, _):
-        return manifest
+    """The published champion's manifest, its signature verified; its files are not read
+    (monitoring needs the version, not the model)."""
+    from ml import registry
+
+    try:
+        return registry.published_manifest(settings.published, problem)
+    except registry.ArtifactError as exc:
+        raise _no_champion(exc) from exc
+
+
+def _no_champion(exc: Exception) -> Failure:
+    return Failure(
+        description=f"{exc}: monitoring compares the day with a published champion; "
+        "train and promote one first (job train_models).",
+        allow_retries=False,
+    )
 
 
 def examples(warehouse: Any, first: dt.date | str, last: dt.date | str) -> pd.DataFrame:

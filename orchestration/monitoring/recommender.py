@@ -1,5 +1,7 @@
 """Monitoring of the recommender champion: `recommender_monitoring` grades each day's sessions
-(t+1 from 1..t) against what the champion did on its own test days."""
+(t+1 from 1..t) against what the champion did on its own test days. Recommending is the cost,
+so a seeded sample of `max_sessions` sessions is evaluated, the day's and the test days' alike,
+and the sample's standard error of HR@20 is recorded beside it."""
 
 import datetime as dt
 import math
@@ -71,7 +73,13 @@ def build_recommender_monitoring_asset(
                 raise Failure(
                     description=f"session_sequences has no session of 2+ views in {first} .. {last}"
                 )
-            return recommender_day(requests, model.recommend_batch, known, popularity)
+            return recommender_day(
+                requests,
+                model.recommend_batch,
+                known,
+                popularity,
+                max_sessions=config.max_sessions,
+            )
 
         today = measure(day, day)
         # the champion on its own test days: the baseline of the shares and the distributions
@@ -95,6 +103,12 @@ def build_recommender_monitoring_asset(
         test_hr = float(manifest.metrics["hr_at_20"])
         hr_drop = 1 - m["hr_at_20"] / test_hr if test_hr > 0 else math.nan
         hr_severity = grade(hr_drop, config.warn_hr_drop, config.error_hr_drop)
+        hr_se = m["hr_at_20_se"]
+        sample = (
+            f"{m['sampled_sessions']:,.0f} of {m['sessions']:,.0f} sessions, "
+            f"{m['predictions']:,.0f} predictions; 95% interval "
+            f"{m['hr_at_20_ci95_low']:.3f} .. {m['hr_at_20_ci95_high']:.3f}"
+        )
         unseen_increase = m["unseen_request_share"] - baseline["unseen_request_share"]
         unseen_severity = grade(
             unseen_increase, config.warn_unseen_increase, config.error_unseen_increase
@@ -110,10 +124,14 @@ def build_recommender_monitoring_asset(
                     "hr_drop",
                     hr_severity,
                     hr_drop,
-                    f"HR@20 {m['hr_at_20']:.3f} against {test_hr:.3f} on the test days (relative "
-                    f"drop {hr_drop:.1%}; warn > {config.warn_hr_drop:.0%}, error > "
-                    f"{config.error_hr_drop:.0%})",
-                    {"hr_drop": float(hr_drop)},
+                    f"HR@20 {m['hr_at_20']:.3f} ± {1.96 * hr_se:.3f} ({sample}) against "
+                    f"{test_hr:.3f} on the test days (relative drop {hr_drop:.1%}; warn > "
+                    f"{config.warn_hr_drop:.0%}, error > {config.error_hr_drop:.0%})",
+                    {
+                        "hr_drop": float(hr_drop),
+                        "hr_drop_se": float(hr_se / test_hr) if test_hr > 0 else math.nan,
+                        "sampled_sessions": float(m["sampled_sessions"]),
+                    },
                 ),
                 Grade(
                     "unseen_requests",
@@ -130,7 +148,8 @@ def build_recommender_monitoring_asset(
                 ),
             ],
             summary=lambda severity: (
-                f"HR@20 {m['hr_at_20']:.3f} (test {test_hr:.3f}), unseen requests "
+                f"HR@20 {m['hr_at_20']:.3f} ± {1.96 * hr_se:.3f} on {sample} (test "
+                f"{test_hr:.3f}), unseen requests "
                 f"{m['unseen_request_share']:.2%}: {severity}"
             ),
             metadata={
@@ -139,6 +158,7 @@ def build_recommender_monitoring_asset(
                 "reference_unseen_request_share": float(baseline["unseen_request_share"]),
                 "unseen_increase": float(unseen_increase),
                 "hr_drop": float(hr_drop),
+                "sample": MetadataValue.text(sample),
                 "drift_share": float(drift.drift_share),
                 "drifted_columns": drift.n_drifted,
                 "most_drifted": MetadataValue.md(drift.markdown()),

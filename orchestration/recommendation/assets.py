@@ -40,6 +40,7 @@ from dagster import (
     Output,
 )
 
+from orchestration.handoff import Handoff
 from orchestration.policy import asset, warehouse_asset
 from orchestration.recommendation.champion import build_champion_asset, build_next_items_asset
 from orchestration.recommendation.config import (
@@ -61,7 +62,7 @@ from orchestration.recommendation.config import (
     validation_window,
 )
 from orchestration.recommendation.reports import gate_text, leaderboard_markdown, write_lookup
-from orchestration.reports import write_report
+from orchestration.reports import write_run_report
 from orchestration.sql import date_sql
 from skiff.settings import Settings
 
@@ -213,6 +214,8 @@ def build_candidate_asset(settings: Settings, algorithm: str) -> AssetsDefinitio
                 "row": row,
                 "checks": checks,
                 "slices": slices,
+                # the run whose training set this was: the champion compares on its test days
+                "training_set_run": Handoff(settings.handoff_root).input_run(context, TRAINING_SET),
             },
             metadata={
                 "version": manifest.version,
@@ -258,13 +261,18 @@ def build_evaluation_asset(settings: Settings) -> AssetsDefinition:
         rows = sorted((e["row"] for e in entries.values()), key=lambda r: -r["validation_hr_at_20"])
         best = entries[best_row(rows, K)["model"]]
         markdown = leaderboard_markdown(format_leaderboard(rows), best)
-        url = write_report(settings, LEADERBOARD_REPORT, markdown + "\n")
+        url = write_run_report(settings, LEADERBOARD_REPORT, context.run_id, markdown + "\n")
         yield Output(
             {
                 "rows": rows,
                 "best": best["algorithm"],
                 "candidates": {
-                    a: {"version": e["version"], "checks": e["checks"], "row": e["row"]}
+                    a: {
+                        "version": e["version"],
+                        "checks": e["checks"],
+                        "row": e["row"],
+                        "training_set_run": e.get("training_set_run"),
+                    }
                     for a, e in entries.items()
                 },
             },

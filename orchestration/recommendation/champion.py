@@ -20,6 +20,7 @@ import functools
 
 from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Failure, MetadataValue, Output
 
+from orchestration.handoff import Handoff
 from orchestration.policy import asset, warehouse_asset
 from orchestration.recommendation.config import (
     BASELINE,
@@ -82,7 +83,10 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
     @asset(
         name=CHAMPION,
         group_name=GROUP,
-        ins={"evaluation": AssetIn(EVALUATION), "training_set": AssetIn(TRAINING_SET)},
+        ins={"evaluation": AssetIn(EVALUATION)},
+        # read from the run the proposed candidate was trained in, not the latest: a
+        # champion-only run compares on that candidate's own test days
+        deps=[TRAINING_SET],
         kinds={"python"},
         description="Release by evidence, offline side: bootstraps a first champion (POP "
         "counts); otherwise admits a candidate that passes the gating checks and is at least as "
@@ -93,7 +97,6 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
         context: AssetExecutionContext,
         config: ChampionConfig,
         evaluation: dict,
-        training_set: dict,
     ) -> Output[dict]:
         from ml import release
         from ml.registry import Registry
@@ -117,6 +120,9 @@ def build_champion_asset(settings: Settings) -> AssetsDefinition:
         current = registry.role(PROBLEM, "champion")
         name = config.challenger or config.candidate or evaluation["best"]
         proposed = candidates[name]
+        training_set = Handoff(settings.handoff_root).load_recorded(
+            proposed.get("training_set_run"), TRAINING_SET, f"{EVALUATION} ({name})"
+        )
         window = training_set["window"]
         days = f"{window['test_start']} .. {window['test_end']}"
         evidence = {"test_days": days, "algorithm": name, "hr_at_20": _hr(candidates, name)}

@@ -28,9 +28,10 @@ from dagster import (
 )
 from pydantic import Field
 
+from orchestration.handoff import Handoff
 from orchestration.policy import asset
 from orchestration.recommendation.config import EVALUATION, PROBLEM, TRAINING_SET, K
-from orchestration.reports import report_location, write_report
+from orchestration.reports import write_run_report
 from skiff.settings import Settings
 
 ASSET = "recommender_offline_online"
@@ -60,7 +61,8 @@ def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
     @asset(
         name=ASSET,
         group_name=GROUP,
-        ins={"evaluation": AssetIn(EVALUATION), "training_set": AssetIn(TRAINING_SET)},
+        ins={"evaluation": AssetIn(EVALUATION)},
+        deps=[TRAINING_SET],  # the candidates' own, from the run they record (not the latest)
         kinds={"python"},
         description="Offline HR@20/MRR@20 beside replay estimates, interleaving, A/B lift and "
         "the simulator's true click-through for each recommender candidate (and one built to "
@@ -70,7 +72,6 @@ def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
         context: AssetExecutionContext,
         config: OfflineOnlineConfig,
         evaluation: dict,
-        training_set: dict,
     ) -> MaterializeResult:
         from ml.offline_online import TailFirst, offline_online
         from ml.offpolicy import Exploration
@@ -90,6 +91,9 @@ def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
                 allow_retries=False,
             )
         candidates = evaluation["candidates"]
+        training_set = Handoff(settings.handoff_root).load_recorded(
+            candidates[evaluation["best"]].get("training_set_run"), TRAINING_SET, EVALUATION
+        )
         versions = {name: entry["version"] for name, entry in candidates.items()}
         offline = {
             name: {k: float(entry["row"][k]) for k in ("hr_at_20", "mrr_at_20")}
@@ -137,10 +141,9 @@ def build_offline_online_asset(settings: Settings) -> AssetsDefinition:
             )
         markdown = found.markdown()
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        url = write_report(settings, REPORT, f"# Offline vs online ({stamp})\n\n{markdown}\n")
-        context.log.info(
-            f"offline vs online in {found.seconds:.0f} s: {report_location(settings, REPORT)}"
-        )
+        text = f"# Offline vs online ({stamp})\n\n{markdown}\n"
+        url = write_run_report(settings, REPORT, context.run_id, text)
+        context.log.info(f"offline vs online in {found.seconds:.0f} s: {url}")
         metadata = {
             "table": MetadataValue.md(markdown),
             "report": MetadataValue.url(url),

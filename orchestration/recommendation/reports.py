@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestration.markdown import number
 from orchestration.recommendation.config import K
 
 
@@ -17,9 +18,10 @@ def gate_text(name: str) -> str:
 
 
 def leaderboard_markdown(table: str, best: dict) -> str:
-    checks = ["| check | value | threshold | gating | passed |", "|---|---:|---:|---|---|"]
+    checks = ["| check | value | threshold | gates promotion | passed |", "|---|---:|---:|---|---|"]
     checks += [
-        f"| {c['name']} | {c['value']:.4f} | {c['threshold']} | {c['gating']} | {c['passed']} |"
+        f"| {c['name']} | {number(c['value'])} | {number(c['threshold'])} "
+        f"| {'yes' if c['gating'] else 'no'} | {'yes' if c['passed'] else '**NO**'} |"
         for c in best["checks"]
     ]
     slices = best["slices"]
