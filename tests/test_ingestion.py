@@ -159,6 +159,38 @@ def test_a_range_run_reads_per_day_and_its_checks_name_their_days(settings):
         for c in result.get_asset_check_evaluations()
         if c.asset_key.path == ["raw_browsing_events"]
     ]
-    assert {c.check_name for c in events} == {"rows_reconcile", "quarantine_share"}
+    assert {c.check_name for c in events} == {
+        "rows_reconcile",
+        "quarantine_share",
+        "worst_recent_day",
+    }
     for check in events:
-        assert check.description.startswith(f"{days}:") and check.metadata["days"].text == days
+        if check.check_name != "worst_recent_day":  # that one names its window of 7 days
+            assert check.description.startswith(f"{days}:") and check.metadata["days"].text == days
+
+
+def test_an_earlier_days_warning_stays_in_sight_behind_a_later_pass(settings):
+    """Day 1 quarantines too many rows (quarantine_share warns); day 2, run on its own, is
+    clean: its quarantine_share passes, and worst_recent_day fails naming day 1."""
+    instance = DagsterInstance.ephemeral()
+    other = DAY + dt.timedelta(days=1)
+    write_day(settings.landing, DAY, GOOD + BAD, PRODUCTS)
+    clean = [[*row[:4], ms(other, 10 + i), row[5]] for i, row in enumerate(GOOD)]
+    write_day(settings.landing, other, clean, PRODUCTS)
+    first = _materialize(settings, DAY, instance)
+    second = _materialize(settings, other, instance)
+
+    def events_checks(result) -> dict:
+        return {
+            c.check_name: c
+            for c in result.get_asset_check_evaluations()
+            if c.asset_key.path == ["raw_browsing_events"]
+        }
+
+    assert events_checks(first)["worst_recent_day"].passed is False
+    later = events_checks(second)
+    assert later["quarantine_share"].passed is True
+    summary = later["worst_recent_day"]
+    assert summary.passed is False and summary.metadata["worst_day"].text == DAY.isoformat()
+    assert f"worst warn on {DAY}" in summary.description
+    assert events_checks(second)["rows_reconcile"].passed is True

@@ -10,7 +10,8 @@ answer with objects of the bucket (SKIFF_REPORTS_URL = the bucket's HTTP address
 a step handed to another is in the bucket under its run, and nothing was written under
 $SKIFF_HOME/artifacts or $SKIFF_HOME/reports (Dagster's own instance folder is allowed).
 
-The marts are built first in process (`run_days`): the test is about what steps hand each other.
+The marts are built first (`run_days`, the command line's runner, with the same executor: each
+ingestion and dbt step its own process too); the checks are about what steps hand each other.
 """
 
 import datetime as dt

@@ -25,6 +25,8 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
     AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
@@ -38,6 +40,7 @@ from dagster import (
 from ml import contract
 from orchestration.ingestion.validate import arrow_schema, check_events, read_plain_events
 from orchestration.markdown import markdown_table, reason_table
+from orchestration.monitoring.grading import RECENT_DAYS, SUMMARY_CHECK, summary_check
 from orchestration.partitions import partition_days
 from orchestration.policy import WAREHOUSE_STEP
 from orchestration.sql import date_sql
@@ -156,6 +159,34 @@ def count_file_rows(data: bytes) -> int:
     return int(((lengths > 0) & ~only_cr)[1:].sum())
 
 
+def _day_severity(counts: dict[str, int]) -> str:
+    read = counts["loaded"] + counts["quarantined"]
+    return "warn" if read and counts["quarantined"] / read > MAX_QUARANTINE_SHARE else "ok"
+
+
+def _recent_days(
+    context: AssetExecutionContext, asset: str, last: dt.date, by_day: dict[str, dict[str, int]]
+) -> AssetCheckResult:
+    """`worst_recent_day`: each landing day of the window ending with `last` judged on its own
+    quarantine share, from this run's counts and, for the days before, the `rows_by_day` of
+    each day's latest materialization."""
+    severities = {dt.date.fromisoformat(d): _day_severity(c) for d, c in by_day.items()}
+    for back in range(1, RECENT_DAYS):
+        day = last - dt.timedelta(days=back)
+        if day in severities:
+            continue
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[day.isoformat()]),
+            limit=1,
+        ).records
+        recorded = records[0].asset_materialization.metadata.get("rows_by_day") if records else None
+        counts = (recorded.value if recorded is not None else {}).get(day.isoformat())
+        if counts:
+            severities[day] = _day_severity(counts)
+    window = {d: s for d, s in severities.items() if (last - d).days < RECENT_DAYS}
+    return summary_check(asset, last, window, what="landed")
+
+
 def _day_table(by_day: dict[str, dict[str, int]]) -> str:
     """Each landing day's rows in the files, loaded and quarantined, in day order."""
     frame = pd.DataFrame([{"day": day, **counts} for day, counts in sorted(by_day.items())])
@@ -177,6 +208,13 @@ def build_landing_asset(
         asset=table.name,
         description=f"Warns when more than {MAX_QUARANTINE_SHARE:.0%} of a run's rows are bad.",
     )
+    recent = AssetCheckSpec(
+        SUMMARY_CHECK,
+        asset=table.name,
+        description=f"The worst of the last {RECENT_DAYS} landing days ending with the run's "
+        f"last: a day warns when more than {MAX_QUARANTINE_SHARE:.0%} of its rows are bad, so "
+        "an earlier day's warning stays in sight behind a later run's pass.",
+    )
 
     @multi_asset(
         name=f"ingest_{table.name}",
@@ -189,7 +227,7 @@ def build_landing_asset(
                 kinds={"python"},
             ),
         ],
-        check_specs=[reconcile, quarantine],
+        check_specs=[reconcile, quarantine, recent],
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
         group_name="ingestion",
@@ -279,6 +317,7 @@ def build_landing_asset(
                 "threshold": MAX_QUARANTINE_SHARE,
             },
         )
+        yield _recent_days(context, table.name, days[-1], by_day)
 
     return _ingest
 

@@ -183,9 +183,18 @@ def worst_recent_day(
 ) -> AssetCheckResult:
     """The summary check: the worst severity of the RECENT_DAYS days ending with `day` (the
     day's own, `severity`, beside the others' recorded ones) and the day(s) it was seen on."""
+    days = {**recent_severities(context, asset_name, day), day: severity}
+    return summary_check(asset_name, day, days)
+
+
+def summary_check(
+    asset_name: str, day: dt.date, days: dict[dt.date, str], what: str = "graded"
+) -> AssetCheckResult:
+    """`worst_recent_day` of `asset_name` from each day's severity (`days`, within the
+    RECENT_DAYS days ending with `day`): the worst and the day(s) it was seen on, failing at
+    WARN (a day's own check carries its ERROR). Ingestion's summary uses it too."""
     from ml.monitoring import SEVERITIES, level, worst
 
-    days = {**recent_severities(context, asset_name, day), day: severity}
     worst_severity = worst(*days.values())
     worst_days = sorted(d for d, s in days.items() if s == worst_severity)
     first = day - dt.timedelta(days=RECENT_DAYS - 1)
@@ -197,7 +206,7 @@ def worst_recent_day(
         passed=worst_severity == "ok",
         severity=AssetCheckSeverity.WARN,
         description=(
-            f"{first} .. {day} ({len(days)} of {RECENT_DAYS} days graded: {counts}): "
+            f"{first} .. {day} ({len(days)} of {RECENT_DAYS} days {what}: {counts}): "
             + (f"worst {worst_severity} on {where}" if worst_severity != "ok" else "all ok")
         ),
         metadata={
