@@ -58,19 +58,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of a running moto S3 server; the environment points at it."""
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    saved = {name: os.environ.get(name) for name in (*CREDENTIALS, "AWS_ENDPOINT_URL")}
-    with running(server_command("127.0.0.1", port), log):
+    with running(server_command("127.0.0.1", port), log), pytest.MonkeyPatch.context() as env:
         wait_for_port(port, seconds=30)
-        os.environ.update(CREDENTIALS)
-        os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-        try:
-            yield os.environ["AWS_ENDPOINT_URL"]
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            env.setenv(name, value)  # restored when the session ends
+        yield os.environ["AWS_ENDPOINT_URL"]
 
 
 @pytest.fixture
