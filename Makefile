@@ -29,12 +29,14 @@ lint: setup
 
 # Two workers, one test file each (module fixtures are built once): the suite waits on dbt,
 # servers and subprocesses as much as it computes, so two cores take about half the time.
+# Files go out in collection order, the heaviest first (tests/conftest.py HEAVY_FIRST), not
+# xdist's default of the most tests first, which left the minute-long files for the end.
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Everything but the slow and end-to-end tests, for a quick loop while editing.
 test-fast: setup
-	$(BIN)/pytest -m "not slow and not e2e"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not slow and not e2e"
 
 # Rewrite the graph snapshot (tests/__snapshots__/) after an intended change of the graph;
 # the diff of the .ambr file is what changed, for the review.

@@ -216,6 +216,7 @@ def phase_run(first: str, last: str) -> dict:
         if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
     ]
     models: dict[str, float] = {}
+    checks: dict[str, float] = {}
     tests = 0.0
     rows_read = None
     for event in result.all_events:
@@ -226,9 +227,17 @@ def phase_run(first: str, last: str) -> dict:
             continue
         if event.is_step_materialization:
             metadata = event.step_materialization_data.materialization.metadata
-            models[event.asset_key.to_user_string()] = _metadata_seconds(metadata)
+            # the step's own records of the day it completed carry no duration: keep dbt's
+            name = event.asset_key.to_user_string()
+            models[name] = max(models.get(name, 0.0), _metadata_seconds(metadata))
         elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
-            tests += _metadata_seconds(event.asset_check_evaluation_data.metadata)
+            check = event.asset_check_evaluation_data
+            checks[check.check_name] = _metadata_seconds(check.metadata)
+            tests += checks[check.check_name]
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return {
         "success": result.success,
         "failures": failures,
@@ -241,7 +250,12 @@ def phase_run(first: str, last: str) -> dict:
         "defs_seconds": defs_seconds,
         "rows_read": rows_read,
         "models": models,
+        "checks": checks,
         "tests_seconds": tests,
+        # CPU seconds (user + sys): this process (definitions, ingestion, Dagster) and its
+        # children (dbt); on a shared machine wall time alone says little
+        "cpu_self_s": own.ru_utime + own.ru_stime,
+        "cpu_children_s": kids.ru_utime + kids.ru_stime,
         **_peaks(),
     }
 
@@ -253,6 +267,7 @@ def phase_floor() -> dict:
     pattern = str(settings.landing / "*" / "browsing_events.csv").replace("'", "''")
     con = duckdb.connect()  # in memory, fresh
     began = time.perf_counter()
+    cpu = time.process_time()
     con.execute(
         "create temp table floor as select session_id_hash, count(*) as n,"
         " min(server_timestamp_epoch_ms) as lo, max(server_timestamp_epoch_ms) as hi"
@@ -260,8 +275,9 @@ def phase_floor() -> dict:
     )
     groups, rows = con.execute("select count(*), sum(n) from floor").fetchone()
     seconds = time.perf_counter() - began
+    cpu = time.process_time() - cpu
     con.close()
-    return {"seconds": seconds, "groups": int(groups), "rows": int(rows), **_peaks()}
+    return {"seconds": seconds, "cpu_s": cpu, "groups": int(groups), "rows": int(rows), **_peaks()}
 
 
 PHASES = {
@@ -448,6 +464,20 @@ def _machine() -> list[str]:
     ]
 
 
+def _cpu(run: dict) -> dict:
+    """CPU seconds of the run's process (definitions, ingestion, Dagster) and of dbt."""
+    return {
+        "run_cpu_s": round(run["cpu_self_s"], 2),
+        "dbt_cpu_s": round(run["cpu_children_s"], 2),
+    }
+
+
+def _nodes(run: dict) -> dict[str, float]:
+    """dbt's own execution time of each model and test, slowest first."""
+    nodes = {**run["models"], **run["checks"]}
+    return {name: round(s, 2) for name, s in sorted(nodes.items(), key=lambda item: -item[1])}
+
+
 def _summary(
     rows: list[dict], definitions: dict, load_before: float, load_after: float, total: float
 ) -> dict:
@@ -464,6 +494,9 @@ def _summary(
                 "ratio_to_floor": round((run["ingest"] + run["dbt"]) / floor["seconds"], 2),
                 "peak_rss_dagster_mib": round(run["peak_self_mib"]),
                 "peak_rss_dbt_mib": round(run["peak_children_mib"]),
+                **_cpu(run),
+                "floor_cpu_s": round(floor["cpu_s"], 3),
+                "dbt_nodes": _nodes(run),
             }
         )
     nightly = [
@@ -476,6 +509,8 @@ def _summary(
             "ingest_dbt_s": round(row["nightly"]["ingest"] + row["nightly"]["dbt"], 2),
             "dbt_before_process_s": round(row["nightly"]["before_dbt_process"], 2),
             "dbt_process_s": round(row["nightly"]["dbt_process"], 2),
+            **_cpu(row["nightly"]),
+            "dbt_nodes": _nodes(row["nightly"]),
         }
         for row in sorted((r for r in rows if "nightly" in r), key=lambda r: r["days"])
     ]

@@ -326,17 +326,20 @@ def test_sampled_negatives_train_and_repeat():
 @pytest.mark.skipif(not YOOCHOOSE_VALID.exists(), reason="../shared/data/yoochoose is absent")
 @pytest.mark.xfail(
     strict=True,
-    reason="issue #16 target not reached yet: gru 0.6340/0.3418 vs sknn 0.6393/0.3431",
+    reason="issue #16 target 5 not reached yet: quality is (gru 0.6439/0.3496 vs sknn"
+    " 0.6393/0.3431 HR/MRR@20), but training takes about 50 CPU s, not under 15",
 )
 def test_torch_model_beats_session_knn_on_yoochoose_validation():
     """The issue's target: default parameters, trained on train_tr only (early stopping on its
-    latest sessions), against session-kNN on every next item of train_valid."""
+    latest sessions) in under 15 CPU seconds, against session-kNN on every next item of
+    train_valid."""
     train = load_sessions(YOOCHOOSE_TRAIN, "sessions").sessions
     valid = load_sessions(YOOCHOOSE_VALID, "sessions").sessions
     _, sknn, _ = fit_and_evaluate("sknn", train, valid)
-    _, gru, _ = fit_and_evaluate("gru", train, valid)
+    _, gru, row = fit_and_evaluate("gru", train, valid)
     numbers = f"gru {gru.hr:.4f}/{gru.mrr:.4f}, sknn {sknn.hr:.4f}/{sknn.mrr:.4f} (HR/MRR@20)"
     assert gru.hr > sknn.hr and gru.mrr > sknn.mrr, numbers
+    assert row["train_cpu_seconds"] < 15, f"{numbers}, {row['train_cpu_seconds']:.1f} CPU s"
 
 
 def test_sknn_prefers_recent_items():

@@ -89,6 +89,7 @@ def _run(kind: str, target, args_of, n: int) -> None:
     assert not failures, f"writer processes failed: exit codes {failures}"
 
 
+@pytest.mark.slow  # 6 to 13 s each against the one-request-at-a-time S3 server
 @pytest.mark.parametrize("kind", ["threads", "processes"])
 def test_concurrent_writers_keep_every_history_line(root, tmp_path, kind):
     """Writers at once each move the challenger and record a ramp step: every line is kept,
@@ -113,6 +114,7 @@ def test_concurrent_writers_keep_every_history_line(root, tmp_path, kind):
     assert not registry.fs.exists(registry._path(PROBLEM, reg.LOCK))  # released
 
 
+@pytest.mark.slow  # 6 to 13 s each against the one-request-at-a-time S3 server
 @pytest.mark.parametrize("kind", ["threads", "processes"])
 def test_rollout_read_modify_write_under_the_lock_loses_nothing(root, tmp_path, kind):
     n = THREADS if kind == "threads" else PROCESSES

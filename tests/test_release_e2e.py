@@ -46,7 +46,11 @@ SMALL_MODELS = {
     "conversion_model_gru": {"epochs": 1, "hidden": 8},
     "recommender_candidate_gru": {"params_json": json.dumps({"epochs": 2})},
 }
-LOOKS = {"sessions_per_look": 250, "max_looks": 8, "policy": POLICY}
+# Each decision is a sequential test on random traffic (which sessions a variant gets hashes
+# the experiment's name, which holds the versions' training times), so the look budget has a
+# wide margin: in runs here a phase was decided after 2 to 6 looks of 250 sessions, and 8 such
+# looks once fell short. 500 sessions a look cost little beyond each look's Dagster run.
+LOOKS = {"sessions_per_look": 500, "max_looks": 12, "policy": POLICY}
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +189,12 @@ def test_the_offline_vs_online_table_on_the_trained_candidates(home):
     assert rows[TAIL_FIRST]["hr_at_20"] == pytest.approx(rows["sknn"]["hr_at_20"])
     assert rows[TAIL_FIRST]["mrr_at_20"] < rows["sknn"]["mrr_at_20"]
     assert rows[TAIL_FIRST]["true_ctr"] < rows["sknn"]["true_ctr"]
-    assert rows["pop"]["true_ctr"] < rows[metadata["champion"]]["true_ctr"]
+    assert rows["pop"]["true_ctr"] < rows["sknn"]["true_ctr"]
+    assert metadata["champion"] in rows  # whichever the release test left champion, if it ran
     for r in rows.values():
         assert 0 <= r["true_ctr_logged"] <= 1 and r["dr_high"] > r["dr_low"]  # an interval
-    # the replay and the truth order POP below the champion, as shoppers do
-    champion = rows[metadata["champion"]]
-    assert (
-        rows["pop"]["dr"] < champion["dr"]
-        and rows["pop"]["true_ctr_logged"] < champion["true_ctr_logged"]
-    )
+    # the replay and the truth order POP below session-kNN, as shoppers do
+    assert rows["pop"]["dr"] < rows["sknn"]["dr"]
+    assert rows["pop"]["true_ctr_logged"] < rows["sknn"]["true_ctr_logged"]
     assert "rank_correlation_hr_at_20" in metadata and "rank_correlation_dr" in metadata
     assert "| IPS |" in metadata["table"] and metadata["table"] in read_report(home, REPORT)
