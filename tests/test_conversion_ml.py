@@ -160,9 +160,10 @@ def test_models_fit_on_a_seeded_sample_of_whole_sessions_beyond_the_cap(split):
     assert models.fit_sample(train.starts, len(train), seed=1) is None
     assert models.fit_sample(train.starts, None, seed=1) is None
     test = features.batch_from_frame(split.test)
+    # what rows a model fits on is the point here, not its quality: 5 boosting rounds do
+    small = {**SMALL, "hgb": {"max_iter": 5}}
     for algorithm in ("logistic", "hgb", "gru"):
-        # what rows a model fits on is the point here, not its quality: 5 boosting rounds do
-        params = {"seed": 1, **SMALL[algorithm], **({"max_iter": 5} if algorithm == "hgb" else {})}
+        params = {"seed": 1, **small[algorithm]}
         assert models.make_model(algorithm).params["max_fit_prefixes"] == models.MAX_FIT_PREFIXES
         capped = models.make_model(algorithm, **params, max_fit_prefixes=cap).fit(train, y)
         assert capped.params["max_fit_prefixes"] == cap

@@ -508,6 +508,21 @@ DAMAGES = (
         "update main.session_sequences set product_skus = 'p1' where session_key = 'sa-20260105-1'",
         ("assert_session_sequences_match_detail_views",),
     ),
+    Damage(  # an event counted twice among the pageviews: the counts no longer add up
+        """update main.sessions set n_pageviews = n_pageviews + 1
+           where session_key = 'sb-20260105-1'""",
+        ("sessions_row_conditions",),
+    ),
+    Damage(  # an event type outside the contract, on one staged row
+        """update main.stg_browsing_events set event_type = 'click'
+           where rowid = (select min(rowid) from main.stg_browsing_events)""",
+        ("stg_browsing_events_row_conditions",),
+    ),
+    Damage(  # a label lost
+        """update main.conversion_examples set will_purchase = null
+           where session_key = 'sb-20260105-1' and prefix_length = 1""",
+        ("conversion_examples_row_conditions",),
+    ),
 )
 
 

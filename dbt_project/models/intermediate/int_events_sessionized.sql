@@ -83,7 +83,9 @@ numbered_visits as (
     where {{ in_session_days('session_day') }}
 ),
 
-indexed as (
+-- Each event with its visit (found by position) and, as of the event's day, its SKU's
+-- latest catalogue snapshot on or before it.
+final as (
     select
         with_previous.session_id
         || '-' || {{ date_key('numbered_visits.session_day') }}
@@ -103,6 +105,9 @@ indexed as (
                 then cast(with_previous.event_ms - with_previous.prev_event_ms as double) / 1000
         end as seconds_since_prev,
         with_previous.url,
+        products.category_hash as category,
+        products.category_top,
+        products.price_bucket,
         with_previous.event_day,
         numbered_visits.session_day
     from with_previous
@@ -114,33 +119,11 @@ indexed as (
                 numbered_visits.next_first_event_seq is null
                 or with_previous.event_seq < numbered_visits.next_first_event_seq
             )
-),
-
-final as (
-    select
-        indexed.session_key,
-        indexed.session_id,
-        indexed.visit_number,
-        indexed.event_index,
-        indexed.event_type,
-        indexed.product_action,
-        indexed.product_sku,
-        indexed.event_ms,
-        indexed.event_at,
-        indexed.seconds_since_prev,
-        indexed.url,
-        products.category_hash as category,
-        products.category_top,
-        products.price_bucket,
-        indexed.event_day,
-        indexed.session_day
-    from indexed
-    -- as of the event's day: the SKU's latest snapshot on or before it
     left join products
         on
-            indexed.product_sku = products.product_sku
-            and indexed.event_day >= products.valid_from
-            and (products.valid_to is null or indexed.event_day < products.valid_to)
+            with_previous.product_sku = products.product_sku
+            and with_previous.event_day >= products.valid_from
+            and (products.valid_to is null or with_previous.event_day < products.valid_to)
 )
 
 select * from final
