@@ -8,7 +8,7 @@ process (so peak memory is the phase's own):
              `skiff run` / `orchestration.runs.run_days` does it (persistent instance under
              SKIFF_HOME);
              ingest and dbt times are the steps' STEP_START -> STEP_SUCCESS times from the
-             run's event log; peak RSS of the Dagster process and of its children (dbt);
+             run's event log; peak RSS of the Dagster process (dbt runs in it);
   floor      one DuckDB scan-and-group of the same landing CSVs in a fresh in-memory database:
              about the least any pipeline could spend reading these events once.
 
@@ -61,57 +61,8 @@ DEFS_SNIPPET = (
 
 
 def _peaks() -> dict[str, float]:
-    """Peak RSS of this process and `ru_maxrss` of its children, in MiB (Linux: KiB).
-
-    Linux starts a child's high-water mark at its parent's RSS at fork time, so the children's
-    `ru_maxrss` is at least the parent's RSS then; `ChildPeaks` measures dbt itself.
-    """
-    return {
-        "peak_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rusage_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
-
-
-class ChildPeaks:
-    """Samples VmHWM (peak RSS since exec) of every descendant process, every 0.2 s."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peaks: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> ChildPeaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.wait(0.2):
-            try:
-                children = me.children(recursive=True)
-            except psutil.Error:
-                continue
-            for child in children:
-                try:
-                    status = Path(f"/proc/{child.pid}/status").read_text()
-                except OSError:
-                    continue
-                for line in status.splitlines():
-                    if line.startswith("VmHWM:"):
-                        kib = float(line.split()[1])
-                        self.peaks[child.pid] = max(self.peaks.get(child.pid, 0.0), kib / 1024)
-
-    @property
-    def peak_mib(self) -> float:
-        return max(self.peaks.values(), default=0.0)
+    """Peak RSS of this process, in MiB (Linux: KiB); dbt runs in it (the step's process)."""
+    return {"peak_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _settings():
@@ -177,7 +128,7 @@ def phase_run(first: str, last: str) -> dict:
 
     job = build_definitions(settings).resolve_job_def(DAILY_REFRESH)
     defs_seconds = time.perf_counter() - began
-    with ChildPeaks() as children, DagsterInstance.get() as instance:
+    with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
@@ -192,10 +143,7 @@ def phase_run(first: str, last: str) -> dict:
     marks: dict[str, float] = {}
     for record in records:
         event = record.dagster_event
-        if event is None:  # a log line: note when the dbt process started and finished
-            for mark in ("Running dbt command", "Finished dbt command"):
-                if mark in (record.user_message or ""):
-                    marks[mark] = record.timestamp
+        if event is None:  # a log line
             continue
         kind = event.event_type
         if kind == DagsterEventType.STEP_START:
@@ -206,9 +154,6 @@ def phase_run(first: str, last: str) -> dict:
             marks["run_start"] = record.timestamp
         elif kind in (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE):
             marks["run_end"] = record.timestamp
-    dbt_start = starts.get(DBT_STEP, 0.0)
-    before_dbt = marks.get("Running dbt command", dbt_start) - dbt_start
-    dbt_process = marks.get("Finished dbt command", 0.0) - marks.get("Running dbt command", 0.0)
 
     failures = [
         f"{e.step_key}: {e.step_failure_data.error.message.strip()[:400]}"
@@ -234,28 +179,21 @@ def phase_run(first: str, last: str) -> dict:
             check = event.asset_check_evaluation_data
             checks[check.check_name] = _metadata_seconds(check.metadata)
             tests += checks[check.check_name]
-    own, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
+    own = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "success": result.success,
         "failures": failures,
         "steps": steps,
         "run_seconds": marks.get("run_end", 0.0) - marks.get("run_start", 0.0),
-        "before_dbt_process": before_dbt,
-        "dbt_process": dbt_process,
-        "peak_children_mib": children.peak_mib,
         "wall": wall,
         "defs_seconds": defs_seconds,
         "rows_read": rows_read,
         "models": models,
         "checks": checks,
         "tests_seconds": tests,
-        # CPU seconds (user + sys): this process (definitions, ingestion, Dagster) and its
-        # children (dbt); on a shared machine wall time alone says little
+        # CPU seconds (user + sys) of this process (definitions, ingestion, dbt, Dagster): on
+        # a shared machine wall time alone says little
         "cpu_self_s": own.ru_utime + own.ru_stime,
-        "cpu_children_s": kids.ru_utime + kids.ru_stime,
         **_peaks(),
     }
 
@@ -357,11 +295,15 @@ def _dbt_breakdown(run: dict) -> str:
     nodes = sum(models.values()) + run["tests_seconds"]
     return (
         f"dbt step {run['dbt']:.1f} s = models {sum(models.values()):.1f} s + tests "
-        f"{run['tests_seconds']:.1f} s + overhead {run['dbt'] - nodes:.1f} s (of which "
-        f"{run['before_dbt_process']:.1f} s before the dbt process starts; dbt process "
-        f"{run['dbt_process']:.1f} s); slowest: "
+        f"{run['tests_seconds']:.1f} s + fixed cost {run['dbt'] - nodes:.1f} s (dbt in the "
+        "step's process: its warm-up, parse check, adapter; Dagster's events); slowest: "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in top)
     )
+
+
+def _fixed(run: dict) -> float:
+    """The dbt step's time beside its models' and tests' own (dbt's fixed cost)."""
+    return run["dbt"] - sum(run["models"].values()) - run["tests_seconds"]
 
 
 def measure_size(bench: Bench, days: int, sessions: int, nightly: bool) -> dict:
@@ -378,9 +320,8 @@ def measure_size(bench: Bench, days: int, sessions: int, nightly: bool) -> dict:
         f"{label}: ingest {run['ingest']:.1f} s ("
         + ", ".join(f"{k} {run['steps'].get(k, 0):.1f} s" for k in INGEST_STEPS)
         + f"), dbt {run['dbt']:.1f} s, run {run['run_seconds']:.1f} s, process {run['wall']:.1f} s"
-        f" (definitions {run['defs_seconds']:.1f} s); peak RSS {run['peak_self_mib']:,.0f} MiB,"
-        f" dbt {run['peak_children_mib']:,.0f} MiB (children ru_maxrss "
-        f"{run['rusage_children_mib']:,.0f} MiB)"
+        f" (definitions {run['defs_seconds']:.1f} s); peak RSS {run['peak_self_mib']:,.0f} MiB"
+        " (dbt included: it runs in the step's process)"
     )
     bench.say(f"{label}: {_dbt_breakdown(run)}")
     if run["rows_read"] != gen["events"]:
@@ -465,11 +406,8 @@ def _machine() -> list[str]:
 
 
 def _cpu(run: dict) -> dict:
-    """CPU seconds of the run's process (definitions, ingestion, Dagster) and of dbt."""
-    return {
-        "run_cpu_s": round(run["cpu_self_s"], 2),
-        "dbt_cpu_s": round(run["cpu_children_s"], 2),
-    }
+    """CPU seconds of the run's process (definitions, ingestion, dbt, Dagster)."""
+    return {"run_cpu_s": round(run["cpu_self_s"], 2)}
 
 
 def _nodes(run: dict) -> dict[str, float]:
@@ -493,7 +431,7 @@ def _summary(
                 "floor_s": round(floor["seconds"], 3),
                 "ratio_to_floor": round((run["ingest"] + run["dbt"]) / floor["seconds"], 2),
                 "peak_rss_dagster_mib": round(run["peak_self_mib"]),
-                "peak_rss_dbt_mib": round(run["peak_children_mib"]),
+                "dbt_fixed_s": round(_fixed(run), 2),
                 **_cpu(run),
                 "floor_cpu_s": round(floor["cpu_s"], 3),
                 "dbt_nodes": _nodes(run),
@@ -507,8 +445,7 @@ def _summary(
             "ingest_s": round(row["nightly"]["ingest"], 2),
             "dbt_s": round(row["nightly"]["dbt"], 2),
             "ingest_dbt_s": round(row["nightly"]["ingest"] + row["nightly"]["dbt"], 2),
-            "dbt_before_process_s": round(row["nightly"]["before_dbt_process"], 2),
-            "dbt_process_s": round(row["nightly"]["dbt_process"], 2),
+            "dbt_fixed_s": round(_fixed(row["nightly"]), 2),
             **_cpu(row["nightly"]),
             "dbt_nodes": _nodes(row["nightly"]),
         }
@@ -597,7 +534,7 @@ def main() -> None:
     print("\n## Pipeline benchmark (`bench/pipeline.py`)\n")
     print(
         "| size | events | generate s | gen ev/s | ingest s | ingest ev/s | dbt s | dbt ev/s "
-        "| peak RSS Dagster | peak RSS dbt | floor s | (ingest+dbt) / floor |"
+        "| dbt fixed s | peak RSS | floor s | (ingest+dbt) / floor |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
@@ -608,24 +545,24 @@ def main() -> None:
             f"| {row['label']}{mark} | {events:,} | {gen['seconds']:.1f} | "
             f"{_rate(events, gen['seconds'])} | {run['ingest']:.1f} | "
             f"{_rate(events, run['ingest'])} | {run['dbt']:.1f} | {_rate(events, run['dbt'])} | "
-            f"{run['peak_self_mib']:,.0f} MiB | {run['peak_children_mib']:,.0f} MiB | "
+            f"{_fixed(run):.1f} | {run['peak_self_mib']:,.0f} MiB | "
             f"{floor['seconds']:.2f} | {(run['ingest'] + run['dbt']) / floor['seconds']:.0f}x |"
         )
     nightly_rows = sorted((r for r in rows if "nightly" in r), key=lambda r: r["days"])
     if nightly_rows:
         print("\nOne more nightly day (a single new partition), on top of N days of history:\n")
         print(
-            "| history | new day's events | ingest s | dbt s | ingest+dbt s | whole process s "
-            "| peak RSS Dagster | peak RSS dbt |"
+            "| history | new day's events | ingest s | dbt s | of which dbt fixed s | ingest+dbt s "
+            "| whole process s | peak RSS |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for row in nightly_rows:
             night = row["nightly"]
             print(
                 f"| {row['days']} days x {row['sessions']:,} | {night['events']:,} | "
-                f"{night['ingest']:.1f} | {night['dbt']:.1f} | "
+                f"{night['ingest']:.1f} | {night['dbt']:.1f} | {_fixed(night):.1f} | "
                 f"{night['ingest'] + night['dbt']:.1f} | {night['wall']:.1f} | "
-                f"{night['peak_self_mib']:,.0f} MiB | {night['peak_children_mib']:,.0f} MiB |"
+                f"{night['peak_self_mib']:,.0f} MiB |"
             )
     print(
         f"\nDefinitions load (`from orchestration.definitions import defs; defs()`, fresh "
@@ -637,8 +574,8 @@ def main() -> None:
         "`dbt build` of the range), STEP_START to STEP_SUCCESS in the run's event log; one "
         "Dagster run per size, as `skiff run`. Events = rows written (duplicates and malformed "
         "included). Floor = one DuckDB `read_csv` scan-and-group of the same CSVs, in memory. "
-        "Peak RSS dbt = the largest VmHWM of the run's child processes, sampled every 0.2 s "
-        "(the children's `ru_maxrss` is not used: Linux counts the parent's RSS at fork in it)."
+        "dbt runs in the step's process: peak RSS is the run's process, dbt included; dbt fixed "
+        "= the dbt step's time beside its models' and tests' own execution times."
     )
     print("\nMachine:\n")
     for line in _machine():

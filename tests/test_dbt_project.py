@@ -754,7 +754,8 @@ def test_a_dbt_invocation_runs_no_version_check(tmp_path, monkeypatch):
 
 
 def test_a_new_day_range_keeps_dbts_partial_parse(tmp_path, monkeypatch):
-    from orchestration.dbt.assets import END_DAY_VARIABLE, START_DAY_VARIABLE
+    from orchestration.dbt.assets import END_DAY_VARIABLE, START_DAY_VARIABLE, TRANSLATOR
+    from orchestration.dbt.inprocess import dbt_in_process
     from orchestration.dbt.project import dbt_cli, dbt_invocation, keep_partial_parse
 
     monkeypatch.setenv("SKIFF_HOME", str(tmp_path / "home"))
@@ -762,11 +763,18 @@ def test_a_new_day_range_keeps_dbts_partial_parse(tmp_path, monkeypatch):
     dbt = dbt_cli(project)
     logs = []
     for day in ("2026-01-05", "2026-01-06", "2026-01-07"):
-        with dbt_invocation(
+        target, env = dbt_invocation(
             project.project_dir, {START_DAY_VARIABLE: day, END_DAY_VARIABLE: day}
-        ) as target:
-            invocation = dbt.cli(["ls", "--select", "sessions"], target_path=target)
-        invocation.wait()
+        )
+        events = dbt_in_process(
+            dbt,
+            ["ls", "--select", "sessions"],
+            context=None,
+            target_path=target,
+            env=env,
+            translator=TRANSLATOR,
+        )
+        assert list(events) == []  # `ls` runs no node
         logs.append((target / "dbt.log").read_text())
         keep_partial_parse(target)
     assert "Unable to do partial parsing" in logs[0] or "Starting full parse" in logs[0]

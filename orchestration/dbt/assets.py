@@ -37,6 +37,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from orchestration.dbt.inprocess import dbt_in_process
 from orchestration.dbt.project import dbt_invocation, ensure_manifest, keep_partial_parse
 from orchestration.partitions import partition_days
 from orchestration.policy import RETRIES, WAREHOUSE_POOL
@@ -139,15 +140,15 @@ def _dated(result: AssetCheckResult, days: str) -> AssetCheckResult:
 def _build(
     dbt: DbtCliResource, context: AssetExecutionContext, args: list[str], env: dict[str, str]
 ) -> Iterator:
-    with dbt_invocation(dbt.project_dir, env) as target:
-        invocation = dbt.cli(args, context=context, target_path=target)
-    yield from invocation.stream()
+    target, environment = dbt_invocation(dbt.project_dir, env)
+    yield from dbt_in_process(
+        dbt, args, context=context, target_path=target, env=environment, translator=TRANSLATOR
+    )
     # Each invocation writes its own target folder; once it succeeded, its events are in
     # Dagster, its parse state is kept for the next run, and the folder is only disk (kept on
     # failure, for debugging).
-    if invocation.is_successful():
-        keep_partial_parse(target)
-        shutil.rmtree(invocation.target_path, ignore_errors=True)
+    keep_partial_parse(target)
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def completed_days(

@@ -2,18 +2,17 @@
 
 A dbt run's fixed cost is kept small here: the installed dbt-core's version is read from the
 package metadata (dagster-dbt would run `dbt --version`, which asks the package index for the
-latest releases: seconds, or a timeout where the index is out of reach), no dbt adapter is
-loaded in the step's process (see `SkiffDbtCliResource`), and every invocation
+latest releases: seconds, or a timeout where the index is out of reach), the partitions' runs
+call dbt in the step's own process (`orchestration/dbt/inprocess.py`), and every invocation
 starts from the last run's partial-parse state (`dbt_invocation`), so it re-parses only what
 changed instead of the whole project.
 """
 
-import contextlib
 import fcntl
 import importlib.metadata
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -55,32 +54,21 @@ def dbt_cli(project: DbtProject) -> DbtCliResource:
     )
 
 
-@contextlib.contextmanager
-def dbt_invocation(project_dir: str | Path, env: Mapping[str, str]) -> Iterator[Path]:
-    """Around one `DbtCliResource.cli(...)` call: `env` in the environment dbt is started with
-    (dagster-dbt copies `os.environ` when it starts the process, inside the block), plus the
-    partial-parse state to start from. Yields the invocation's own target folder.
+def dbt_invocation(project_dir: str | Path, env: Mapping[str, str]) -> tuple[Path, dict]:
+    """One dbt invocation's own target folder, and `env` plus the partial-parse state to start
+    from, for the environment dbt runs in.
 
-    dagster-dbt gives each invocation a fresh target folder, where dbt would find no saved
-    parse state and parse the whole project (seconds); DBT_PARTIAL_PARSE_FILE_PATH points it at
-    the shared one (`<project>/target/partial_parse.msgpack`), and `keep_partial_parse` puts
-    the state this invocation saved back there. A state saved with another profile (another
-    SKIFF_HOME) only costs a full parse, which then saves its own.
+    Each invocation gets a fresh target folder (its logs and run results), where dbt would find
+    no saved parse state and parse the whole project (seconds); DBT_PARTIAL_PARSE_FILE_PATH
+    points it at the shared one (`<project>/target/partial_parse.msgpack`), and
+    `keep_partial_parse` puts the state this invocation saved back there. A state saved with
+    another profile (another SKIFF_HOME) only costs a full parse, which then saves its own.
     """
     target = Path(project_dir) / "target"
     shared = target / PARTIAL_PARSE_FILE
     run_target = target / f"run-{os.getpid()}-{os.urandom(4).hex()}"
     extra = {**env, "DBT_PARTIAL_PARSE_FILE_PATH": str(shared)} if shared.exists() else dict(env)
-    saved = {name: os.environ.get(name) for name in extra}
-    os.environ.update(extra)
-    try:
-        yield run_target
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return run_target, extra
 
 
 def keep_partial_parse(run_target: Path) -> None:
