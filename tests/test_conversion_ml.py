@@ -435,9 +435,24 @@ REMOVE_FIRST = [
 ]
 
 
+# pandas hashes strings up to their first NUL: "" and "\x00" were one category in the batch path
+NUL_CATEGORIES = [
+    {
+        "event_type": "pageview",
+        "product_action": None,
+        "product_sku": None,
+        "event_at": 0,
+        "category": category,
+        "price_bucket": None,
+    }
+    for category in ("c1/c12", "", "\x00", "c1\x00b", "c1\x00c")
+]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=event_sequences())
 @example(events=REMOVE_FIRST)
+@example(events=NUL_CATEGORIES)
 def test_any_valid_sequence_gives_the_same_finite_features_on_both_paths(events):
     batch = features.batch_from_frame(examples_of([events]))
     ordered = time_ordered(events)

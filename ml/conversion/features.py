@@ -84,6 +84,18 @@ def to_ms(value: Any) -> int:
     return int(stamp.value // 1_000_000)
 
 
+def _nul_free(values: pd.Series) -> pd.Series:
+    """`values` with NUL characters escaped (and the escape character itself), so distinct
+    texts stay distinct: pandas hashes an object column's strings up to their first NUL, so
+    `duplicated` and `factorize` take "" and "\\x00" (or "a\\x00b" and "a\\x00c") for one value.
+    Unchanged, and no copy, when no value holds a NUL."""
+    if not values.str.contains("\x00", regex=False, na=False).any():
+        return values
+    return values.map(
+        lambda v: str(v).replace("\\", "\\\\").replace("\x00", "\\0"), na_action="ignore"
+    )
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
@@ -250,7 +262,8 @@ def batch_features(frame: pd.DataFrame) -> pd.DataFrame:
 
     def first_seen(values: pd.Series) -> np.ndarray:
         present = values.notna().to_numpy()
-        new = ~pd.DataFrame({"s": session, "v": values.to_numpy()}).duplicated().to_numpy()
+        distinct = _nul_free(values).to_numpy()
+        new = ~pd.DataFrame({"s": session, "v": distinct}).duplicated().to_numpy()
         return cumsum(present & new)
 
     category = frame["category"].astype(object).where(frame["category"].notna(), None)
