@@ -44,7 +44,11 @@ def _run(events: int, check_error: bool, queue: mp.Queue) -> None:
     from ml.conversion import dataset, features, models
     from ml.recommend.models import make_model
     from ml.synthetic import GeneratorConfig, generate
-    from orchestration.monitoring.config import RECOMMENDER_SESSIONS
+    from orchestration.monitoring.config import (
+        DRIFT_SHARE,
+        ONE_COLUMN_SHARE,
+        RECOMMENDER_SESSIONS,
+    )
 
     sessions = int(events / EVENTS_PER_SESSION)
     start = dt.date(2026, 1, 5)
@@ -94,16 +98,23 @@ def _run(events: int, check_error: bool, queue: mp.Queue) -> None:
         batch = features.batch_from_frame(mon.sample_sessions(day_examples, 20_000))
         current = mon.conversion_inputs(batch)
         feature_drift = mon.data_drift(
-            reference, current, numerical=numerical, categorical=mon.CATEGORICAL_INPUTS
+            reference,
+            current,
+            numerical=numerical,
+            categorical=mon.CATEGORICAL_INPUTS,
+            drift_share=DRIFT_SHARE,
         )
         feature_drift.save_html(out / "features.html")
-        mon.data_drift(reference, scored, numerical=["purchase_probability"]).save_html(
-            out / "scores.html"
-        )
+        mon.data_drift(
+            reference, scored, numerical=["purchase_probability"], drift_share=ONE_COLUMN_SHARE
+        ).save_html(out / "scores.html")
         mon.conversion_quality(scored["will_purchase"], scored["purchase_probability"])
         labels = {"will_purchase": lambda f: f["will_purchase"].astype(str)}
         mon.data_drift(
-            reference.assign(**labels), scored.assign(**labels), categorical=["will_purchase"]
+            reference.assign(**labels),
+            scored.assign(**labels),
+            categorical=["will_purchase"],
+            drift_share=ONE_COLUMN_SHARE,
         ).save_html(out / "labels.html")
         requests = [s for s in sequences(day_examples) if len(s) >= 2]
         today = mon.recommender_day(
@@ -118,6 +129,7 @@ def _run(events: int, check_error: bool, queue: mp.Queue) -> None:
             today.points,
             numerical=mon.RECOMMENDER_NUMERICAL,
             categorical=mon.RECOMMENDER_CATEGORICAL,
+            drift_share=DRIFT_SHARE,
         ).save_html(out / "recommender.html")
         ours = time.perf_counter() - began
 

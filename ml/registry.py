@@ -451,6 +451,7 @@ class Registry:
     def locked(self, problem: str) -> Iterator[None]:
         """Hold the problem's lock for the block (see the module docstring). Re-entrant within
         a thread; other threads and processes wait for it."""
+        _refuse_unguarded(self.fs, self.url)
         path = self._path(problem, LOCK)
         key = self.fs.unstrip_protocol(path)
         held = _held.__dict__.setdefault("locks", {})
@@ -937,6 +938,21 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """Whether `fs` is the local disk (paths are ordinary file paths there)."""
     return bool({"file", "local"} & set(_protocols(fs)))
+
+
+# Stores whose lock is safe across writers: the local disk (os.link, flock), S3 (If-None-Match
+# create, If-Match delete) and memory:// (one process: tests). Elsewhere (gs://, az://, ...)
+# the exclusive create and the conditional delete would be assumed, not had.
+LOCKABLE_PROTOCOLS = {"file", "local", "s3", "s3a", "memory"}
+
+
+def _refuse_unguarded(fs: fsspec.AbstractFileSystem, url: str) -> None:
+    if not LOCKABLE_PROTOCOLS & set(_protocols(fs)):
+        raise RegistryLockError(
+            f"the registry at {url} cannot be locked safely: role changes need an exclusive"
+            f" create and a conditional delete, which Skiff has for a local disk and S3 (or an"
+            f" S3-compatible store) only, not for {'/'.join(_protocols(fs))}://"
+        )
 
 
 def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:

@@ -34,11 +34,19 @@ Only the last stage may promote: a model better at 1% must still show its guardr
 The intervals are always valid (they hold at every look), so looking every hour is allowed;
 `Policy.alpha` is the level the controller computes them at.
 
-The serving configuration (`experiments.json` under the published root) is rewritten from the
-state on every look, so a lost write heals on the next one. The experiment's name holds both
-versions and stays through the ramp; the challenger is listed first, so growing its weight only
-moves champion sessions to it. The two problems' controllers each rewrite their own entry
-(read, replace, write: two writes at the same instant may lose one, which the next look heals).
+Concurrent writers: every transition (`admit`, `promote`, `rollback`, `bootstrap`, and the
+controller's `carry_out`/`apply`) reads, decides and writes the roles, their history and the
+rollout state under the problem's registry lock, and `carry_out` re-reads the state under it:
+a look whose state moved since it was read (an operator's rollback, a new challenger, another
+look's ramp) applies nothing and returns a hold saying why.
+
+The serving configuration (`experiments.json` under the published root) is written by each
+transition under that lock, after the published pointers (see `_commit`), and rewritten from
+the state read under the lock on every look, so a lost write heals on the next one. The
+experiment's name holds both versions and stays through the ramp; the challenger is listed
+first, so growing its weight only moves champion sessions to it. The two problems' controllers
+each rewrite their own entry (read, replace, write, under each problem's own lock: two writes
+of different problems at the same instant may lose one, which the next look heals).
 """
 
 from __future__ import annotations
@@ -525,12 +533,15 @@ def _serve(published_url: str, state: RolloutState) -> None:
 
 
 # --- transitions ------------------------------------------------------------------------------
+#
+# Every transition reads, decides and writes holding the problem's lock (`Registry.locked`,
+# re-entrant in a thread, so the registry's own writes inside take it again for free): the
+# roles and their history lines, rollout.json, the published pointers and the problem's entry
+# of experiments.json, in that order. A transition that ran on a look taken before the lock
+# (the controller's `carry_out`) reads the state again under it and holds if it moved.
 
 
-def load_state(registry: Registry, problem: str) -> RolloutState | None:
-    """The stored state; None when the problem has no champion. A registry from before the
-    rollout state (roles only) serves its champion alone: its "challenger" may be a replaced
-    champion, which must not get traffic."""
+def _read_state(registry: Registry, problem: str) -> RolloutState | None:
     roles = registry.roles(problem)
     if "champion" not in roles:
         return None
@@ -547,14 +558,40 @@ def load_state(registry: Registry, problem: str) -> RolloutState | None:
     return state
 
 
+def load_state(registry: Registry, problem: str) -> RolloutState | None:
+    """The stored state; None when the problem has no champion. A registry from before the
+    rollout state (roles only) serves its champion alone: its "challenger" may be a replaced
+    champion, which must not get traffic.
+
+    Read without the lock. A transition writes roles.json and then rollout.json under the
+    lock, so a reader between the two sees them disagree: a disagreement is read again under
+    the lock before it is believed (ReleaseError: roles changed outside ml.release)."""
+    try:
+        return _read_state(registry, problem)
+    except ReleaseError:
+        with registry.locked(problem):  # waits for a transition in flight
+            return _read_state(registry, problem)
+
+
 def _alone(problem: str, champion: str, now: dt.datetime) -> RolloutState:
     return RolloutState(
         problem, champion, experiment=experiment_name(problem, champion, None), since=_iso(now)
     )
 
 
-def _save(registry: Registry, published_url: str, state: RolloutState) -> RolloutState:
+def _commit(registry: Registry, published_url: str, state: RolloutState) -> RolloutState:
+    """The end of a role change, holding the lock its caller read and decided under: the
+    rollout state, then the published pointers (`publish`), then the serving entry.
+
+    experiments.json is written here, under the lock, rather than derived later from the state:
+    the server does not check that the versions it has loaded are the ones an experiment's name
+    holds, so its two inputs must move in order, pointers first, and only the lock orders them
+    against another transition's (written after the lock, an admit's entry could name its
+    challenger while a rollback's publish had removed it, or another admit's had replaced it).
+    The price: `publish` copies a new version's files with the lock held (seconds for these
+    models; the lease is 60 s)."""
     registry.set_rollout(state.problem, state.to_dict())
+    registry.publish(state.problem, published_url)
     _serve(published_url, state)
     return state
 
@@ -607,19 +644,18 @@ def admit(
             evidence=evidence,
             at=now,
         )
-    registry.publish(problem, published_url)
-    new = RolloutState(
-        problem,
-        state.champion,
-        version,
-        0,
-        first.name,
-        first.traffic,
-        _iso(now),
-        experiment_name(problem, state.champion, version),
-        _iso(now),
-    )
-    return _save(registry, published_url, new)
+        new = RolloutState(
+            problem,
+            state.champion,
+            version,
+            0,
+            first.name,
+            first.traffic,
+            _iso(now),
+            experiment_name(problem, state.champion, version),
+            _iso(now),
+        )
+        return _commit(registry, published_url, new)
 
 
 def promote(
@@ -644,42 +680,45 @@ def promote(
             raise ReleaseError(f"{version} is already the {problem} champion")
         stored = registry.rollout(problem) or {}
         stage = stored.get("stage_name") if version == challenger else None
-        registry.set_roles(problem, {"champion": version, "challenger": None})
-        registry.record(
-            problem,
-            "champion",
-            version,
-            reason,
-            previous=old,
-            decided_by=decided_by,
-            stage=stage,
-            traffic=1.0,
-            evidence=evidence,
-            at=now,
-        )
+        lines: list[dict[str, Any]] = [
+            {
+                "role": "champion",
+                "version": version,
+                "reason": reason,
+                "previous": old,
+                "decided_by": decided_by,
+                "stage": stage,
+                "traffic": 1.0,
+                "evidence": evidence,
+                "at": now,
+            }
+        ]
         if old is not None:
-            registry.record(
-                problem,
-                "retired",
-                old,
-                f"replaced by {version}",
-                decided_by=decided_by,
-                traffic=0.0,
-                at=now,
+            lines.append(
+                {
+                    "role": "retired",
+                    "version": old,
+                    "reason": f"replaced by {version}",
+                    "decided_by": decided_by,
+                    "traffic": 0.0,
+                    "at": now,
+                }
             )
         if challenger not in (None, version):
-            registry.record(
-                problem,
-                "rolled_back",
-                challenger,
-                f"the champion changed to {version}",
-                decided_by=decided_by,
-                stage=stored.get("stage_name"),
-                traffic=0.0,
-                at=now,
+            lines.append(
+                {
+                    "role": "rolled_back",
+                    "version": challenger,
+                    "reason": f"the champion changed to {version}",
+                    "decided_by": decided_by,
+                    "stage": stored.get("stage_name"),
+                    "traffic": 0.0,
+                    "at": now,
+                }
             )
-    registry.publish(problem, published_url)  # the new champion; no challenger pointer left
-    return _save(registry, published_url, _alone(problem, version, now))
+        # the lines first, then the pointers; publishing leaves no challenger pointer
+        registry.set_roles(problem, {"champion": version, "challenger": None}, lines=lines)
+        return _commit(registry, published_url, _alone(problem, version, now))
 
 
 def bootstrap(
@@ -693,18 +732,21 @@ def bootstrap(
     now: dt.datetime | None = None,
 ) -> RolloutState:
     """The first champion of a problem, at once: a small shop is served from day one."""
-    if registry.roles(problem).get("champion") is not None:
-        raise ReleaseError(f"{problem} already has a champion: bootstrap applies only without one")
-    return promote(
-        registry,
-        published_url,
-        problem,
-        version,
-        reason,
-        decided_by="bootstrap",
-        evidence=evidence,
-        now=now,
-    )
+    with registry.locked(problem):  # two bootstraps at once: one champion, one refusal
+        if registry.roles(problem).get("champion") is not None:
+            raise ReleaseError(
+                f"{problem} already has a champion: bootstrap applies only without one"
+            )
+        return promote(
+            registry,
+            published_url,
+            problem,
+            version,
+            reason,
+            decided_by="bootstrap",
+            evidence=evidence,
+            now=now,
+        )
 
 
 def rollback(
@@ -726,20 +768,122 @@ def rollback(
             raise ReleaseError(f"{problem} has no challenger to roll back (roles {roles})")
         alone = _alone(problem, roles["champion"], now)
         _serve(published_url, alone)
-        registry.set_roles(problem, {"challenger": None})
+        line = {
+            "role": "rolled_back",
+            "version": roles["challenger"],
+            "reason": reason,
+            "decided_by": decided_by,
+            "stage": (registry.rollout(problem) or {}).get("stage_name"),
+            "traffic": 0.0,
+            "evidence": evidence,
+            "at": now,
+        }
+        registry.set_roles(problem, {"challenger": None}, lines=[line])
+        return _commit(registry, published_url, alone)  # publish unloads the challenger
+
+
+def _moved(looked: RolloutState, now: RolloutState | None, action: str) -> str | None:
+    """Why the state read under the lock (`now`) is not the one the look decided on, if it is
+    not: the same champion and challenger for a rollback (a breach condemns the pair at any
+    stage), and the same stage, begun at the same moment, for a ramp step or a promotion."""
+    if action == "hold":  # changes nothing: serves whatever the state is now
+        return None
+    fields = ["champion", "challenger"]
+    if action in ("advance", "promote"):
+        fields += ["stage", "stage_name", "stage_started_at"]
+    if now is None:
+        return "the problem has no champion any more"
+    changed = [f for f in fields if getattr(looked, f) != getattr(now, f)]
+    if not changed:
+        return None
+    was = ", ".join(f"{f} {getattr(looked, f)} -> {getattr(now, f)}" for f in changed)
+    return f"the release changed during the look ({was})"
+
+
+def carry_out(
+    registry: Registry,
+    published_url: str,
+    state: RolloutState,
+    decision: Decision,
+    *,
+    now: dt.datetime | None = None,
+) -> tuple[RolloutState, Decision]:
+    """Carry out the controller's decision on the look's `state`, holding the problem's lock:
+    the state is read again under it, and if another writer (an operator, a training run,
+    another look) changed what the decision is about since the look read it, nothing is
+    applied and the decision returned is a hold saying what changed; the next look decides on
+    the new state. Otherwise a ramp step is recorded and served, a rollback or promotion changes
+    the roles, and a hold rewrites the serving entry from the state read under the lock
+    (healing a lost write). Returns the state after and the decision carried out."""
+    now = _now(now)
+    if decision.action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, got {decision.action!r}")
+    with registry.locked(state.problem):
+        current = load_state(registry, state.problem)
+        moved = _moved(state, current, decision.action)
+        if moved is not None:
+            after = current or state
+            held = Decision(
+                "hold",
+                after.stage,
+                after.stage_name,
+                after.traffic,
+                f"{decision.action} not applied: {moved}; the next look decides on the new state",
+                decision.guardrails,
+                decision.evidence,
+            )
+            return after, held
+        if current is None:  # a hold, and nothing to serve
+            return state, decision
+        if decision.action == "hold":
+            _serve(published_url, current)
+            return current, decision
+        evidence = dict(decision.evidence)
+        if decision.action == "rollback":
+            after = rollback(
+                registry,
+                published_url,
+                state.problem,
+                decision.reason,
+                decided_by=CONTROLLER,
+                evidence=evidence,
+                now=now,
+            )
+            return after, decision
+        if decision.action == "promote":
+            after = promote(
+                registry,
+                published_url,
+                state.problem,
+                current.challenger,
+                decision.reason,
+                decided_by=CONTROLLER,
+                evidence=evidence,
+                now=now,
+            )
+            return after, decision
+        new = dataclasses.replace(
+            current,
+            stage=decision.stage,
+            stage_name=decision.stage_name,
+            traffic=decision.traffic,
+            stage_started_at=_iso(now),
+        )
         registry.record(
-            problem,
-            "rolled_back",
-            roles["challenger"],
-            reason,
-            decided_by=decided_by,
-            stage=(registry.rollout(problem) or {}).get("stage_name"),
-            traffic=0.0,
+            state.problem,
+            "challenger",
+            current.challenger,
+            decision.reason,
+            previous=current.challenger,
+            decided_by=CONTROLLER,
+            stage=decision.stage_name,
+            traffic=decision.traffic,
             evidence=evidence,
             at=now,
         )
-    registry.publish(problem, published_url)  # removes the challenger's pointer: unloaded
-    return _save(registry, published_url, alone)
+        registry.set_rollout(state.problem, new.to_dict())
+        _serve(published_url, new)  # a ramp moves no pointer: nothing to publish
+        return new, decision
 
 
 def apply(
@@ -750,53 +894,6 @@ def apply(
     *,
     now: dt.datetime | None = None,
 ) -> RolloutState:
-    """Carry out the controller's decision: a ramp step is recorded and served, a rollback or
-    promotion changes the roles, a hold rewrites the serving entry (healing a lost write)."""
-    now = _now(now)
-    if decision.action not in ACTIONS:
-        raise ValueError(f"action must be one of {ACTIONS}, got {decision.action!r}")
-    if decision.action == "hold":
-        _serve(published_url, state)
-        return state
-    evidence = dict(decision.evidence)
-    if decision.action == "rollback":
-        return rollback(
-            registry,
-            published_url,
-            state.problem,
-            decision.reason,
-            decided_by=CONTROLLER,
-            evidence=evidence,
-            now=now,
-        )
-    if decision.action == "promote":
-        return promote(
-            registry,
-            published_url,
-            state.problem,
-            state.challenger,
-            decision.reason,
-            decided_by=CONTROLLER,
-            evidence=evidence,
-            now=now,
-        )
-    new = dataclasses.replace(
-        state,
-        stage=decision.stage,
-        stage_name=decision.stage_name,
-        traffic=decision.traffic,
-        stage_started_at=_iso(now),
-    )
-    registry.record(
-        state.problem,
-        "challenger",
-        state.challenger,
-        decision.reason,
-        previous=state.challenger,
-        decided_by=CONTROLLER,
-        stage=decision.stage_name,
-        traffic=decision.traffic,
-        evidence=evidence,
-        at=now,
-    )
-    return _save(registry, published_url, new)
+    """`carry_out`, returning only the state after (a decision the state moved under is not
+    applied)."""
+    return carry_out(registry, published_url, state, decision, now=now)[0]

@@ -87,6 +87,13 @@ def failure_message(context: RunFailureSensorContext) -> str:
     return "\n".join(lines)
 
 
+def webhook_error(exc: Exception) -> str:
+    """What a failed post says in the logs: the exception's type and the HTTP status, if any.
+    Never the exception's text: httpx's quotes the URL, and the webhook's URL holds its token."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)  # HTTPStatusError's
+    return type(exc).__name__ + (f", HTTP {status}" if status is not None else "")
+
+
 def build_failure_sensor(settings: Settings):
     webhook = settings.automation.alert_webhook
 
@@ -112,7 +119,10 @@ def build_failure_sensor(settings: Settings):
             }
             try:
                 httpx.post(webhook, json=payload, timeout=5).raise_for_status()
-            except httpx.HTTPError as exc:
-                context.log.warning(f"could not post the alert to the webhook: {exc}")
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                context.log.warning(
+                    f"could not post the alert to the webhook (SKIFF_ALERT_WEBHOOK_URL): "
+                    f"{webhook_error(exc)}"
+                )
 
     return run_failure_alert

@@ -20,6 +20,7 @@ from orchestration import policy
 from orchestration.automation import build_failure_sensor, build_nightly_schedule
 from orchestration.conversion.assets import build_conversion_assets
 from orchestration.dbt.assets import build_dbt_assets, build_experiment_dbt_assets
+from orchestration.dbt.checks import build_dbt_summary_checks
 from orchestration.dbt.project import build_dbt_project
 from orchestration.experiments.assets import build_experiment_assets
 from orchestration.experiments.log import build_serving_log_asset, serving_log_partitions
@@ -30,6 +31,7 @@ from orchestration.ingestion.sensors import build_landing_sensor
 from orchestration.monitoring.assets import build_monitoring_assets
 from orchestration.monitoring.sensors import RETRAIN_JOBS, build_drift_sensor
 from orchestration.partitions import daily_partitions
+from orchestration.read_copy import read_copy_sensors
 from orchestration.recommendation.assets import build_recommendation_assets
 from orchestration.recommendation.offline_online import GROUP as OFFLINE_ONLINE_GROUP
 from orchestration.recommendation.offline_online import build_offline_online_asset
@@ -50,10 +52,11 @@ EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_exe
 def build_definitions(settings: Settings) -> Definitions:
     partitions = daily_partitions(settings)
     project = build_dbt_project(settings)
+    dbt_models = build_dbt_assets(project, partitions)
     assets = policy.apply(
         [
             *build_ingestion_assets(partitions, settings.landing),
-            build_dbt_assets(project, partitions),
+            dbt_models,
             *build_conversion_assets(settings, partitions),
             *build_recommendation_assets(settings),
             *build_monitoring_assets(settings, partitions),
@@ -122,8 +125,10 @@ def build_definitions(settings: Settings) -> Definitions:
         description="The offline-vs-online table of the latest recommender candidates on the "
         "synthetic data's world: offline metrics, replay, interleaving, A/B and the truth.",
     )
+    resources = build_resources(settings, project)
     return Definitions(
         assets=assets,
+        asset_checks=[build_dbt_summary_checks(dbt_models, "dbt_worst_recent_day")],
         jobs=[
             daily_refresh,
             train_models,
@@ -142,9 +147,10 @@ def build_definitions(settings: Settings) -> Definitions:
             build_landing_sensor(settings, nightly),
             build_drift_sensor(settings, retrain),
             build_failure_sensor(settings),
+            *read_copy_sensors(resources["warehouse"]),
         ],
         resources={
-            **build_resources(settings, project),
+            **resources,
             # what a step hands to another goes through storage, keyed by run: steps in other
             # processes or pods read it, concurrent runs never collide (orchestration/handoff.py)
             "io_manager": HandoffIOManager(root=str(settings.handoff_root)),

@@ -116,6 +116,46 @@ class DuckDBWarehouse(Warehouse):
         with self._connect(read_only=True) as con:
             return con.execute(sql).fetchdf()
 
+    def publish_read_copy(self) -> Path | None:
+        """Copy the warehouse, as one snapshot, to `read_copy_path` (`warehouse.read.duckdb`)
+        for readers that keep a connection open (a notebook, a BI tool): a reader of the copy
+        never blocks a run. Built under a temporary name, then renamed into place, so a reader
+        holding the previous copy keeps reading it (its open file) until it reconnects. Reads
+        the warehouse read-only, waiting for a writer as `query` does. None when there is no
+        warehouse yet."""
+        import duckdb
+
+        source = Path(self.path)
+        if not source.exists():
+            return None
+        target = read_copy_path(source)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        deadline = time.monotonic() + self.lock_timeout_s
+        try:
+            while True:
+                try:
+                    with duckdb.connect() as con:
+                        con.execute(f"attach '{source}' as source (read_only)")
+                        con.execute(f"attach '{tmp}' as read_copy")
+                        con.execute("copy from database source to read_copy")
+                        con.execute("detach read_copy")
+                    break
+                except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                    if not _lock_conflict(exc) or time.monotonic() > deadline:
+                        raise
+                    tmp.unlink(missing_ok=True)
+                    time.sleep(random.uniform(0.1, 0.5))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+
+def read_copy_path(warehouse: str | Path) -> Path:
+    """Where `publish_read_copy` puts the copy: `<name>.read.duckdb` beside the warehouse."""
+    warehouse = Path(warehouse)
+    return warehouse.with_name(f"{warehouse.stem}.read.duckdb")
+
 
 def _same_process_conflict(exc: Exception) -> bool:
     return "different configuration" in str(exc)

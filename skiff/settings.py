@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from skiff.urls import DEFAULT_REPORTS_URL
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 
@@ -38,6 +40,12 @@ SNOWFLAKE_REQUIRED = (
 )
 # Production signs every model manifest (ml.registry): a bucket writer cannot swap a model.
 MANIFEST_KEY = "SKIFF_MANIFEST_KEY"
+# Production's report links need a base its users reach (skiff/urls.py): either of these.
+REPORTS_BASE = ("SKIFF_REPORTS_URL", "SKIFF_SERVE_URL")
+REPORTS_WHY = (
+    f"without it or SKIFF_SERVE_URL, Dagster's report links point at {DEFAULT_REPORTS_URL} "
+    "(a local `skiff ui`), which no user of production reaches"
+)
 
 _DAGSTER_YAML = """\
 # Written by Skiff (skiff/settings.py) when this DAGSTER_HOME was first used; edit freely.
@@ -157,24 +165,18 @@ class Settings:
         )
 
 
-def load_settings() -> Settings:
-    """Read the environment. Raises ConfigError naming what is wrong."""
+def load_settings(*, serve_only: bool = False) -> Settings:
+    """Read the environment. Raises ConfigError naming what is wrong.
+
+    `serve_only`: for a process that only serves the published models (`skiff serve`): with
+    SKIFF_ENV=prod it needs the manifest key, but neither the warehouse's credentials nor a
+    base for report links, which it never uses.
+    """
     env = os.environ.get("SKIFF_ENV", "local").strip().lower() or "local"
     if env not in ENVIRONMENTS:
         raise ConfigError(f"SKIFF_ENV={env!r} is not one of {list(ENVIRONMENTS)}")
     if env == "prod":
-        missing = [name for name in SNOWFLAKE_REQUIRED if not os.environ.get(name)]
-        if not (
-            os.environ.get("SNOWFLAKE_PASSWORD") or os.environ.get("SNOWFLAKE_PRIVATE_KEY_PATH")
-        ):
-            missing.append("SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)")
-        if not os.environ.get(MANIFEST_KEY, "").strip():
-            missing.append(MANIFEST_KEY)
-        if missing:
-            raise ConfigError(
-                "SKIFF_ENV=prod needs these environment variables, which are not set: "
-                + ", ".join(missing)
-            )
+        _check_prod(serve_only)
     home = Path(os.environ.get("SKIFF_HOME") or REPO_ROOT / ".skiff").expanduser().resolve()
     start, source = _partitions_start(home / "landing")
     return Settings(
@@ -186,6 +188,28 @@ def load_settings() -> Settings:
         automation=_automation(),
         executor=_executor(env),
     )
+
+
+def _check_prod(serve_only: bool) -> None:
+    """What SKIFF_ENV=prod needs, every missing variable named at once."""
+    missing = []
+    if not serve_only:
+        missing = [name for name in SNOWFLAKE_REQUIRED if not os.environ.get(name)]
+        if not (
+            os.environ.get("SNOWFLAKE_PASSWORD") or os.environ.get("SNOWFLAKE_PRIVATE_KEY_PATH")
+        ):
+            missing.append("SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)")
+    if not os.environ.get(MANIFEST_KEY, "").strip():
+        missing.append(MANIFEST_KEY)
+    no_base = not serve_only and not any(os.environ.get(n, "").strip() for n in REPORTS_BASE)
+    if no_base:
+        missing.append(f"{REPORTS_BASE[0]} (or {REPORTS_BASE[1]})")
+    if missing:
+        raise ConfigError(
+            "SKIFF_ENV=prod needs these environment variables, which are not set: "
+            + ", ".join(missing)
+            + (f". {REPORTS_BASE[0]}: {REPORTS_WHY}" if no_base else "")
+        )
 
 
 def _partitions_start(landing: Path) -> tuple[dt.date, str]:

@@ -15,12 +15,26 @@ from pathlib import Path
 from skiff.settings import ConfigError, Settings, ensure_home, load_settings
 
 MAX_ERROR_SHARE = 0.01  # `skiff simulate` fails above this share of failed requests
-UI_HINT = (
-    "\nOpen the Dagster UI on this state:\n"
-    "  .venv/bin/skiff ui        # = DAGSTER_HOME=$SKIFF_HOME/dagster dagster dev "
-    "-w workspace.yaml -h 127.0.0.1 -p 3000\n"
-    "  then browse http://127.0.0.1:3000 (Assets -> Lineage; Runs)"
-)
+
+
+def ui_hint() -> str:
+    """How to open the UI on this state, and where its report links point (`skiff ui` serves
+    them when that is a local address; plain `dagster dev` serves no reports)."""
+    from skiff.urls import reports_base_url
+    from skiff_cli.ui import serves_reports
+
+    base = reports_base_url()
+    reports = (
+        f"and serves the reports its links point at, {base}/"
+        if serves_reports(base)
+        else f"its report links point at {base}/ (served there)"
+    )
+    return (
+        "\nOpen the Dagster UI on this state:\n"
+        "  .venv/bin/skiff ui        # dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000 with\n"
+        "                            # DAGSTER_HOME=$SKIFF_HOME/dagster; " + reports + "\n"
+        "  then browse http://127.0.0.1:3000 (Assets -> Lineage; Runs)"
+    )
 
 
 def _start(args: argparse.Namespace, settings: Settings) -> dt.date:
@@ -120,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if models and (boards := demo.leaderboards(settings)):
         print(boards)
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s")
-    print(UI_HINT)
+    print(ui_hint())
     print("\n" + serve_hint(settings))
     return 0
 
@@ -275,7 +289,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.app import serve
     from serving.config import ServeConfig
 
-    settings = ensure_home(load_settings())
+    settings = ensure_home(load_settings(serve_only=True))  # no warehouse, no report links
     config = ServeConfig.from_env(
         host=args.host,
         port=args.port,

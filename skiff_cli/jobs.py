@@ -61,7 +61,7 @@ def _finish(report, what: str, checks_fail: bool = True) -> int:
     """Print the run's lines (counts, checks that warned or failed, step failures) and the
     verdict; 0 when no step failed and (`checks_fail`) no ERROR check failed."""
     for line in report.lines():
-        print(f"  {line}")
+        print(f"  {line.rstrip()}")
     if not report.steps_ok:
         print(f"{what} failed: a step failed (above); its logs are in the UI (`skiff ui`)")
         return 1
@@ -92,6 +92,20 @@ def _ops_file(path) -> dict:
     return ops
 
 
+def _report(settings: Settings, job_name: str, **kwargs):
+    """`run_job_report`; a run configuration Dagster refuses (an asset or a field that is not
+    in the job, from --config) is refused before anything ran, with Dagster's reasons."""
+    from dagster import DagsterInvalidConfigError
+
+    from orchestration.runs import run_job_report
+
+    try:
+        return run_job_report(settings, job_name, **kwargs)
+    except DagsterInvalidConfigError as exc:
+        reasons = "; ".join(e.message.split(" Expected:")[0] for e in exc.errors)
+        raise ConfigError(f"the run configuration of {job_name} is refused: {reasons}") from exc
+
+
 def _run(func, *args) -> int:
     try:
         return func(*args)
@@ -108,7 +122,6 @@ def _train(args: argparse.Namespace) -> int:
     from ml.registry import ROLES, Registry
     from orchestration import demo
     from orchestration.definitions import TRAIN_MODELS
-    from orchestration.runs import run_job_report
 
     settings = ensure_home(load_settings())
     have_first, have_last = _session_days(settings)
@@ -131,8 +144,8 @@ def _train(args: argparse.Namespace) -> int:
         flush=True,
     )
     # a gate that refuses a candidate is the gates doing their job: told, not a failure
-    code = _finish(run_job_report(settings, TRAIN_MODELS, ops=ops), "training", checks_fail=False)
-    if boards := demo.leaderboards(settings):
+    code = _finish(_report(settings, TRAIN_MODELS, ops=ops), "training", checks_fail=False)
+    if code == 0 and (boards := demo.leaderboards(settings)):  # else an older run's boards
         print(boards)
     registry = Registry(settings.registry)
     for problem in PROBLEMS:
@@ -149,14 +162,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from orchestration import demo
     from orchestration.definitions import SCORE_DAYS
-    from orchestration.runs import run_job_report
 
     settings = ensure_home(load_settings())
     first, last = _days(args, settings)
     if not demo.champions_published(settings):
         raise ConfigError("scoring needs a published champion for both problems: `skiff train`")
     print(f"scoring {first} .. {last} with the champions (one run of {SCORE_DAYS})", flush=True)
-    report = run_job_report(settings, SCORE_DAYS, first, last)
+    report = _report(settings, SCORE_DAYS, first=first, last=last)
     for asset, partition in report.materialized:
         print(f"  materialized {asset} {partition or ''}".rstrip())
     return _finish(report, "scoring")
@@ -169,21 +181,27 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def _monitor(args: argparse.Namespace) -> int:
     from orchestration import demo
     from orchestration.definitions import MONITOR_DAYS
-    from orchestration.runs import run_job_report
 
     settings = ensure_home(load_settings())
     first, last = _days(args, settings)
+    ops = _ops_file(args.config)
+    if not demo.champions_published(settings):
+        raise ConfigError("monitoring needs a published champion for both problems: `skiff train`")
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
     print(
         f"monitoring {first} .. {last} against the champions ({len(days)} run(s) of "
         f"{MONITOR_DAYS}, one per day)",
         flush=True,
     )
-    code = 0
+    code, failed = 0, []
     for day in days:
         print(f"{day}:", flush=True)
-        code = max(code, _finish(run_job_report(settings, MONITOR_DAYS, partition=day), str(day)))
+        report = _report(settings, MONITOR_DAYS, ops=ops, partition=day)
+        code = max(code, _finish(report, str(day)))
+        failed += [] if report.steps_ok else [day.isoformat()]
     print("\n" + demo.monitoring_summary(settings, days))
+    if failed:  # the table reads each day's latest materializations
+        print(f"a step failed on {', '.join(failed)}: the table shows an earlier run's, if any")
     return code
 
 
@@ -196,7 +214,6 @@ def _release_step(args: argparse.Namespace) -> int:
     from orchestration.demo_release import PROBLEMS as RAMPED
     from orchestration.demo_release import latest_look, look_line
     from orchestration.experiments.sensors import log_days_to_read
-    from orchestration.runs import run_job_report
 
     settings = ensure_home(load_settings())
     first, last = log_days_to_read(dt.datetime.now(dt.UTC))
@@ -208,22 +225,40 @@ def _release_step(args: argparse.Namespace) -> int:
         f"(one run of {RELEASE_LOOP})",
         flush=True,
     )
-    code = _finish(run_job_report(settings, RELEASE_LOOP, first, last), "the release step")
+    code = _finish(_report(settings, RELEASE_LOOP, first=first, last=last), "the release step")
     for problem in RAMPED:
         print(look_line(problem, latest_look(problem)))
     return code
 
 
+REFUSED = """  2  refused before anything ran (e.g. no marts yet, a bad setting, --end before
+     --start, a --config that names what the job's assets do not take)"""
+TRAIN_EXIT_STATUS = f"""exit status:
+  0  every step succeeded. A gate that refused a candidate (e.g.
+     beats_logistic_pr_auc) is printed as a FAILED check, but exits 0:
+     refusing is the gates' job
+  1  a step failed (e.g. a training window without rows); its error is printed
+{REFUSED}"""
+
+
+def _exit_status(errors: str) -> str:
+    """The exit status of a job whose ERROR checks fail the command (`errors`: which)."""
+    return f"""exit status:
+  0  every step succeeded and no ERROR check failed (a failed WARN check is
+     printed as warned)
+  1  a step failed, or an ERROR check failed{errors}; each is printed
+{REFUSED}"""
+
+
 def add_parsers(sub, date_type) -> None:
     """The four subcommands, on the `skiff` parser's subparsers."""
-    from skiff_cli.parser import RUN_EXIT_STATUS
 
-    def parser(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    def parser(name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             help=help_text,
             description=textwrap.fill(description, 88),
-            epilog=RUN_EXIT_STATUS,
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -237,7 +272,9 @@ def add_parsers(sub, date_type) -> None:
         "One run of train_models on the marts: both problems' candidates are trained on the "
         "days before the validation day, chosen on it, gated and reported on the test day; "
         "the winners are admitted as challengers (or become the first champions). A gate "
-        "that refuses a candidate is printed, but only a failed step exits 1.",
+        "that refuses a candidate is printed as a FAILED check but exits 0; a failed step "
+        "exits 1.",
+        TRAIN_EXIT_STATUS,
     )
     train.add_argument(
         "--test-day", type=date_type, help="the day reported on (default: the marts' last day)"
@@ -267,6 +304,7 @@ def add_parsers(sub, date_type) -> None:
         "the champions' predictions for days (one run)",
         "One run of score_days for --start .. --end: the conversion champion's scores and the "
         "recommender champion's lists for every session of those days.",
+        _exit_status(""),
     )
     days(score, "the marts' first day")
     score.set_defaults(func=cmd_score)
@@ -276,8 +314,19 @@ def add_parsers(sub, date_type) -> None:
         "drift and quality of days against the champions (one run per day)",
         "A run of monitor_days per day of --start .. --end: input and score drift, quality "
         "against the day's outcomes, each with an Evidently report; then a table of the days.",
+        _exit_status(
+            " (a day past an error_*\n     threshold: feature_drift, prediction_drift, auc_drop, "
+            "calibration, hr_drop,\n     unseen_requests)"
+        ),
     )
     days(monitor, "the marts' first day")
+    monitor.add_argument(
+        "--config",
+        type=Path,
+        help="a run-config file (YAML or JSON) as in the Launchpad, `ops: {asset: {config: "
+        "{...}}}`: monitoring's thresholds, e.g. `ops: {conversion_prediction_drift: "
+        "{config: {warn_score: 0.1}}}`; applied to every day's run",
+    )
     monitor.set_defaults(func=cmd_monitor)
 
     step = parser(
@@ -286,6 +335,10 @@ def add_parsers(sub, date_type) -> None:
         "One run of release_loop over the serving log's days: the log's raw tables, the "
         "experiment marts and results, then each problem's rollout step (grow, hold, promote "
         "or roll back the challenger), as the hourly schedule runs it.",
+        _exit_status(
+            " (not_rolled_back: the look rolled\n     the challenger back; "
+            "sample_ratio_matches; lines_reconcile)"
+        ),
     )
     step.add_argument("--start", type=date_type, help="first log day (default: yesterday, UTC)")
     step.add_argument("--end", type=date_type, help="last log day (default: today, UTC)")

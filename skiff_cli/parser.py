@@ -153,9 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs.add_parsers(sub, _date)
 
-    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the local state")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
+    ui = sub.add_parser(
+        "ui",
+        help="start the Dagster UI (dagster dev) on the local state, with its reports on 3001",
+        description="`dagster dev` on the local state (DAGSTER_HOME=$SKIFF_HOME/dagster), and "
+        "the reports its links point at: by default http://127.0.0.1:3001/reports/ (served "
+        "read-only from $SKIFF_HOME/reports, or the bucket's reports/), which plain `dagster "
+        "dev` does not serve. SKIFF_REPORTS_URL=http://127.0.0.1:<port>/reports moves them "
+        "to another port; a base elsewhere, or SKIFF_SERVE_URL (whose /reports/ `skiff "
+        "serve` serves), leaves them to that server.",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="the UI's address (default 127.0.0.1)")
+    ui.add_argument(
+        "--port", type=int, default=3000, help="the UI's port (default 3000; reports: 3001)"
+    )
     ui.set_defaults(func=ui_command.cmd_ui)
 
     serve = sub.add_parser(

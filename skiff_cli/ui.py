@@ -68,6 +68,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 1 if code < 0 else code  # a signal's death is a failure, not status 256 - n
 
 
+def serves_reports(base: str) -> bool:
+    """Whether `skiff ui` serves the reports at `base` (`skiff.urls.reports_base_url`): a local
+    `http://127.0.0.1:<port>/reports`, as by default (port 3001)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost")
+    return local and parts.path.rstrip("/") == "/reports"
+
+
 def _serve_reports(settings: Settings, ui_port: int) -> None:
     """Serve the reports where their links point (`skiff.urls.reports_base_url`), in a thread
     of this process, when that is a local http address this machine can take; else say where
@@ -82,11 +92,10 @@ def _serve_reports(settings: Settings, ui_port: int) -> None:
     from skiff.urls import reports_base_url
 
     base = reports_base_url()
-    parts = urlsplit(base)
-    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost")
-    if not local or parts.path.rstrip("/") != "/reports":
+    if not serves_reports(base):
         print(f"report links point at {base}/ (served there, not by skiff ui)")
         return
+    parts = urlsplit(base)
     host, port = parts.hostname, parts.port or 80
     if port == ui_port:
         print(

@@ -10,6 +10,7 @@ latest `recommender_evaluation` is B's: the champion must judge B's candidate on
 """
 
 import datetime as dt
+import uuid
 
 import numpy as np
 from dagster import (
@@ -82,6 +83,15 @@ def _definitions(settings) -> Definitions:
     )
 
 
+def _run(defs: Definitions, job: str, ops: dict):
+    with DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, run_config={"ops": ops}
+        )
+    assert result.success
+    return result
+
+
 def _metadata(result, key: str) -> dict:
     [event] = [
         e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key
@@ -95,12 +105,7 @@ def test_champion_alone_reads_its_evaluations_training_set_and_leaderboards_are_
     defs = _definitions(settings)
 
     def run(job: str, ops: dict):
-        with DagsterInstance.get() as instance:
-            result = defs.resolve_job_def(job).execute_in_process(
-                instance=instance, run_config={"ops": ops}
-            )
-        assert result.success
-        return result
+        return _run(defs, job, ops)
 
     days = {"a": "2026-01-14", "b": "2026-01-21", "c": "2026-01-28"}
     a = run("train", {**FAST, TRAINING_SET: {"config": {"test_day": days["a"], "seed": 1}}})
@@ -128,3 +133,27 @@ def test_champion_alone_reads_its_evaluations_training_set_and_leaderboards_are_
     (first,) = Registry(settings.registry).history("recommender")
     assert first["version"] == best
     assert first["evidence"]["test_days"] == f"{days['b']} .. {days['b']}", first["evidence"]
+
+
+def test_a_champion_on_object_storage_names_its_url_and_a_rerun_publishes_nothing_more(
+    settings, monkeypatch
+):
+    """With SKIFF_ARTIFACTS_URL set the registry's published root is a URL, not a path: the
+    step publishes, reports where, and a rerun (a retry) finds the version in its role."""
+    url = f"memory://skiff-champion-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SKIFF_ARTIFACTS_URL", url)
+    defs = _definitions(settings)
+
+    def run(job: str, ops: dict):
+        return _run(defs, job, ops)
+
+    run("train", {**FAST, TRAINING_SET: {"config": {"test_day": "2026-01-14", "seed": 1}}})
+    first = _metadata(run("champion", {}), CHAMPION)
+    assert first["decision"] == "bootstrap"
+    assert first["published_to"] == f"{url}/published/recommender"
+    registry = Registry(settings.registry)
+    assert registry.url == f"{url}/registry"
+    assert registry.role("recommender", "champion").version == first["champion"]
+    again = _metadata(run("champion", {}), CHAMPION)
+    assert again["decision"] == "unchanged" and again["champion"] == first["champion"]
+    assert len(registry.history("recommender")) == 1

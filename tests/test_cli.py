@@ -238,6 +238,69 @@ def test_resign_adopts_signing_on_an_unsigned_registry_and_republishes(
     ]
 
 
+def test_release_step_parses_its_days_and_refuses_an_end_before_its_start(settings, capsys):
+    """`skiff release-step` (experiment results, then each rollout's look): its flags parse
+    to days, a bad one is a usage error (2), and --end before --start is refused (2) before
+    any run starts."""
+    from skiff_cli import jobs
+    from skiff_cli.main import main
+    from skiff_cli.parser import build_parser
+
+    args = build_parser().parse_args(
+        ["release-step", "--start", "2026-03-01", "--end", "2026-03-02"]
+    )
+    assert args.func is jobs.cmd_release_step
+    assert (args.start, args.end) == (dt.date(2026, 3, 1), dt.date(2026, 3, 2))
+    defaults = build_parser().parse_args(["release-step"])
+    assert (defaults.start, defaults.end) == (None, None)  # yesterday .. today, UTC
+    with pytest.raises(SystemExit) as usage:
+        build_parser().parse_args(["release-step", "--end", "03/02/2026"])
+    assert usage.value.code == 2 and "is not a YYYY-MM-DD date" in capsys.readouterr().err
+
+    assert main(["release-step", "--start", "2026-03-05", "--end", "2026-03-01"]) == 2
+    said = capsys.readouterr()
+    assert "skiff: --end 2026-03-01 is before --start 2026-03-05" in said.err
+    assert "one look" not in said.out  # refused before the run was announced
+    assert not list((settings.dagster_home / "history" / "runs").glob("*.db")), "a run ran"
+
+
+def test_monitor_without_champions_is_refused_before_any_run(settings, capsys):
+    from skiff_cli.main import main
+
+    assert main(["monitor", "--start", "2026-03-01", "--end", "2026-03-02"]) == 2
+    said = capsys.readouterr()
+    assert "monitoring needs a published champion for both problems: `skiff train`" in said.err
+    assert not list((settings.dagster_home / "history" / "runs").glob("*.db")), "a run ran"
+
+
+def test_the_jobs_help_says_which_failures_exit_1():
+    """`skiff train`: a refusing gate is printed but exits 0, a failed step exits 1;
+    score, monitor and release-step also exit 1 on a failed ERROR check."""
+    train = " ".join(skiff("train", "--help").stdout.split())
+    assert "A gate that refuses a candidate is printed as a FAILED check but exits 0" in train
+    assert "a failed step exits 1" in train
+    assert "1 a step failed" in train and "ERROR check" not in train
+    for command in ("score", "monitor", "release-step"):
+        shown = " ".join(skiff(command, "--help").stdout.split())
+        assert "1 a step failed, or an ERROR check failed" in shown, command
+        assert "printed as warned" in shown, command
+    assert "--config" in skiff("monitor", "--help").stdout
+
+
+def test_the_ui_hint_and_help_say_skiff_ui_serves_the_reports(settings, monkeypatch):
+    """`skiff ui` is `dagster dev` plus the reports its links point at (port 3001 by default),
+    which plain `dagster dev` does not serve; with links elsewhere it says where they point."""
+    from skiff_cli.commands import ui_hint
+
+    hint = ui_hint()
+    assert "skiff ui" in hint and "http://127.0.0.1:3000" in hint
+    assert "serves the reports its links point at, http://127.0.0.1:3001/reports/" in hint
+    monkeypatch.setenv("SKIFF_REPORTS_URL", "https://skiff.example.com/reports")
+    assert "report links point at https://skiff.example.com/reports/ (served there)" in ui_hint()
+    shown = " ".join(skiff("ui", "--help").stdout.split())
+    assert "http://127.0.0.1:3001/reports/" in shown and "plain `dagster dev` does not" in shown
+
+
 def test_serve_flags_set_the_business_rules(monkeypatch):
     """`skiff serve --no-exclude-viewed --catalogue F --max-per-category N` reach the server's
     configuration over the environment's values; unset flags leave the environment's."""

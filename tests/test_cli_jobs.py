@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from dagster import DagsterInstance
 
 from ml.synthetic import GeneratorConfig, generate
@@ -33,7 +35,26 @@ SMALL = {  # small models: this is about the commands, not the models
         "conversion_model_hgb": {"config": {"max_iter": 20}},
         "conversion_model_gru": {"config": {"epochs": 1, "hidden": 8}},
         "recommender_candidate_gru": {"config": {"params_json": json.dumps({"epochs": 1})}},
+        # no PR AUC beats logistic regression's by 1: the gate refuses the chosen candidate,
+        # whatever it is; logistic regression (past the majority baseline) becomes champion
+        "conversion_evaluation": {"config": {"pr_auc_margin": 1.0}},
     }
+}
+# Training windows its steps refuse at once (no training day; no validation day): two failed
+# steps, and everything after them skipped.
+BROKEN = {
+    "ops": {
+        "conversion_training_set": {"config": {"train_days": 0}},
+        "recommender_training_set": {"config": {"validation_days": 0}},
+    }
+}
+# Monitoring's thresholds: every score drift is past WARN (a normed Wasserstein distance above
+# 0), and past ERROR too in the second.
+WARN_ONLY = {
+    "ops": {"conversion_prediction_drift": {"config": {"warn_score": 0.0, "error_score": 1e6}}}
+}
+ERROR = {
+    "ops": {"conversion_prediction_drift": {"config": {"warn_score": 0.0, "error_score": 0.0}}}
 }
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The flags this machine's closed network needs (no background fetches of Google's hosts).
@@ -74,11 +95,24 @@ def state(tmp_path_factory):
         bad = root / "bad.yaml"
         bad.write_text("conversion_model_hgb: {max_iter: 3}\n")
         out["bad_config"] = skiff("train", "--config", str(bad))
-        config = root / "small.json"
-        config.write_text(json.dumps(SMALL))
-        out["train"] = skiff("train", "--test-day", TEST_DAY.isoformat(), "--config", str(config))
+        files = {}
+        for name, config in (("small", SMALL), ("broken", BROKEN), ("warn", WARN_ONLY)):
+            files[name] = root / f"{name}.json"
+            files[name].write_text(json.dumps(config))
+        files["error"] = root / "error.yaml"  # YAML, as the Launchpad shows it
+        files["error"].write_text(yaml.safe_dump(ERROR))
+        test_day = TEST_DAY.isoformat()
+        out["train"] = skiff("train", "--test-day", test_day, "--config", str(files["small"]))
+        out["train_failed"] = skiff(
+            "train", "--test-day", test_day, "--config", str(files["broken"])
+        )
         out["score"] = skiff("score")
-        out["monitor"] = skiff("monitor", "--start", WATCHED[0].isoformat())
+        out["monitor"] = skiff(
+            "monitor", "--start", WATCHED[0].isoformat(), "--config", str(files["warn"])
+        )
+        out["monitor_error"] = skiff(
+            "monitor", "--start", test_day, "--end", test_day, "--config", str(files["error"])
+        )
         yield out, root
 
 
@@ -90,7 +124,8 @@ def test_train_score_monitor_on_the_marts(state):
     assert out["refused_score"].returncode == 2 and "skiff train" in out["refused_score"].stderr
     assert out["bad_config"].returncode == 2 and "ops:" in out["bad_config"].stderr
 
-    trained = _ok(out["train"])
+    trained = _ok(out["train"])  # a gate refused the chosen candidate (SMALL): told, exit 0
+    assert "check conversion_evaluation:beats_logistic_pr_auc FAILED" in trained
     assert f"test day {TEST_DAY}" in trained
     assert "conversion leaderboard" in trained and "recommender leaderboard" in trained
     assert "conversion: champion " in trained and "recommender: champion " in trained
@@ -109,9 +144,58 @@ def test_train_score_monitor_on_the_marts(state):
         runs = instance.get_runs()
     jobs = [run.job_name for run in runs]
     assert {"daily_refresh", "train_models", "score_days", "monitor_days"} <= set(jobs)
-    assert jobs.count("monitor_days") == len(WATCHED)
+    assert jobs.count("monitor_days") == len(WATCHED) + 1  # + the ERROR config's day
     origins = {r.remote_job_origin for r in runs}
     assert {o and o.repository_origin.get_label() for o in origins} == {"__repository__@skiff"}
+
+
+def test_a_failed_training_step_exits_1_and_names_the_step(state):
+    """A gate's refusal exits 0 (above); a step that fails exits 1, named with its error, and
+    no leaderboard of an earlier run is shown as if it were this one's."""
+    out, _ = state
+    failed = out["train_failed"]
+    assert failed.returncode == 1, failed.stdout[-4000:] + failed.stderr[-4000:]
+    said = failed.stdout
+    assert "step conversion_training_set failed:" in said and "train_days must be" in said
+    assert "step recommender_training_set failed:" in said and "validation_days" in said
+    assert "training failed: a step failed (above)" in said
+    assert "leaderboard" not in said
+    assert "conversion: champion " in said  # the roles are as the training before left them
+
+
+def _by_day(monitored: str) -> dict[str, list[str]]:
+    """What `skiff monitor` printed under each day's `YYYY-MM-DD:` line, and its table's row."""
+    runs, table = monitored.split("\nmonitoring (reports:", 1)
+    said: dict[str, list[str]] = {}
+    for line in runs.splitlines():
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}:", line):
+            day = line[:-1]
+            said[day] = []
+        elif said and line.strip():
+            said[day].append(line.strip())
+    for line in table.splitlines():
+        if line[:10] in said:
+            said[line[:10]].append(f"row: {line}")
+    return said
+
+
+def test_monitor_prints_warned_checks_and_exits_0_and_exits_1_on_a_failed_error_check(state):
+    """The same real runs, two configurations of monitoring's thresholds: past WARN only, the
+    checks are printed as warned and the command exits 0; past ERROR, printed as FAILED, 1."""
+    out, _ = state
+    warned = _by_day(_ok(out["monitor"]))  # WARN_ONLY
+    assert list(warned) == [day.isoformat() for day in WATCHED]
+    for day, lines in warned.items():
+        assert "check conversion_prediction_drift:prediction_drift warned" in lines, (day, lines)
+        assert not [line for line in lines if "FAILED" in line or "failed" in line], lines
+        assert lines[-1].split()[-1] == "warn", lines  # the table's severity
+
+    failed = out["monitor_error"]
+    assert failed.returncode == 1, failed.stdout[-4000:] + failed.stderr[-4000:]
+    (lines,) = _by_day(failed.stdout).values()
+    assert "check conversion_prediction_drift:prediction_drift FAILED" in lines, lines
+    assert f"{TEST_DAY} failed: an ERROR check failed (above)" in lines
+    assert lines[-1].split()[-1] == "error", lines
 
 
 def _browser():

@@ -5,9 +5,11 @@ invariants are dbt tests, which run here as asset checks and must all pass."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -16,6 +18,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInsta
 
 from ml.synthetic import GeneratorConfig, generate
 from orchestration.definitions import build_definitions
+from orchestration.monitoring.grading import SUMMARY_CHECK
 from orchestration.runs import run_days
 from skiff.settings import REPO_ROOT
 
@@ -91,8 +94,18 @@ def test_three_days_end_to_end(settings):
     # a range run's dbt test results say which days they judged
     days = f"{DAYS[0]} .. {DAYS[-1]}"
     dated = [e for e in evaluations if e.asset_check_key in dbt_checks]
-    assert all(e.description.startswith(f"{days}: ") for e in dated)
-    assert {e.metadata["days"].text for e in dated} == {days}
+    summaries = [e for e in dated if e.asset_check_key.name == SUMMARY_CHECK]
+    tests = [e for e in dated if e.asset_check_key.name != SUMMARY_CHECK]
+    assert all(e.description.startswith(f"{days}: ") for e in tests)
+    assert {e.metadata["days"].text for e in tests} == {days}
+    # and each tested model's worst_recent_day read the run's days back from those results
+    assert {e.asset_check_key.asset_key for e in summaries} == {
+        e.asset_check_key.asset_key for e in tests
+    }
+    assert {e.metadata["window"].text for e in summaries} == {
+        f"{DAYS[-1] - dt.timedelta(days=6)} .. {DAYS[-1]}"
+    }
+    assert {e.metadata["days_graded"].value for e in summaries} == {len(DAYS)}
 
     # the marts hold the three days, with buyers among the sessions
     assert set(
@@ -126,3 +139,84 @@ def test_three_days_end_to_end(settings):
             (record,) = records
             assert record.run_id == run.run_id, key
             assert record.asset_materialization.metadata["final"].value is True
+
+
+@pytest.mark.slow
+def test_the_dbt_step_runs_dbt_in_its_own_process_and_lets_go_of_the_warehouse(settings, tmp_path):
+    """No dbt process is started (a wrapper in place of the dbt executable records any call),
+    the step yields each model's materialization and each test's result, and the warehouse is
+    free for another process to write the moment the step ends."""
+    from dagster import AssetSelection, materialize
+
+    generate(settings.landing, GeneratorConfig(days=1, sessions_per_day=60, seed=3, start=START))
+    calls = tmp_path / "calls.txt"
+    wrapper = tmp_path / "dbt"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit 3\n')
+    wrapper.chmod(0o755)
+    defs = build_definitions(settings)
+    dbt = defs.resources["dbt"].model_copy(update={"dbt_executable": str(wrapper)})
+    with DagsterInstance.get() as instance:
+        result = materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=AssetSelection.groups("ingestion", *DBT_GROUPS),
+            instance=instance,
+            partition_key=START.isoformat(),
+            resources={**defs.resources, "dbt": dbt},
+        )
+    assert result.success
+    assert not calls.exists(), calls.read_text()
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"stg_browsing_events", "sessions", "conversion_examples"} <= materialized
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) > 20 and all(c.passed for c in checks), [c.asset_check_key for c in checks]
+    create = "create table main.after_dbt as select 1 as x"
+    writer = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb; duckdb.connect({str(settings.warehouse_path)!r}).execute({create!r})",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert writer.returncode == 0, writer.stderr
+
+
+def test_a_failing_dbt_build_fails_with_dbts_error_and_lets_go_of_the_warehouse(settings):
+    """No raw tables yet: dbt in process fails, the error quotes dbt's (the missing table) and
+    names dbt's log, and the warehouse is free afterwards."""
+    from dagster_dbt.errors import DagsterDbtCliRuntimeError
+
+    from orchestration.dbt.assets import TRANSLATOR
+    from orchestration.dbt.inprocess import dbt_in_process
+    from orchestration.dbt.project import dbt_invocation
+
+    dbt = build_definitions(settings).resources["dbt"]
+    target, env = dbt_invocation(dbt.project_dir, {})
+    with pytest.raises(DagsterDbtCliRuntimeError) as failed:
+        list(
+            dbt_in_process(
+                dbt,
+                [
+                    "build",
+                    "--select",
+                    "stg_browsing_events",
+                    "--exclude-resource-type",
+                    "unit_test",
+                ],
+                context=None,
+                target_path=target,
+                env=env,
+                translator=TRANSLATOR,
+                manifest=json.loads(Path(dbt.project_dir, "target/manifest.json").read_text()),
+            )
+        )
+    message = str(failed.value)
+    assert (
+        "dbt build --select stg_browsing_events --exclude-resource-type unit_test failed" in message
+    ), message
+    assert "raw_browsing_events" in message, message
+    assert str(target / "dbt.log") in message
+    with duckdb.connect(str(settings.warehouse_path)) as con:  # free: not held by dbt
+        con.execute("select 1")

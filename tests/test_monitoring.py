@@ -23,7 +23,14 @@ from dagster import (
 )
 
 from ml import release
-from ml.monitoring import data_drift, drift_episode, grade, recommender_day
+from ml.monitoring import (
+    CATEGORICAL_THRESHOLD,
+    NUMERICAL_THRESHOLD,
+    data_drift,
+    drift_episode,
+    grade,
+    recommender_day,
+)
 from ml.recommend.behavior import GATES
 from ml.registry import Registry
 from ml.synthetic import GeneratorConfig, generate
@@ -35,7 +42,17 @@ from orchestration.definitions import (
     TRAIN_MODELS,
     build_definitions,
 )
-from orchestration.monitoring.config import FEATURE_DRIFT, RECOMMENDER, WATCHES
+from orchestration.monitoring.config import (
+    FEATURE_DRIFT,
+    PREDICTION_DRIFT,
+    QUALITY,
+    RECOMMENDER,
+    WATCHES,
+    FeatureDriftConfig,
+    PredictionDriftConfig,
+    QualityConfig,
+    RecommenderMonitoringConfig,
+)
 from orchestration.monitoring.sensors import RUN_KEY_TAG
 from orchestration.runs import run_days
 from skiff.settings import ensure_home, load_settings
@@ -154,7 +171,13 @@ def test_data_drift_finds_the_moved_column_and_writes_html(tmp_path):
             "category": rng.choice(["a", "b", "c"], 300, p=[0.6, 0.3, 0.1]),
         }
     )
-    drift = data_drift(reference, current, numerical=["stable", "moved"], categorical=["category"])
+    drift = data_drift(
+        reference,
+        current,
+        numerical=["stable", "moved"],
+        categorical=["category"],
+        drift_share=0.5,
+    )
     by_column = drift.columns.set_index("column")
     assert by_column.loc["moved", "drifted"]
     assert not by_column.loc["stable", "drifted"]
@@ -165,7 +188,7 @@ def test_data_drift_finds_the_moved_column_and_writes_html(tmp_path):
     html = drift.save_html(tmp_path / "r" / "drift.html")
     assert html.stat().st_size > 10_000 and "moved" in html.read_text(errors="ignore")
     with pytest.raises(ValueError, match="lacks the columns"):
-        data_drift(reference, current.drop(columns="moved"), numerical=["moved"])
+        data_drift(reference, current.drop(columns="moved"), numerical=["moved"], drift_share=0.5)
 
 
 def test_recommender_day_on_a_sample_states_its_error_and_the_error_is_right():
@@ -320,6 +343,67 @@ def test_run_failure_alert_logs_and_posts_to_webhook(settings, monkeypatch, capl
     assert not retries
 
 
+class _Refusing(BaseHTTPRequestHandler):
+    """A webhook that takes the alert and answers 500."""
+
+    received: list[dict] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Refusing.received.append(json.loads(body))
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failed_webhook_post_is_reported_without_its_url(settings, monkeypatch, caplog, capsys):
+    """The webhook URL holds a token (SKIFF_ALERT_WEBHOOK_URL); httpx's errors quote the URL.
+    A post that fails, on a real server answering 500 and on a port nothing listens on, is
+    reported in the sensor's log by the exception's type and the HTTP status, and neither the
+    URL nor its token is in any log line."""
+    from orchestration.automation import build_failure_sensor
+    from tests.servers import free_port
+
+    server = HTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Refusing.received.clear()
+    token = "T0KEN-5ecret-93f1c2"
+    targets = {
+        "answers 500": (f"http://127.0.0.1:{server.server_port}/hooks/{token}", "HTTP 500"),
+        "unreachable": (f"http://127.0.0.1:{free_port()}/hooks/{token}", "ConnectError"),
+    }
+    defs = build_definitions(load_settings())
+    with DagsterInstance.get() as instance:  # no landing folder: the run fails at once
+        result = defs.resolve_job_def(NIGHTLY).execute_in_process(
+            instance=instance, partition_key=START.isoformat(), raise_on_error=False
+        )
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        for what, (url, reported) in targets.items():
+            monkeypatch.setenv("SKIFF_ALERT_WEBHOOK_URL", url)
+            context = build_run_status_sensor_context(
+                sensor_name="run_failure_alert",
+                dagster_event=failure,
+                dagster_instance=instance,
+                dagster_run=result.dagster_run,
+            ).for_run_failure()
+            caplog.clear()
+            context.log.addHandler(caplog.handler)  # the sensor's own log, as a tick records it
+            with caplog.at_level("WARNING"):
+                build_failure_sensor(load_settings())(context)
+            logged = "\n".join(r.getMessage() for r in caplog.records)
+            logged += capsys.readouterr().err  # the sensor log's console copy
+            warning = [m for r in caplog.records if "could not post" in (m := r.getMessage())]
+            assert warning and reported in warning[0], (what, warning)  # still reported
+            assert result.run_id in logged  # the alert itself
+            for secret in (url, url.split("://", 1)[1], f"/hooks/{token}", token):
+                assert secret not in logged, (what, secret, logged)
+    server.shutdown()
+    assert len(_Refusing.received) == 1  # the 500 came from a server that got the alert
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 # 17 days: two stable weeks, in which the champions train on days 0..7 and days 8..13 are
@@ -412,6 +496,80 @@ def test_stable_weeks_raise_no_false_alarm(world):
             f"recommender-{recommender}.parquet",
         ]
     )
+
+
+@pytest.mark.slow
+def test_every_report_names_its_asset_day_version_and_skiffs_thresholds(world):
+    """Each of the four reports opens with Skiff's banner: the asset, the day, the champion it
+    graded against and Skiff's thresholds as configured (the run config's defaults here, as
+    the stable days ran), even on a day with too few buyers to grade; Evidently's data-set line
+    is stated at Skiff's share for the report, never at Evidently's default 0.5."""
+    settings, _, _ = world
+    day = STABLE[-1]
+    registry = Registry(settings.registry)
+    conversion = registry.role("conversion", "champion").version
+    recommender = registry.role("recommender", "champion").version
+    feature, prediction = FeatureDriftConfig(), PredictionDriftConfig()
+    quality, recommending = QualityConfig(), RecommenderMonitoringConfig()
+    expected = {  # asset: (version graded against, data-set share, Skiff's thresholds)
+        FEATURE_DRIFT: (
+            conversion,
+            feature.error_drift_share,
+            [
+                f"warn &gt; {feature.warn_drift_share}, error &gt; {feature.error_drift_share}",
+                f"Wasserstein (normed) &ge; {feature.numerical_threshold:g}",
+                f"Jensen-Shannon &ge; {feature.categorical_threshold:g}",
+            ],
+        ),
+        PREDICTION_DRIFT: (  # one column, the score: the data set drifts when it does
+            conversion,
+            1.0,
+            [
+                f"warn &gt; {prediction.warn_score}, error &gt; {prediction.error_score}",
+                f"Wasserstein (normed) &ge; {prediction.warn_score:g}",
+            ],
+        ),
+        QUALITY: (  # one column, the label
+            conversion,
+            1.0,
+            [
+                f"warn &gt; {quality.warn_auc_drop}, error &gt; {quality.error_auc_drop}",
+                f"warn beyond {quality.warn_calibration_ratio}, error beyond "
+                f"{quality.error_calibration_ratio}",
+                f"Jensen-Shannon &ge; {CATEGORICAL_THRESHOLD:g}",
+            ],
+        ),
+        RECOMMENDER: (
+            recommender,
+            recommending.drift_share,
+            [
+                f"warn &gt; {recommending.warn_hr_drop:.0%}, error &gt; "
+                f"{recommending.error_hr_drop:.0%}",
+                f"warn &gt; {recommending.warn_unseen_increase:.0%}, error &gt; "
+                f"{recommending.error_unseen_increase:.0%}",
+                f"Wasserstein (normed) &ge; {NUMERICAL_THRESHOLD:g}",
+                f"Jensen-Shannon &ge; {CATEGORICAL_THRESHOLD:g}",
+            ],
+        ),
+    }
+    assert set(expected) == set(WATCHES)
+    problems = []
+    for name, (version, share, thresholds) in expected.items():
+        page = (settings.reports / "monitoring" / name / f"{day}.html").read_text()
+        banner = page[page.index('<div id="skiff-banner"') :]
+        banner = banner[: banner.index("</div>")]
+        wanted = [
+            f"{name} &mdash; {day}",
+            f"<code>{version}</code>",
+            *thresholds,
+            f"drifted columns reach a share of {share:g}",
+        ]
+        problems += [(name, "banner lacks", text) for text in wanted if text not in banner]
+        if f"Dataset drift detection threshold is {share}" not in page:
+            problems.append((name, "Evidently's line lacks the share", share))
+        if share != 0.5 and "Dataset drift detection threshold is 0.5" in page:
+            problems.append((name, "Evidently's default share", 0.5))
+    assert not problems, "\n".join(" | ".join(map(str, p)) for p in problems)
 
 
 @pytest.mark.slow

@@ -49,7 +49,9 @@ def _toy_asset(settings):
         rng = np.random.default_rng(0)
         reference = pd.DataFrame({"score": rng.normal(0, 1, 500)})
         current = pd.DataFrame({"score": rng.normal(config.shift, 1, 500)})
-        drift = data_drift(reference, current, numerical=["score"], numerical_threshold=WARN)
+        drift = data_drift(
+            reference, current, numerical=["score"], numerical_threshold=WARN, drift_share=1.0
+        )
         score = drift.score("score")
         severity = grade(score, WARN, ERROR)
         yield from graded_day(

@@ -6,6 +6,7 @@ refused, and the operator's override admits it as challenger (the demo's --bad-c
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 
 import duckdb
@@ -109,6 +110,17 @@ def test_recommendation_assets_end_to_end(settings):
     assert "| pop |" in evaluation["leaderboard"] and "| gru |" in evaluation["leaderboard"]
     assert evaluation["best"] in ("sknn", "gru")
     assert "| model | validation HR@20 | HR@20 |" in evaluation["leaderboard"]
+    # measured both ways: HR@20 as the server shows lists by default, viewed products left out
+    lines = evaluation["leaderboard"].splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    header, _, *rows = itertools.takewhile(lambda line: line.startswith("|"), lines[top:])
+    column = [c.strip() for c in header.strip("|").split("|")].index("HR@20 new items")
+    new_items = {
+        cells[0].strip(): float(cells[column])
+        for cells in (row.strip("|").split("|") for row in rows)
+    }
+    assert set(new_items) == {"pop", "sknn", "gru"}
+    assert all(0 < value <= 1 for value in new_items.values()), new_items
     # the choice is the argmax of the validation column; what is reported is the test days'
     selection = evaluation["selection"]
     assert set(selection) == {"pop", "sknn", "gru"}

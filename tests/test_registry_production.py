@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import fsspec
+import fsspec.implementations.memory
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,6 +150,27 @@ def test_a_held_lock_times_out_naming_the_lock_and_its_owner(tmp_path):
         holder.join()
     registry.set_rollout(PROBLEM, {"stage": 1})  # free again
     assert registry.rollout(PROBLEM) == {"stage": 1}
+
+
+class _NoConditionalWritesFS(fsspec.implementations.memory.MemoryFileSystem):
+    """A working store under a protocol Skiff has no exclusive create or conditional delete
+    for (as gs:// or az:// today)."""
+
+    protocol = "unguarded"
+    store: dict = {}
+    pseudo_dirs = [""]
+
+
+def test_a_store_without_conditional_writes_is_refused_before_any_write():
+    fsspec.register_implementation("unguarded", _NoConditionalWritesFS, clobber=True)
+    registry = Registry("unguarded://bucket/registry")
+    with pytest.raises(reg.RegistryLockError, match=r"unguarded://.*local disk and S3"):
+        registry.set_rollout(PROBLEM, {"stage": 1})
+    assert not registry.fs.exists(registry._path(PROBLEM))
+    # the same store under a protocol with conditional writes takes the lock and writes
+    memory = Registry(f"memory://{uuid.uuid4().hex}/registry")
+    memory.set_rollout(PROBLEM, {"stage": 1})
+    assert memory.rollout(PROBLEM) == {"stage": 1}
 
 
 def test_an_expired_lock_of_a_crashed_writer_is_broken(root):

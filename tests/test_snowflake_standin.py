@@ -182,6 +182,7 @@ def test_same_rows_on_duckdb_and_on_the_snowflake_standin(
     for name, value in {
         "SKIFF_ENV": "prod",
         "SKIFF_HOME": str(prod_home),
+        "SKIFF_REPORTS_URL": "https://reports.skiff.example/reports",
         "SNOWFLAKE_ACCOUNT": "standin",
         "SNOWFLAKE_USER": "skiff",
         "SNOWFLAKE_PASSWORD": "not-a-secret",

@@ -29,8 +29,15 @@ import duckdb
 import httpx
 import pandas as pd
 import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    build_run_status_sensor_context,
+)
 
 from ml.synthetic import GeneratorConfig, generate
+from orchestration.definitions import build_definitions
 from orchestration.resources import (
     SnowflakeWarehouse,
     WarehouseLockTimeout,
@@ -181,6 +188,7 @@ def test_the_ui_shows_the_snowflake_password_variable_never_its_value(
     for name, value in {
         "SKIFF_ENV": "prod",
         "SKIFF_HOME": str(tmp_path / "prod"),
+        "SKIFF_REPORTS_URL": "https://reports.skiff.example/reports",
         "SKIFF_MANIFEST_KEY": "manifest-key-for-the-test",
         "SNOWFLAKE_ACCOUNT": "standin",
         "SNOWFLAKE_USER": "skiff",
@@ -303,6 +311,59 @@ def test_a_reader_in_another_process_does_not_break_writes_or_dbt(settings: Sett
         assert con.execute("select count(*) from raw.lock_probe").fetchone() == (31,)
         assert con.execute("select count(*) from main.sessions").fetchone()[0] > 0
     print(f"30 writes in {writes_s:.1f} s, a daily run in {run_s:.1f} s beside {seen['ok']} reads")
+
+
+@pytest.mark.slow
+def test_a_reader_holding_the_read_copy_does_not_break_a_run(settings: Settings, tmp_path):
+    """A notebook holding `warehouse.read.duckdb` open through a daily run: the run writes and
+    succeeds, the sensor publishes a new copy beside the held one, the holder still reads its
+    snapshot and a new reader sees the run's tables."""
+    generate(settings.landing, GeneratorConfig(days=1, sessions_per_day=40, seed=5, start=DAY))
+    warehouse = build_warehouse(settings)
+    _probe(warehouse, 3)
+    sensor = next(s for s in build_definitions(settings).sensors if s.name == "warehouse_read_copy")
+    copy = warehouse.publish_read_copy()
+    assert copy == settings.warehouse_path.with_name("warehouse.read.duckdb")
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    holder = _start(HOLDER, str(copy), str(ready), str(stop))
+    try:
+        _wait_for(ready, holder)
+        assert run_days(settings, DAY, DAY), "a run failed beside a reader of the read copy"
+        with DagsterInstance.get() as instance:
+            run = instance.get_runs(limit=1)[0]
+            assert run.status == DagsterRunStatus.SUCCESS
+            event = (
+                instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_SUCCESS)
+                .records[0]
+                .event_log_entry.dagster_event
+            )
+            sensor(
+                build_run_status_sensor_context(
+                    sensor_name=sensor.name,
+                    dagster_instance=instance,
+                    dagster_run=run,
+                    dagster_event=event,
+                )
+            )
+        assert holder.poll() is None, "the holder lost its copy"
+    finally:
+        stop.touch()
+        holder.wait(timeout=30)
+    assert holder.returncode == 0, holder.stderr.read()
+    check = "select count(*) from information_schema.tables where table_name = 'sessions'"
+    reader = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb; print(duckdb.connect({str(copy)!r},"
+            f" read_only=True).execute({check!r}).fetchone()[0])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert reader.stdout.strip() == "1", "the published copy lacks the run's tables"
+    assert not list(copy.parent.glob(".warehouse.read.duckdb.tmp-*"))
 
 
 @pytest.mark.slow

@@ -4,8 +4,9 @@ One materialization is one look (the `release_hourly` schedule makes one an hour
 running experiment from the marts `experiment_sessions` and `experiment_exposures`, compute
 its evidence (`ml.experiments.evidence`: always-valid intervals, stratified over the ramp's
 periods, CUPED), let the policy decide (`ml.release.decide`: advance, hold, roll back or
-promote) and carry it out (`ml.release.apply`: registry roles and history, and the server's
-`experiments.json`, which it hot-reloads). The policy is the asset's config; the stages,
+promote) and carry it out (`ml.release.carry_out`: registry roles and history, and the
+server's `experiments.json`, which it hot-reloads; under the registry lock, and not at all if
+the release changed since the look read it). The policy is the asset's config; the stages,
 minimums, guardrails and the final decision are documented in docs/release.md.
 
 Checks: `<problem>_not_rolled_back` fails (ERROR) on a look that rolled the challenger back;
@@ -274,18 +275,12 @@ def build_rollout_asset(settings: Settings, problem: str, deps: list[str]) -> As
                 config.replay_estimator,
             )
         now = dt.datetime.now(dt.UTC)
-        decision = release.decide(policy, state, evidence, now, replay)
-        if _pair(release.load_state(registry, problem)) != _pair(state):
-            # an operator or a training run changed the roles during this look: its decision
-            # is about a state that is gone; the next look decides on the new one
-            context.log.warning(f"{problem}: roles changed during the look; nothing applied")
-            changed = "the roles changed during the look"
-            decision = release.Decision(
-                "hold", state.stage, state.stage_name, state.traffic, changed
-            )
-            after = release.load_state(registry, problem)
-        else:
-            after = release.apply(registry, published, state, decision, now=now)
+        decided = release.decide(policy, state, evidence, now, replay)
+        # under the registry lock: if an operator, a training run or another look changed the
+        # state since it was read above, nothing is applied and `decision` is a hold saying so
+        after, decision = release.carry_out(registry, published, state, decided, now=now)
+        if decision is not decided:
+            context.log.warning(f"{problem}: {decision.reason}")
         context.log.info(f"{problem}: {decision.action}: {decision.reason}")
         yield MaterializeResult(metadata=_metadata(state, after, decision, evidence, registry))
         yield AssetCheckResult(
@@ -303,11 +298,6 @@ def build_rollout_asset(settings: Settings, problem: str, deps: list[str]) -> As
         )
 
     return rollout
-
-
-def _pair(state: release.RolloutState | None) -> tuple | None:
-    """What a look decides about: the versions and the stage (not the state's timestamps)."""
-    return state and (state.champion, state.challenger, state.stage_name, state.experiment)
 
 
 def _metadata(

@@ -23,6 +23,15 @@ REFERENCE_ROWS = 20_000
 # that warns, and a day's monitoring took 2.0x Evidently's own time instead of 7.9x
 # (bench/monitoring.py).
 RECOMMENDER_SESSIONS = 5_000
+# The share of drifted columns at which a report calls its data set drifted (Evidently's
+# data-set line, "Dataset drift detection threshold is ..."; Evidently's default is 0.5):
+# - DRIFT_SHARE, a fifth of the columns: feature drift's ERROR share (run config
+#   error_drift_share, which its report states) and the default of the recommender's
+#   `drift_share` (its per-request columns are recorded, not graded);
+# - ONE_COLUMN_SHARE for the reports of one column (the scores, the label), which drift when
+#   that column does: prediction drift's at warn_score, Skiff's WARN.
+DRIFT_SHARE = 0.2
+ONE_COLUMN_SHARE = 1.0
 
 
 class FeatureDriftConfig(Config):
@@ -31,7 +40,9 @@ class FeatureDriftConfig(Config):
         description="WARN when the share of drifted input columns passes this (0: any column).",
     )
     error_drift_share: float = Field(
-        default=0.2, description="ERROR when the share of drifted input columns passes this."
+        default=DRIFT_SHARE,
+        description="ERROR when the share of drifted input columns passes this (also the "
+        "share Evidently's data-set drift line in the report is stated at).",
     )
     numerical_threshold: float = Field(
         default=0.25,
@@ -86,6 +97,12 @@ class RecommenderMonitoringConfig(Config):
     )
     error_unseen_increase: float = Field(
         default=0.2, description="ERROR past this increase of the unseen share."
+    )
+    drift_share: float = Field(
+        default=DRIFT_SHARE,
+        description="The report's Evidently data-set line calls the per-request columns "
+        "drifted at this share of them (the day's share is recorded as drift_share; it is "
+        "not graded).",
     )
     max_sessions: int | None = Field(
         default=RECOMMENDER_SESSIONS,

@@ -23,6 +23,7 @@ from dagster import (
 
 from orchestration.monitoring.config import (
     FEATURE_DRIFT,
+    ONE_COLUMN_SHARE,
     PREDICTION_DRIFT,
     QUALITY,
     FeatureDriftConfig,
@@ -74,7 +75,11 @@ def build_feature_drift_asset(
         reference = conversion_reference(settings, warehouse, manifest.version, context.log)
         day_examples = examples(warehouse, day, day)
         if day_examples.empty:
-            raise Failure(description=f"conversion_examples has no rows on {day}")
+            raise Failure(
+                description=f"conversion_examples has no rows on {day}: materialize that day"
+                " first (skiff run)",
+                allow_retries=False,
+            )
         current = conversion_inputs(
             features.batch_from_frame(sample_sessions(day_examples, config.max_rows))
         )
@@ -167,6 +172,7 @@ def build_prediction_drift_asset(
             current,
             numerical=["purchase_probability"],
             numerical_threshold=config.warn_score,
+            drift_share=ONE_COLUMN_SHARE,  # one column: drifted at warn_score, Skiff's WARN
         )
         score = drift.score("purchase_probability")
         severity = grade(score, config.warn_score, config.error_score)
@@ -236,7 +242,10 @@ def build_quality_asset(settings: Settings, partitions: PartitionsDefinition) ->
         )
         labels = {"will_purchase": lambda f: f["will_purchase"].astype(bool).map(str)}
         drift = data_drift(
-            reference.assign(**labels), current.assign(**labels), categorical=["will_purchase"]
+            reference.assign(**labels),
+            current.assign(**labels),
+            categorical=["will_purchase"],
+            drift_share=ONE_COLUMN_SHARE,  # one column, the label (recorded, not graded)
         )
         test_auc = float(manifest.metrics.get("roc_auc", math.nan))
         auc_drop = test_auc - quality["roc_auc"]
@@ -254,6 +263,16 @@ def build_quality_asset(settings: Settings, partitions: PartitionsDefinition) ->
                 math.log(config.error_calibration_ratio),
             )
             note = ""
+        auc_text = (
+            f"ROC AUC {quality['roc_auc']:.3f} against {test_auc:.3f} on the test day "
+            f"(drop {auc_drop:.3f}; warn > {config.warn_auc_drop}, error > "
+            f"{config.error_auc_drop})"
+        )
+        calibration_text = (
+            f"predicted {quality['predicted_rate']:.4f} / observed "
+            f"{quality['observed_rate']:.4f} = {ratio:.2f} (warn beyond "
+            f"{config.warn_calibration_ratio}, error beyond {config.error_calibration_ratio})"
+        )
         yield from graded_day(
             context,
             settings,
@@ -265,21 +284,15 @@ def build_quality_asset(settings: Settings, partitions: PartitionsDefinition) ->
                     "auc_drop",
                     auc_severity,
                     auc_drop,
-                    note
-                    or f"ROC AUC {quality['roc_auc']:.3f} against {test_auc:.3f} on the test day "
-                    f"(drop {auc_drop:.3f}; warn > {config.warn_auc_drop}, error > "
-                    f"{config.error_auc_drop})",
+                    # the note beside the thresholds the day would have been graded on
+                    f"{note}; {auc_text}" if note else auc_text,
                     {"auc_drop": float(auc_drop)},
                 ),
                 Grade(
                     "calibration",
                     calibration_severity,
                     ratio,
-                    note
-                    or f"predicted {quality['predicted_rate']:.4f} / observed "
-                    f"{quality['observed_rate']:.4f} = {ratio:.2f} (warn beyond "
-                    f"{config.warn_calibration_ratio}, error beyond "
-                    f"{config.error_calibration_ratio})",
+                    f"{note}; {calibration_text}" if note else calibration_text,
                     {"calibration_ratio": float(ratio)},
                 ),
             ],

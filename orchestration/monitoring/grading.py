@@ -5,11 +5,12 @@ Each asset saves its Evidently report as HTML through the store, at
 `<reports_root>/monitoring/<asset>/<day>.html` (`orchestration.reports`: `$SKIFF_HOME/reports/` by
 default, `$SKIFF_ARTIFACTS_URL/reports` in object storage), linked from the materialization (the
 URL it is served at, and where it is stored). The report opens with Skiff's own banner: the
-asset, the day, the model version and Skiff's verdict with its thresholds, since the Evidently
-widgets below it carry Evidently's. The day is graded with asset checks: WARN past a first
-threshold, ERROR past a second. The worst severity is recorded as `severity` / `severity_level`
-metadata, which the drift sensor reads (`monitoring/sensors.py`), and each check's graded value
-is quoted in `alerts`.
+asset, the day, the model version and Skiff's verdict with its thresholds, and the share of
+drifted columns at which Evidently's data-set line below calls the data set drifted (the
+report's `dataset_share`, which every caller of `ml.monitoring.data_drift` names). The day is
+graded with asset checks: WARN past a first threshold, ERROR past a second. The worst severity
+is recorded as `severity` / `severity_level` metadata, which the drift sensor reads
+(`monitoring/sensors.py`), and each check's graded value is quoted in `alerts`.
 
 Every check is partitioned like its asset (Dagster's partitioned asset checks, a preview in
 1.13): a day's result is recorded as that day's, so re-running one day never hides another's
@@ -20,6 +21,7 @@ later pass.
 
 import datetime as dt
 import html
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -244,11 +246,18 @@ def banner_html(
                 for m, t in zip(columns["method"], columns["threshold"], strict=True)
             }
         )
+        share = getattr(report, "dataset_share", math.nan)
+        dataset = (
+            f" Evidently's data-set line below calls the data set drifted when its drifted "
+            f"columns reach a share of {share:g} ({len(columns)} "
+            f"column{'s' if len(columns) > 1 else ''} in all): Skiff's share for this report."
+            if not math.isnan(share)
+            else ""
+        )
         drift_rules = (
             "<p>Skiff's column thresholds: a column drifts when its distance reaches "
             + ", ".join(f"{e(m)} &ge; {t:g}" for m, t in pairs)
-            + ". Evidently's own dataset-level verdict and tests below are Evidently's "
-            "summary; Skiff grades the day by the checks above.</p>"
+            + f".{dataset} Skiff grades the day by the checks above.</p>"
         )
     return (
         '<div id="skiff-banner" style="font-family:sans-serif;margin:16px 24px;padding:12px 16px;'

@@ -71,7 +71,9 @@ def build_recommender_monitoring_asset(
             requests = [s for s in sessions(warehouse, first, last) if len(s) >= 2]
             if not requests:
                 raise Failure(
-                    description=f"session_sequences has no session of 2+ views in {first} .. {last}"
+                    description="session_sequences has no session of 2+ views in"
+                    f" {first} .. {last}",
+                    allow_retries=False,  # the data is missing: a retry finds none either
                 )
             return recommender_day(
                 requests,
@@ -98,6 +100,7 @@ def build_recommender_monitoring_asset(
             today.points,
             numerical=RECOMMENDER_NUMERICAL,
             categorical=RECOMMENDER_CATEGORICAL,
+            drift_share=config.drift_share,
         )
         m = today.metrics
         test_hr = float(manifest.metrics["hr_at_20"])
