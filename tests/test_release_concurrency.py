@@ -196,7 +196,7 @@ def test_concurrent_transitions_keep_rollout_and_roles_in_step(roots, tmp_path, 
     release.bootstrap(Registry(root), published, PROBLEM, versions[0], "first champion")
     n = len(ROLES_OF)
     if kind == "threads":  # many rounds, each started together, checked after each
-        rounds, steps = (THREAD_ROUNDS, THREAD_STEPS) if local else (2, 4)
+        rounds, steps = (THREAD_ROUNDS, THREAD_STEPS) if local else (3, 6)
     else:  # one spawn (a second or two per interpreter), many steps, checked at the end
         # on S3 each step is slower: 6 steps once gave no controller a challenger to ramp
         rounds, steps = 1, PROCESS_STEPS if local else 12
