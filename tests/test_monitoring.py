@@ -298,38 +298,54 @@ def test_landing_sensor_runs_new_and_changed_days_once(settings):
 # --- run-failure alert ------------------------------------------------------------------------
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
+def _webhook(status: int) -> type[BaseHTTPRequestHandler]:
+    """A webhook server's handler that keeps each alert posted (`received`) and answers
+    `status`."""
 
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Hook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
+    class Hook(BaseHTTPRequestHandler):
+        received: list[dict] = []
 
-    def log_message(self, *args):
-        pass
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            Hook.received.append(json.loads(body))
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    return Hook
+
+
+def _failed_nightly(defs, instance):
+    """A nightly run with no landing folder, which fails at once (no retries for this
+    failure), and its failure event."""
+    result = defs.resolve_job_def(NIGHTLY).execute_in_process(
+        instance=instance, partition_key=START.isoformat(), raise_on_error=False
+    )
+    assert not result.success
+    return result, next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+
+
+def _failure_context(instance, result, failure):
+    return build_run_status_sensor_context(
+        sensor_name="run_failure_alert",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    ).for_run_failure()
 
 
 def test_run_failure_alert_logs_and_posts_to_webhook(settings, monkeypatch, caplog):
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    hook = _webhook(204)
+    server = HTTPServer(("127.0.0.1", 0), hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("SKIFF_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
-    _Hook.received.clear()
     defs = build_definitions(load_settings())
-    day = START  # no landing folder: the run fails at once (no retries for this failure)
+    day = START
     with DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(NIGHTLY).execute_in_process(
-            instance=instance, partition_key=day.isoformat(), raise_on_error=False
-        )
-        assert not result.success
-        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
-        context = build_run_status_sensor_context(
-            sensor_name="run_failure_alert",
-            dagster_event=failure,
-            dagster_instance=instance,
-            dagster_run=result.dagster_run,
-        ).for_run_failure()
+        result, failure = _failed_nightly(defs, instance)
+        context = _failure_context(instance, result, failure)
         with caplog.at_level("ERROR", logger="skiff.alerts"):
             defs.resolve_sensor_def("run_failure_alert")(context)
     server.shutdown()
@@ -337,25 +353,10 @@ def test_run_failure_alert_logs_and_posts_to_webhook(settings, monkeypatch, capl
     assert f"job {NIGHTLY}" in message and result.run_id in message
     assert f"days {day}" in message
     assert "No landing folder" in message  # the failed step's own error
-    (posted,) = _Hook.received
+    (posted,) = hook.received
     assert posted["run_id"] == result.run_id and "No landing folder" in posted["text"]
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert not retries
-
-
-class _Refusing(BaseHTTPRequestHandler):
-    """A webhook that takes the alert and answers 500."""
-
-    received: list[dict] = []
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Refusing.received.append(json.loads(body))
-        self.send_response(500)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
 
 
 def test_a_failed_webhook_post_is_reported_without_its_url(settings, monkeypatch, caplog, capsys):
@@ -366,29 +367,20 @@ def test_a_failed_webhook_post_is_reported_without_its_url(settings, monkeypatch
     from orchestration.automation import build_failure_sensor
     from tests.servers import free_port
 
-    server = HTTPServer(("127.0.0.1", 0), _Refusing)
+    refusing = _webhook(500)
+    server = HTTPServer(("127.0.0.1", 0), refusing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Refusing.received.clear()
     token = "T0KEN-5ecret-93f1c2"
     targets = {
         "answers 500": (f"http://127.0.0.1:{server.server_port}/hooks/{token}", "HTTP 500"),
         "unreachable": (f"http://127.0.0.1:{free_port()}/hooks/{token}", "ConnectError"),
     }
     defs = build_definitions(load_settings())
-    with DagsterInstance.get() as instance:  # no landing folder: the run fails at once
-        result = defs.resolve_job_def(NIGHTLY).execute_in_process(
-            instance=instance, partition_key=START.isoformat(), raise_on_error=False
-        )
-        assert not result.success
-        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    with DagsterInstance.get() as instance:
+        result, failure = _failed_nightly(defs, instance)
         for what, (url, reported) in targets.items():
             monkeypatch.setenv("SKIFF_ALERT_WEBHOOK_URL", url)
-            context = build_run_status_sensor_context(
-                sensor_name="run_failure_alert",
-                dagster_event=failure,
-                dagster_instance=instance,
-                dagster_run=result.dagster_run,
-            ).for_run_failure()
+            context = _failure_context(instance, result, failure)
             caplog.clear()
             context.log.addHandler(caplog.handler)  # the sensor's own log, as a tick records it
             with caplog.at_level("WARNING"):
@@ -401,7 +393,7 @@ def test_a_failed_webhook_post_is_reported_without_its_url(settings, monkeypatch
             for secret in (url, url.split("://", 1)[1], f"/hooks/{token}", token):
                 assert secret not in logged, (what, secret, logged)
     server.shutdown()
-    assert len(_Refusing.received) == 1  # the 500 came from a server that got the alert
+    assert len(refusing.received) == 1  # the 500 came from a server that got the alert
 
 
 # --- the loop ---------------------------------------------------------------------------------
