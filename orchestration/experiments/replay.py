@@ -23,6 +23,7 @@ Decisions:
 
 import datetime as dt
 import math
+import statistics
 from contextlib import ExitStack
 from typing import Any
 
@@ -36,7 +37,6 @@ from dagster import (
     MetadataValue,
 )
 from pydantic import Field
-from scipy.stats import norm
 
 from ml import release
 from ml.offpolicy import ESTIMATORS
@@ -187,7 +187,7 @@ def combine_days(rows: pd.DataFrame) -> tuple[float, float, float, int]:
     n = rows["exposures"].astype(float)
     total = float(n.sum())
     value = float((rows["value"] * n).sum() / total)
-    z = float(norm.ppf(1 - ALPHA / 2))
+    z = statistics.NormalDist().inv_cdf(1 - ALPHA / 2)  # stdlib: scipy.stats costs 1.5 s to import
     variance = (((rows["high"] - rows["low"]) / (2 * z)) ** 2).fillna(0.0)
     half = z * math.sqrt(float((n**2 * variance).sum())) / total
     return value, value - half, value + half, int(total)
