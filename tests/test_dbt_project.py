@@ -1,7 +1,7 @@
 """The dbt project against a real DuckDB file: partitioned builds, reruns, invariants.
 
 One module fixture lands two hand-built days into `raw`, each with its events and catalogue, and
-runs real `dbt build`s in order (day 1, day 2, day 1 again, no vars, day 2 after it was
+runs real `dbt build`s (dbt-core's runner in this process, as the dbt step runs it) in order (day 1, day 2, day 1 again, no vars, day 2 after it was
 re-ingested empty) and keeps a
 copy of the warehouse after each, so the tests below only read. The marts' invariants are the
 dbt project's own tests, run by every build; here a damaged copy of the tables shows that each
@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from bench.conversion_examples import EXAMPLE_COLUMNS, examples_from_events
 
 REPO = Path(__file__).resolve().parents[1]
 DBT_PROJECT = REPO / "dbt_project"
-DBT = Path(sys.executable).parent / "dbt"
 
 DAY1, DAY2 = dt.date(2026, 1, 5), dt.date(2026, 1, 6)
 T1 = 1_767_607_200_000  # 2026-01-05 10:00:00 UTC
@@ -182,29 +180,59 @@ class Stage:
         return {m: int(self.query(f"select count(*) as n from main.{m}").n[0]) for m in MODELS}
 
 
-def run_dbt(home: Path, name: str, *args: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+@dataclass
+class Ran:
+    """One dbt invocation's outcome, as its command line would give it: the exit code
+    (0 success, 1 failed nodes, 2 an error) and its log."""
+
+    returncode: int
+    stdout: str
+
+
+def run_dbt(home: Path, name: str, *args: str, days: tuple[dt.date, dt.date] | None = None):
+    """`dbt <args>` on `home`'s warehouse with dbt-core's own runner in this process, as the
+    dbt step runs it (orchestration/dbt/inprocess.py): `days` go in the environment, where the
+    step puts them, and each home keeps its partial-parse state from one invocation to the
+    next, as the step's project does."""
+    from orchestration.dbt.assets import END_DAY_VARIABLE, START_DAY_VARIABLE
+    from orchestration.dbt.inprocess import invoke_dbt
+    from orchestration.dbt.project import PARTIAL_PARSE_FILE
+
     target, logs = home / f"target_{name}", home / f"logs_{name}"
     env = {
-        **os.environ,
         "SKIFF_HOME": str(home),
         "SKIFF_DBT_TARGET": "duckdb",
         "SKIFF_RAW_SCHEMA": "raw",
-        "DBT_PROFILES_DIR": str(DBT_PROJECT),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        START_DAY_VARIABLE: str(days[0]) if days else "",
+        END_DAY_VARIABLE: str(days[1]) if days else "",
     }
-    cmd = [str(DBT), *args, "--target-path", str(target), "--log-path", str(logs)]
+    command = [*args, "--target-path", str(target), "--log-path", str(logs)]
+    command += ["--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT)]
     if args[0] in ("build", "run", "test"):
         # the serving log's models have raw tables of their own: tests/test_experiment_marts.py
-        cmd += ["--exclude", "tag:experiments"]
-    proc = subprocess.run(cmd, cwd=DBT_PROJECT, env=env, capture_output=True, text=True)
-    return proc, target, logs
+        command += ["--exclude", "tag:experiments"]
+    state = home / PARTIAL_PARSE_FILE
+    if state.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(state, target / PARTIAL_PARSE_FILE)
+    result = invoke_dbt(command, project_dir=DBT_PROJECT, env=env)
+    if (target / PARTIAL_PARSE_FILE).exists():
+        shutil.copyfile(target / PARTIAL_PARSE_FILE, state)
+    code = 0 if result.success else (2 if result.exception is not None else 1)
+    log = logs / "dbt.log"
+    return Ran(code, log.read_text() if log.exists() else repr(result.exception)), target, logs
 
 
-def build(home: Path, name: str, days: tuple[dt.date, dt.date] | None) -> Stage:
+def build(
+    home: Path, name: str, days: tuple[dt.date, dt.date] | None, *, as_vars: bool = False
+) -> Stage:
+    """A `dbt build` of `days` (None: every day), given in the environment as the dbt step
+    gives them, or with `as_vars` as `--vars` (a person's command line)."""
     args = ["build"]
-    if days is not None:
+    if days is not None and as_vars:
         args += ["--vars", json.dumps({"start_day": str(days[0]), "end_day": str(days[1])})]
-    proc, target, logs = run_dbt(home, name, *args)
+    proc, target, logs = run_dbt(home, name, *args, days=None if as_vars else days)
     assert proc.returncode == 0, f"dbt build ({name}) failed:\n{proc.stdout[-6000:]}"
     snapshot = home / f"warehouse_{name}.duckdb"
     shutil.copyfile(home / "warehouse.duckdb", snapshot)
@@ -242,7 +270,7 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stage]:
     out = {"day1": build(home, "day1", (DAY1, DAY1))}
     land(home, DAY2)
     out["day2"] = build(home, "day2", (DAY2, DAY2))
-    out["day1_again"] = build(home, "day1_again", (DAY1, DAY1))
+    out["day1_again"] = build(home, "day1_again", (DAY1, DAY1), as_vars=True)
     out["full"] = build(home, "full", None)
     # Day 2 is re-ingested from an empty file: the ingestion asset replaces its rows by none.
     with duckdb.connect(str(home / "warehouse.duckdb")) as con:

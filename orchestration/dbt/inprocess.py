@@ -24,7 +24,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +98,8 @@ def dbt_in_process(
             events.put(msg)
 
     def run() -> None:
-        from dbt.cli.main import dbtRunner
-
         try:
-            with _DBT_LOCK, _environment(env), contextlib.chdir(project_dir):
-                try:
-                    outcome["result"] = dbtRunner(callbacks=[keep]).invoke(command)
-                finally:
-                    _close_duckdb()
+            outcome["result"] = invoke_dbt(command, project_dir=project_dir, env=env, keep=keep)
         except BaseException as exc:  # handed to the step's thread, raised there
             outcome["exception"] = exc
         finally:
@@ -147,6 +141,26 @@ def dbt_in_process(
             + f"; dbt's log: {target_path / 'dbt.log'}"
             + (f"\nErrors from dbt:{said}" if said else "")
         )
+
+
+def invoke_dbt(
+    command: Sequence[str],
+    *,
+    project_dir: Path,
+    env: Mapping[str, str],
+    keep: Callable[[Any], None] | None = None,
+) -> Any:
+    """dbt-core's `dbtRunner` on `command` (what follows `dbt` on a command line) in this
+    process: one invocation at a time, with `env` in the environment and the project's folder
+    as the working directory for the call, DuckDB's file let go after it. `keep` receives each
+    of dbt's events (in dbt's threads). Returns dbt's `dbtRunnerResult`."""
+    from dbt.cli.main import dbtRunner
+
+    with _DBT_LOCK, _environment(env), contextlib.chdir(project_dir):
+        try:
+            return dbtRunner(callbacks=[keep] if keep else []).invoke(list(command))
+        finally:
+            _close_duckdb()
 
 
 class _environment:
