@@ -598,6 +598,12 @@ def test_partition_vars_filter_the_upstream_scan(stages: dict[str, Stage]) -> No
             rf"cast\('{start}' as date\) and cast\('{end}' as date\)",
             stage.log,
         ), f"no partition delete for {table}"
+    # of its first scanned day, the sessionization reads only the last 30 minutes before the
+    # first session day's midnight (2026-01-04 00:00 UTC for a run over 2026-01-05)
+    first_session_day = dt.datetime(2026, 1, 4, tzinfo=dt.UTC)
+    edge = int(first_session_day.timestamp() * 1000) - 30 * MIN
+    sessionized = (compiled / "intermediate/int_events_sessionized.sql").read_text()
+    assert f"and event_ms >= {edge}" in sessionized, sessionized[:1500]
     # data tests check the days of the run too
     test_sql = (compiled / "marts/_marts.yml/unique_sessions_session_key.sql").read_text()
     assert "where session_day between cast('2026-01-04' as date)" in test_sql

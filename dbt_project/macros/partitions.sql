@@ -85,6 +85,24 @@
 {%- endmacro %}
 
 
+{% macro session_scan_edge(ms_column, gap_ms) -%}
+    {#- Of session_scan's first day, only the last gap_ms before midnight matters: whether the
+        first session day's early events continue a visit begun the evening before (such a
+        visit belongs to that earlier day and is not written). The earlier events of that day
+        are a prefix of each session's events, so leaving them out changes no visit written:
+        about a third fewer events to sort on a nightly run. -#}
+    {%- set days = partition_days() -%}
+    {%- if days is none -%}
+        1 = 1
+    {%- else -%}
+        {%- set parse = modules.datetime.datetime.strptime -%}
+        {%- set first_session_day = parse(days[0], '%Y-%m-%d') - modules.datetime.timedelta(days=1) -%}
+        {%- set epoch = modules.datetime.datetime(1970, 1, 1) -%}
+        {{ ms_column }} >= {{ (first_session_day - epoch).days * 86400000 - gap_ms }}
+    {%- endif -%}
+{%- endmacro %}
+
+
 {% macro delete_partition(column, days_before=0) -%}
     {#- pre_hook of every incremental model (incremental_strategy='append'). -#}
     {%- if execute and flags.FULL_REFRESH and partition_days() is not none -%}

@@ -13,7 +13,7 @@ with
 
 events as (
     select * from {{ ref('stg_browsing_events') }}
-    where {{ session_scan('event_day') }}
+    where {{ session_scan('event_day') }} and {{ session_scan_edge('event_ms', gap_ms) }}
 ),
 
 products as (
