@@ -1,9 +1,9 @@
 """The dbt project against a real DuckDB file: partitioned builds, reruns, invariants.
 
 One module fixture lands two hand-built days into `raw`, each with its events and catalogue, and
-runs real `dbt build`s (dbt-core's runner in this process, as the dbt step runs it) in order (day 1, day 2, day 1 again, no vars, day 2 after it was
-re-ingested empty) and keeps a
-copy of the warehouse after each, so the tests below only read. The marts' invariants are the
+runs real `dbt build`s (dbt-core's runner in this process, as the dbt step runs it) in order
+(day 1, day 2, day 1 again, no vars, day 2 after it was re-ingested empty) and keeps a copy of
+the warehouse after each, so the tests below only read. The marts' invariants are the
 dbt project's own tests, run by every build; here a damaged copy of the tables shows that each
 of them can fail.
 """
