@@ -326,7 +326,7 @@ def test_sampled_negatives_train_and_repeat():
 @pytest.mark.skipif(not YOOCHOOSE_VALID.exists(), reason="../shared/data/yoochoose is absent")
 @pytest.mark.xfail(
     strict=True,
-    reason="issue #16 target 5 not reached yet: the quality is (gru 0.6439/0.3496 beats sknn"
+    reason="issue #16 target 5 not reached yet: the quality is (gru 0.6472/0.3573 beats sknn"
     " 0.6393/0.3431 HR/MRR@20), but training takes about 50 CPU s, not under 15",
 )
 def test_torch_model_beats_session_knn_on_yoochoose_validation():
