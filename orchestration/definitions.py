@@ -49,8 +49,9 @@ RELEASE_LOOP = "release_loop"
 OFFLINE_VS_ONLINE = "offline_vs_online"
 DATA_GROUPS = ("ingestion", "staging", "intermediate", "marts")
 # The multiprocess executor starts each step from a fork server that imported the code location
-# once (dagster-dbt, dbt, pandas: about 5 s), so a step process is ready in well under a second
-# instead of spawning Python and importing it all again. The server is started by a process's
+# once (dagster-dbt, dbt, pandas: about 5 s) instead of spawning Python and importing it all
+# again: launched to started in 2-4 s, not about 6, on a loaded two-core machine (the rest is the
+# step's own set-up and its lazy imports: torch, Evidently). The server is started by a process's
 # first multiprocess run and its steps keep the environment of that moment: `runs.job_for`
 # refuses a step whose SKIFF_* settings differ from the launcher's, so a process that changes
 # them between multiprocess runs fails with that message instead of using stale settings.
