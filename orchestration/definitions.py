@@ -10,8 +10,6 @@ from __future__ import annotations
 from dagster import (
     AssetSelection,
     Definitions,
-    Field,
-    Noneable,
     define_asset_job,
     definitions,
     in_process_executor,
@@ -48,26 +46,7 @@ MONITOR_DAYS = "monitor_days"
 RELEASE_LOOP = "release_loop"
 OFFLINE_VS_ONLINE = "offline_vs_online"
 DATA_GROUPS = ("ingestion", "staging", "intermediate", "marts")
-# The multiprocess executor starts each step from a fork server that imported the code location
-# once (dagster-dbt, dbt, pandas: about 5 s) instead of spawning Python and importing it all
-# again: launched to started in 2-4 s, not about 6, on a loaded two-core machine (the rest is the
-# step's own set-up and its lazy imports: torch, Evidently). The server is started by a process's
-# first multiprocess run and its steps keep the environment of that moment: `runs.job_for`
-# refuses a step whose SKIFF_* settings differ from the launcher's, so a process that changes
-# them between multiprocess runs fails with that message instead of using stale settings.
-FORKSERVER = {"forkserver": {"preload_modules": ["orchestration.definitions"]}}
-multiprocess_forkserver_executor = multiprocess_executor.configured(
-    lambda config: {"max_concurrent": config.get("max_concurrent"), "start_method": FORKSERVER},
-    name="multiprocess",
-    config_schema={
-        "max_concurrent": Field(
-            Noneable(int),
-            default_value=None,
-            description="Step processes at a time (default: the machine's cores).",
-        )
-    },
-)
-EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_forkserver_executor}
+EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
 
 
 def build_definitions(settings: Settings) -> Definitions:

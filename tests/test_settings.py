@@ -182,13 +182,9 @@ def test_artifacts_go_to_object_storage_when_a_url_is_set(settings, monkeypatch,
 
 
 def test_the_executor_follows_skiff_executor(settings, monkeypatch):
-    from dagster import in_process_executor
+    from dagster import in_process_executor, multiprocess_executor
 
-    from orchestration.definitions import (
-        FORKSERVER,
-        build_definitions,
-        multiprocess_forkserver_executor,
-    )
+    from orchestration.definitions import build_definitions
 
     monkeypatch.delenv("SKIFF_EXECUTOR", raising=False)
     assert load_settings().executor == "in_process"  # local default
@@ -199,12 +195,7 @@ def test_the_executor_follows_skiff_executor(settings, monkeypatch):
     chosen = load_settings()
     assert chosen.executor == "multiprocess"
     defs = build_definitions(chosen)
-    executor = defs.resolve_job_def("train_models").executor_def
-    assert executor is multiprocess_forkserver_executor and executor.name == "multiprocess"
-    # steps start from a fork server that imported the code location, two at a time here
-    config = executor.apply_config_mapping({"config": {"max_concurrent": 2}}).value["config"]
-    assert config["max_concurrent"] == 2 and config["start_method"] == FORKSERVER
-    assert FORKSERVER["forkserver"]["preload_modules"] == ["orchestration.definitions"]
+    assert defs.resolve_job_def("train_models").executor_def is multiprocess_executor
     monkeypatch.setenv("SKIFF_EXECUTOR", "in_process")
     defs = build_definitions(load_settings())
     assert defs.resolve_job_def("score_days").executor_def is in_process_executor
