@@ -655,10 +655,9 @@ def _SeqNet(
             flat tensors in one order. The GRU's path never touches the padding: its input is
             packed before the embedding, so the dropouts and the projection cost only what
             the real items cost (a padded batch of windows is mostly padding)."""
-            if arch != "gru":
+            if arch != "gru":  # attention needs the padded positions: encode, then keep
                 mask = y != PAD
-                h = self._attend(self.drop(self.items(x)))[mask]
-                return self.project(self.drop_hidden(h)), y[mask]
+                return self.encode(x)[mask], y[mask]
             lengths = (y != PAD).sum(1).clamp(min=1)
             xs = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             ys = pack_padded_sequence(y, lengths, batch_first=True, enforce_sorted=False)
