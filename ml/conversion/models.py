@@ -37,6 +37,7 @@ from ml.conversion.features import (
     column_ms,
     top_category,
 )
+from ml.optim import Adam
 from ml.registry import ArtifactError, Manifest, Registry
 
 CONFIG_FILE = "model.json"
@@ -494,7 +495,7 @@ class GRUModel:
             starts, ends, y = starts[rows], ends[rows], y[rows]
         steps = _step_inputs(batch.events, self.categories)
         y = torch.from_numpy(y)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=p["learning_rate"])
+        optimizer = Adam(list(self.net.parameters()), lr=p["learning_rate"])
         loss_fn = torch.nn.BCEWithLogitsLoss()
         rng = np.random.default_rng(p["seed"])
         self.net.train()

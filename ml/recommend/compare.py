@@ -23,7 +23,7 @@ DEFAULT_MODELS = ("pop", "sknn", "gru")
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "pop": {},
     "sknn": {"k_neighbors": 100, "sample_size": 1000},
-    "gru": {"seed": 0},  # the constructor's defaults: early stopping on the latest sessions
+    "gru": {"seed": 0},  # the constructor's defaults: early stopping on held-out sessions
     "sasrec": {"dim": 64, "epochs": 5, "seed": 0, "lr": 0.005},
 }
 
