@@ -96,6 +96,8 @@ def webhook_error(exc: Exception) -> str:
 
 def build_failure_sensor(settings: Settings):
     webhook = settings.automation.alert_webhook
+    if webhook:  # httpx logs every request's URL at INFO, and this URL holds its token
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
     @run_failure_sensor(
         name="run_failure_alert",
