@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     settings = ensure_home(load_settings())
-    _serve_reports(settings, args.port)
+    reports = _serve_reports(settings, args.port)
     dagster = Path(sys.executable).parent / "dagster"
     argv = [
         str(dagster),
@@ -63,6 +64,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 killed = True
     with suppress(ProcessLookupError):  # what of its process group outlived it
         os.killpg(child.pid, signal.SIGKILL)
+    if reports is not None:
+        reports()
     if code in (0, -signal.SIGINT, 130):
         return 0
     return 1 if code < 0 else code  # a signal's death is a failure, not status 256 - n
@@ -78,10 +81,13 @@ def serves_reports(base: str) -> bool:
     return local and parts.path.rstrip("/") == "/reports"
 
 
-def _serve_reports(settings: Settings, ui_port: int) -> None:
+def _serve_reports(settings: Settings, ui_port: int) -> Callable[[], None] | None:
     """Serve the reports where their links point (`skiff.urls.reports_base_url`), in a thread
-    of this process, when that is a local http address this machine can take; else say where
-    the links point."""
+    of this process, when that is a local http address this machine can take (returns the
+    function that stops it; else None, and says where the links point). The server is
+    stopped and its thread joined before `skiff ui` exits: a daemon thread still running its
+    event loop while the interpreter shuts down once crashed the process (SIGSEGV, exit -11
+    after dagster dev had stopped cleanly)."""
     import socket
     import threading
     from urllib.parse import urlsplit
@@ -94,7 +100,7 @@ def _serve_reports(settings: Settings, ui_port: int) -> None:
     base = reports_base_url()
     if not serves_reports(base):
         print(f"report links point at {base}/ (served there, not by skiff ui)")
-        return
+        return None
     parts = urlsplit(base)
     host, port = parts.hostname, parts.port or 80
     if port == ui_port:
@@ -103,17 +109,18 @@ def _serve_reports(settings: Settings, ui_port: int) -> None:
             "the links with SKIFF_REPORTS_URL; reports not served",
             file=sys.stderr,
         )
-        return
+        return None
     with socket.socket() as probe:
         if probe.connect_ex((host, port)) == 0:
             print(
                 f"report links point at {base}/, where something already answers (another "
                 "skiff ui?); not serving them again"
             )
-            return
+            return None
     app = reports_app(settings.reports_root)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    threading.Thread(target=server.run, name="skiff-reports", daemon=True).start()
+    thread = threading.Thread(target=server.run, name="skiff-reports", daemon=True)
+    thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -121,3 +128,9 @@ def _serve_reports(settings: Settings, ui_port: int) -> None:
         print(f"reports (the UI's report links): {base}/", flush=True)
     else:
         print(f"skiff ui: could not serve the reports on {host}:{port}", file=sys.stderr)
+
+    def stop() -> None:
+        server.should_exit = True  # uvicorn's own way out of its loop
+        thread.join(timeout=10)
+
+    return stop
