@@ -189,6 +189,41 @@ class Ran:
     stdout: str
 
 
+def test_another_skiff_home_keeps_dbts_partial_parse(tmp_path, monkeypatch):
+    """The step names its DuckDB file relative to the file's folder (invoke_dbt's
+    `warehouse`), so dbt's saved parse state, which records the connection's path, stays valid
+    when homes take turns (each test's own, two benches' sizes); each home's queries still go
+    to its own file."""
+    from orchestration.dbt.assets import TRANSLATOR
+    from orchestration.dbt.inprocess import dbt_in_process
+    from orchestration.dbt.project import dbt_cli, dbt_invocation, keep_partial_parse
+
+    project = _project_copy(tmp_path)
+    dbt = dbt_cli(project)
+    logs = []
+    for name in ("a", "b", "a", "b"):
+        home = tmp_path / name
+        home.mkdir(exist_ok=True)
+        monkeypatch.setenv("SKIFF_HOME", str(home))
+        target, env = dbt_invocation(project.project_dir, {})
+        events = dbt_in_process(
+            dbt,
+            ["show", "--inline", "select 1 as x"],
+            context=None,
+            target_path=target,
+            env=env,
+            translator=TRANSLATOR,
+            warehouse=home / "warehouse.duckdb",
+        )
+        assert list(events) == []  # `show` runs no model
+        logs.append((target / "dbt.log").read_text())
+        keep_partial_parse(target)
+        assert (home / "warehouse.duckdb").exists()  # the connection went to this home's file
+    for log in logs[1:]:
+        assert "Partial parsing enabled, no changes found" in log, log[-2000:]
+    assert not list(project.project_dir.glob("*.duckdb"))  # nothing opened beside the project
+
+
 def run_dbt(home: Path, name: str, *args: str, days: tuple[dt.date, dt.date] | None = None):
     """`dbt <args>` on `home`'s warehouse with dbt-core's own runner in this process, as the
     dbt step runs it (orchestration/dbt/inprocess.py): `days` go in the environment, where the

@@ -231,9 +231,10 @@ def test_no_local_artifacts_folder_with_a_url(tmp_path, monkeypatch):
     assert not settings.artifacts.exists()
 
 
-# Set by the code for a child process, never by a user: the dbt step passes each run's days to
-# dbt's partition macro (orchestration/dbt/assets.py, dbt_project/macros/partitions.sql).
-INTERNAL_VARIABLES = {"SKIFF_DBT_START_DAY", "SKIFF_DBT_END_DAY"}
+# Set by the code for dbt, never by a user: the dbt step passes each run's days to dbt's
+# partition macro (orchestration/dbt/assets.py, dbt_project/macros/partitions.sql) and names
+# the DuckDB file for profiles.yml (orchestration/dbt/inprocess.py).
+INTERNAL_VARIABLES = {"SKIFF_DBT_START_DAY", "SKIFF_DBT_END_DAY", "SKIFF_DBT_DUCKDB_PATH"}
 CODE = ("skiff", "serving", "orchestration", "ml", "skiff_cli")
 
 

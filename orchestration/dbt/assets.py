@@ -41,6 +41,7 @@ from orchestration.dbt.inprocess import dbt_in_process
 from orchestration.dbt.project import dbt_invocation, ensure_manifest, keep_partial_parse
 from orchestration.partitions import partition_days
 from orchestration.policy import RETRIES, WAREHOUSE_POOL
+from skiff.settings import load_settings
 
 # The run's day range, as dbt's partition macros read it (macros/partitions.sql).
 START_DAY_VARIABLE = "SKIFF_DBT_START_DAY"
@@ -141,8 +142,15 @@ def _build(
     dbt: DbtCliResource, context: AssetExecutionContext, args: list[str], env: dict[str, str]
 ) -> Iterator:
     target, environment = dbt_invocation(dbt.project_dir, env)
+    settings = load_settings()  # the environment's, as every step's
     yield from dbt_in_process(
-        dbt, args, context=context, target_path=target, env=environment, translator=TRANSLATOR
+        dbt,
+        args,
+        context=context,
+        target_path=target,
+        env=environment,
+        translator=TRANSLATOR,
+        warehouse=settings.warehouse_path if settings.dbt_target == "duckdb" else None,
     )
     # Each invocation writes its own target folder; once it succeeded, its events are in
     # Dagster, its parse state is kept for the next run, and the folder is only disk (kept on

@@ -43,6 +43,8 @@ _DONE = object()
 # The events dagster-dbt turns into Dagster events (DbtCoreCliEventMessage.is_result_event);
 # dbt fires hundreds of others per build, of which only the errors are kept, for the message.
 RESULT_EVENTS = frozenset({"LogSeedResult", "LogModelResult", "LogSnapshotResult", "LogTestResult"})
+# The DuckDB file's path as profiles.yml reads it, when set (see invoke_dbt's `warehouse`).
+DUCKDB_PATH_VARIABLE = "SKIFF_DBT_DUCKDB_PATH"
 
 
 def dbt_in_process(
@@ -54,11 +56,13 @@ def dbt_in_process(
     env: Mapping[str, str],
     translator: DagsterDbtTranslator,
     manifest: Mapping[str, Any] | None = None,
+    warehouse: Path | None = None,
 ) -> Iterator:
     """Run `dbt <args>` in this process, for the step's selected assets when `context` is a
     dbt asset step's (else as `args` select), and yield the Dagster events of its results.
     `env` is in the environment for the invocation (dbt reads it as it starts). `manifest`
-    (the parsed manifest.json) is needed without a `context` only, which holds it otherwise."""
+    (the parsed manifest.json) is needed without a `context` only, which holds it otherwise;
+    `warehouse`: the duckdb target's file (see `invoke_dbt`)."""
     from dbt_common.events.functions import msg_to_dict
 
     cleaned, selects, excludes = extract_runtime_selection_from_args(list(args))
@@ -99,7 +103,9 @@ def dbt_in_process(
 
     def run() -> None:
         try:
-            outcome["result"] = invoke_dbt(command, project_dir=project_dir, env=env, keep=keep)
+            outcome["result"] = invoke_dbt(
+                command, project_dir=project_dir, env=env, keep=keep, warehouse=warehouse
+            )
         except BaseException as exc:  # handed to the step's thread, raised there
             outcome["exception"] = exc
         finally:
@@ -149,14 +155,24 @@ def invoke_dbt(
     project_dir: Path,
     env: Mapping[str, str],
     keep: Callable[[Any], None] | None = None,
+    warehouse: Path | None = None,
 ) -> Any:
     """dbt-core's `dbtRunner` on `command` (what follows `dbt` on a command line) in this
     process: one invocation at a time, with `env` in the environment and the project's folder
     as the working directory for the call, DuckDB's file let go after it. `keep` receives each
-    of dbt's events (in dbt's threads). Returns dbt's `dbtRunnerResult`."""
+    of dbt's events (in dbt's threads). Returns dbt's `dbtRunnerResult`.
+
+    With `warehouse` (the DuckDB file of the duckdb target) the working directory is the
+    file's folder and the profile names the file by its name alone (DUCKDB_PATH_VARIABLE):
+    dbt's partial-parse state records the connection's path and re-parses the whole project
+    (about 1.5 s) when it differs, so with absolute paths every other SKIFF_HOME (each test's,
+    each bench size, two homes used in turn) threw the saved state away."""
     from dbt.cli.main import dbtRunner
 
-    with _DBT_LOCK, _environment(env), contextlib.chdir(project_dir):
+    if warehouse is not None:
+        env = {**env, DUCKDB_PATH_VARIABLE: warehouse.name}
+    folder = warehouse.parent if warehouse is not None else project_dir
+    with _DBT_LOCK, _environment(env), contextlib.chdir(folder):
         try:
             return dbtRunner(callbacks=[keep] if keep else []).invoke(list(command))
         finally:

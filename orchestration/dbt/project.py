@@ -61,8 +61,10 @@ def dbt_invocation(project_dir: str | Path, env: Mapping[str, str]) -> tuple[Pat
     Each invocation gets a fresh target folder (its logs and run results), where dbt would find
     no saved parse state and parse the whole project (seconds); DBT_PARTIAL_PARSE_FILE_PATH
     points it at the shared one (`<project>/target/partial_parse.msgpack`), and
-    `keep_partial_parse` puts the state this invocation saved back there. A state saved with
-    another profile (another SKIFF_HOME) only costs a full parse, which then saves its own.
+    `keep_partial_parse` puts the state this invocation saved back there. The steps' profile
+    is the same for every SKIFF_HOME (the DuckDB file named relative to its folder, see
+    `inprocess.invoke_dbt`), so the state serves them all; one saved with another profile (a
+    dbt command line's, Snowflake's) only costs a full parse, which then saves its own.
     """
     target = Path(project_dir) / "target"
     shared = target / PARTIAL_PARSE_FILE
