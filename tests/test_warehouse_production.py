@@ -238,16 +238,16 @@ from skiff.settings import load_settings
 
 ready, stop, out = (Path(p) for p in sys.argv[1:4])
 warehouse = build_warehouse(load_settings())
-ok, errors = 0, []
+times, errors = [], []
 while not stop.exists():
     try:
         warehouse.query("select count(*) as n from raw.lock_probe")
-        ok += 1
+        times.append(time.time())
         ready.touch()
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
     time.sleep(0.25)  # a dashboard polling; each query holds the file about 0.1 s
-out.write_text(json.dumps({"ok": ok, "errors": errors[:3], "failures": len(errors)}))
+out.write_text(json.dumps({"times": times, "errors": errors[:3], "failures": len(errors)}))
 """
 
 HOLDER = """
@@ -294,23 +294,27 @@ def test_a_reader_in_another_process_does_not_break_writes_or_dbt(settings: Sett
     reader = _start(READER, str(ready), str(stop), str(out))
     try:
         _wait_for(ready, reader)
-        started = time.monotonic()
+        began = started = time.time()
         for n in range(2, 32):
             _probe(warehouse, n)
-        writes_s = time.monotonic() - started
-        started = time.monotonic()
+        writes_s = time.time() - started
+        started = time.time()
         assert run_days(settings, DAY, DAY), "ingestion and dbt failed beside a reader"
-        run_s = time.monotonic() - started
+        run_s = time.time() - started
+        ended = time.time()
     finally:
         stop.touch()
         reader.wait(timeout=120)
     seen = json.loads(out.read_text())
     assert seen["failures"] == 0, seen
-    assert seen["ok"] > 10, seen
+    # the reader took turns with the writers (not one read before and one after): about three
+    # reads a second when it gets the file, over the 2.5-6 s of writes and the run
+    beside = [t for t in seen["times"] if began <= t <= ended]
+    assert len(beside) >= 3, (len(beside), f"{ended - began:.1f} s", seen["errors"])
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         assert con.execute("select count(*) from raw.lock_probe").fetchone() == (31,)
         assert con.execute("select count(*) from main.sessions").fetchone()[0] > 0
-    print(f"30 writes in {writes_s:.1f} s, a daily run in {run_s:.1f} s beside {seen['ok']} reads")
+    print(f"30 writes in {writes_s:.1f} s, a daily run in {run_s:.1f} s beside {len(beside)} reads")
 
 
 @pytest.mark.slow
