@@ -440,17 +440,18 @@ class SequenceRecommender(Recommender):
             if held and rest:
                 known[np.concatenate(rest)] = True
             if not held or not known.any():  # too little data to hold out: a plain fit
-                self.net = self._train(encoded, self.epochs, None, known, began, "")
+                self.net = self._train(encoded, self.epochs, None, known, began, "")[0]
                 self.best_epoch = self.epochs
                 return
-            self.net = self._train(rest, self.epochs, held, known, began, "")
+            stopped = self._train(rest, self.epochs, held, known, began, "")
+            self.net = stopped[0]
             if self.refit == "held":  # one more epoch, on the held-out sessions only
                 sessions = [e for e, h in zip(encoded, is_held, strict=True) if h]
                 self.net = self._train(
-                    sessions, 1, None, known, began, "held ", self.net, self.best_epoch + 1
-                )
+                    sessions, 1, None, known, began, "held ", stopped, self.best_epoch + 1
+                )[0]
             elif self.refit:
-                self.net = self._train(encoded, self.best_epoch, None, known, began, "refit ")
+                self.net = self._train(encoded, self.best_epoch, None, known, began, "refit ")[0]
 
     def _batches(self, encoded: list[np.ndarray]) -> list[tuple[Any, Any]]:
         """Every batch of an epoch, built once per fit: (x, y) padded, or packed for the GRU."""
@@ -478,18 +479,22 @@ class SequenceRecommender(Recommender):
         known: np.ndarray,
         began: float,
         stage: str,
-        net: Any = None,
+        resume: tuple[Any, Adam] | None = None,
         first: int = 1,
-    ) -> Any:
+    ) -> tuple[Any, Adam]:
+        """Epochs `first`, `first + 1`, ... of a new network, or of `resume` (a network and its
+        optimizer, as an earlier call returned them); the network (the best epoch's weights
+        when `held` is checked) and its optimizer."""
         import torch
 
-        if net is None:
+        if resume is None:
             net = self._build(len(self.vocab) + 1)
             if self.pop_bias:  # start from POP: the output bias is the log of training popularity
                 with torch.no_grad():
                     net.bias.copy_(torch.log1p(torch.from_numpy(self.popularity).float()))
-            self._optimizer = Adam(list(net.parameters()))
-        optimizer = self._optimizer
+            optimizer = Adam(list(net.parameters()))
+        else:
+            net, optimizer = resume
         sampler = torch.Generator().manual_seed(self.seed)
         weights = torch.from_numpy(self.popularity.astype(np.float64) ** self.alpha)
         batches = self._batches(encoded)
@@ -522,7 +527,7 @@ class SequenceRecommender(Recommender):
         if best_state is not None:
             net.load_state_dict(best_state)
         net.eval()
-        return net
+        return net, optimizer
 
     def _report(self, stage: str, epochs: int, row: dict[str, float]) -> None:
         check = ""
