@@ -189,41 +189,6 @@ class Ran:
     stdout: str
 
 
-def test_another_skiff_home_keeps_dbts_partial_parse(tmp_path, monkeypatch):
-    """The step names its DuckDB file relative to the file's folder (invoke_dbt's
-    `warehouse`), so dbt's saved parse state, which records the connection's path, stays valid
-    when homes take turns (each test's own, two benches' sizes); each home's queries still go
-    to its own file."""
-    from orchestration.dbt.assets import TRANSLATOR
-    from orchestration.dbt.inprocess import dbt_in_process
-    from orchestration.dbt.project import dbt_cli, dbt_invocation, keep_partial_parse
-
-    project = _project_copy(tmp_path)
-    dbt = dbt_cli(project)
-    logs = []
-    for name in ("a", "b", "a", "b"):
-        home = tmp_path / name
-        home.mkdir(exist_ok=True)
-        monkeypatch.setenv("SKIFF_HOME", str(home))
-        target, env = dbt_invocation(project.project_dir, {})
-        events = dbt_in_process(
-            dbt,
-            ["show", "--inline", "select 1 as x"],
-            context=None,
-            target_path=target,
-            env=env,
-            translator=TRANSLATOR,
-            warehouse=home / "warehouse.duckdb",
-        )
-        assert list(events) == []  # `show` runs no model
-        logs.append((target / "dbt.log").read_text())
-        keep_partial_parse(target)
-        assert (home / "warehouse.duckdb").exists()  # the connection went to this home's file
-    for log in logs[1:]:
-        assert "Partial parsing enabled, no changes found" in log, log[-2000:]
-    assert not list(project.project_dir.glob("*.duckdb"))  # nothing opened beside the project
-
-
 def run_dbt(home: Path, name: str, *args: str, days: tuple[dt.date, dt.date] | None = None):
     """`dbt <args>` on `home`'s warehouse with dbt-core's own runner in this process, as the
     dbt step runs it (orchestration/dbt/inprocess.py): `days` go in the environment, where the
@@ -822,31 +787,64 @@ def test_a_dbt_invocation_runs_no_version_check(tmp_path, monkeypatch):
     assert calls.read_text().splitlines() == ["debug --config-dir --target duckdb"]
 
 
-def test_a_new_day_range_keeps_dbts_partial_parse(tmp_path, monkeypatch):
-    from orchestration.dbt.assets import END_DAY_VARIABLE, START_DAY_VARIABLE, TRANSLATOR
+def _invoke_logged(project, dbt, args: list[str], env: dict, warehouse: Path | None = None):
+    """One invocation as the dbt step makes it (its own target folder, the shared parse state
+    kept afterwards), running no node; dbt's log of it."""
+    from orchestration.dbt.assets import TRANSLATOR
     from orchestration.dbt.inprocess import dbt_in_process
-    from orchestration.dbt.project import dbt_cli, dbt_invocation, keep_partial_parse
+    from orchestration.dbt.project import dbt_invocation, keep_partial_parse
+
+    target, env = dbt_invocation(project.project_dir, env)
+    events = dbt_in_process(
+        dbt,
+        args,
+        context=None,
+        target_path=target,
+        env=env,
+        translator=TRANSLATOR,
+        warehouse=warehouse,
+    )
+    assert list(events) == []  # `ls` and `show` run no node
+    log = (target / "dbt.log").read_text()
+    keep_partial_parse(target)
+    return log
+
+
+def test_a_new_day_range_keeps_dbts_partial_parse(tmp_path, monkeypatch):
+    from orchestration.dbt.assets import END_DAY_VARIABLE, START_DAY_VARIABLE
+    from orchestration.dbt.project import dbt_cli
 
     monkeypatch.setenv("SKIFF_HOME", str(tmp_path / "home"))
     project = _project_copy(tmp_path)
     dbt = dbt_cli(project)
-    logs = []
-    for day in ("2026-01-05", "2026-01-06", "2026-01-07"):
-        target, env = dbt_invocation(
-            project.project_dir, {START_DAY_VARIABLE: day, END_DAY_VARIABLE: day}
-        )
-        events = dbt_in_process(
-            dbt,
-            ["ls", "--select", "sessions"],
-            context=None,
-            target_path=target,
-            env=env,
-            translator=TRANSLATOR,
-        )
-        assert list(events) == []  # `ls` runs no node
-        logs.append((target / "dbt.log").read_text())
-        keep_partial_parse(target)
+    ls = ["ls", "--select", "sessions"]
+    logs = [
+        _invoke_logged(project, dbt, ls, {START_DAY_VARIABLE: day, END_DAY_VARIABLE: day})
+        for day in ("2026-01-05", "2026-01-06", "2026-01-07")
+    ]
     assert "Unable to do partial parsing" in logs[0] or "Starting full parse" in logs[0]
     for log in logs[1:]:
         assert "Partial parsing enabled, no changes found" in log, log[-2000:]
     assert os.environ.get(START_DAY_VARIABLE) is None  # the range does not outlive the call
+
+
+def test_another_skiff_home_keeps_dbts_partial_parse(tmp_path, monkeypatch):
+    """The step names its DuckDB file relative to the file's folder (invoke_dbt's
+    `warehouse`), so dbt's saved parse state, which records the connection's path, stays valid
+    when homes take turns (each test's own, two benches' sizes); each home's queries still go
+    to its own file."""
+    from orchestration.dbt.project import dbt_cli
+
+    project = _project_copy(tmp_path)
+    dbt = dbt_cli(project)
+    logs = []
+    for name in ("a", "b", "a", "b"):
+        home = tmp_path / name
+        home.mkdir(exist_ok=True)
+        monkeypatch.setenv("SKIFF_HOME", str(home))
+        show = ["show", "--inline", "select 1 as x"]
+        logs.append(_invoke_logged(project, dbt, show, {}, warehouse=home / "warehouse.duckdb"))
+        assert (home / "warehouse.duckdb").exists()  # the connection went to this home's file
+    for log in logs[1:]:
+        assert "Partial parsing enabled, no changes found" in log, log[-2000:]
+    assert not list(project.project_dir.glob("*.duckdb"))  # nothing opened beside the project
