@@ -435,7 +435,8 @@ class SequenceRecommender(Recommender):
         with _torch_threads(self.threads):
             is_held = self._split(len(encoded))
             rest = [e for e, h in zip(encoded, is_held, strict=True) if not h]
-            held = self._windows([e for e, h in zip(encoded, is_held, strict=True) if h])
+            held_out = [e for e, h in zip(encoded, is_held, strict=True) if h]
+            held = self._windows(held_out)
             known = np.zeros(len(self.vocab) + 1, dtype=bool)
             if held and rest:
                 known[np.concatenate(rest)] = True
@@ -446,9 +447,8 @@ class SequenceRecommender(Recommender):
             stopped = self._train(rest, self.epochs, held, known, began, "")
             self.net = stopped[0]
             if self.refit == "held":  # one more epoch, on the held-out sessions only
-                sessions = [e for e, h in zip(encoded, is_held, strict=True) if h]
                 self.net = self._train(
-                    sessions, 1, None, known, began, "held ", stopped, self.best_epoch + 1
+                    held_out, 1, None, known, began, "held ", stopped, self.best_epoch + 1
                 )[0]
             elif self.refit:
                 self.net = self._train(encoded, self.best_epoch, None, known, began, "refit ")[0]
