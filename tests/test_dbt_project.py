@@ -588,16 +588,44 @@ def test_partition_vars_filter_the_upstream_scan(stages: dict[str, Stage]) -> No
         sql = (compiled / path).read_text()
         # the filter sits right on the import CTE, before any window or join
         assert re.search(
-            rf"from \S+\s+where {column} between cast\('{first}' as date\) "
+            rf"from \S+\s+where\s+{column} between cast\('{first}' as date\) "
             rf"and cast\('{last}' as date\)",
             sql,
         ), f"{path} does not filter its upstream scan:\n{sql}"
         table = Path(path).stem
         assert re.search(
-            rf'delete from "warehouse"."main"."{table}" where {partition} between '
+            rf'delete from "warehouse"."main"."{table}"\s+where\s+{partition} between '
             rf"cast\('{start}' as date\) and cast\('{end}' as date\)",
             stage.log,
         ), f"no partition delete for {table}"
+    # Of the session day before the run's (2026-01-04), only the sessions with an event in its
+    # last 30 minutes (from 23:30 UTC) are read before the run's first day, and deleted and
+    # written again by every session-grain model: the other visits of that day are final.
+    late_edge = int(dt.datetime(2026, 1, 4, 23, 30, tzinfo=dt.UTC).timestamp() * 1000)
+
+    def late(day_column: str) -> str:
+        return (
+            rf"session_id in \(select session_id from \S+\s+where\s+{day_column} = "
+            rf"cast\('2026-01-04' as date\)\s+and event_ms >= {late_edge}\)"
+        )
+
+    sessionized = (compiled / "intermediate/int_events_sessionized.sql").read_text()
+    assert re.search(
+        rf"event_day >= cast\('2026-01-05' as date\)\s+or {late('event_day')}", sessionized
+    )
+    for table, day_column in [
+        ("int_events_sessionized", "event_day"),
+        *(
+            (mart, "session_day")
+            for mart in ("sessions", "conversion_examples", "session_sequences")
+        ),
+    ]:
+        rewritten = rf"session_day >= cast\('2026-01-05' as date\)\s+or {late(day_column)}"
+        assert re.search(
+            rf'delete from "warehouse"."main"."{table}"\s+where [^;]*?{rewritten}', stage.log
+        ), f"{table} deletes more of 2026-01-04 than its late sessions"
+        if table != "int_events_sessionized":
+            assert re.search(rewritten, (compiled / f"marts/{table}.sql").read_text()), table
     # of its first scanned day, the sessionization reads only the last 30 minutes before the
     # first session day's midnight (2026-01-04 00:00 UTC for a run over 2026-01-05)
     first_session_day = dt.datetime(2026, 1, 4, tzinfo=dt.UTC)
@@ -655,6 +683,14 @@ def midnight_events() -> pd.DataFrame:
         # ld: 40 minutes of silence across the midnight: two visits, one per day
         _pv("ld", MIDNIGHT_3 - 20 * MIN, "u1", DAY2),
         _pv("ld", MIDNIGHT_3 + 20 * MIN, "u6", DAY3),
+        # le: exactly the 30-minute gap across the first midnight: one visit; lf: a millisecond
+        # more, two visits; lg: an evening visit an hour before it, final once day 1 lands
+        _pv("le", MIDNIGHT_2 - 30 * MIN, "u1", DAY1),
+        _pv("le", MIDNIGHT_2, "u2", DAY2),
+        _pv("lf", MIDNIGHT_2 - 30 * MIN - 1, "u1", DAY1),
+        _pv("lf", MIDNIGHT_2, "u2", DAY2),
+        _pv("lg", MIDNIGHT_2 - 90 * MIN, "u1", DAY1),
+        _pv("lg", MIDNIGHT_2 - 80 * MIN, "u3", DAY1),
     ]
     frame = pd.DataFrame(rows, columns=raw_events().columns)
     return frame.sample(frac=1.0, random_state=3)
@@ -709,6 +745,31 @@ def test_a_purchase_after_midnight_makes_the_visit_a_buyer(midnight: dict[str, S
         ["la-20260105-2", 3, 600.0]
     ]
     assert str(purchase.event_day.iloc[0].date()) == str(DAY2)
+
+
+@pytest.mark.slow
+def test_the_next_day_rewrites_the_visits_of_the_day_before_it_can_continue(
+    midnight: dict[str, Stage],
+) -> None:
+    """Day 2's run rewrites, of day 1, only the sessions with an event in its last 30 minutes
+    (macros/partitions.sql, in_rewritten_sessions): at the edge of that window too."""
+    for stage in ("day2", "day3", "range"):
+        sessions = midnight[stage].table("sessions").set_index("session_key")
+        counts = sessions.n_events.to_dict()
+        assert counts["le-20260105-1"] == 2 and "le-20260106-1" not in counts, stage
+        assert counts["lf-20260105-1"] == 1 and counts["lf-20260106-1"] == 1, stage
+        assert counts["lg-20260105-1"] == 2, stage
+        assert sessions.loc["le-20260105-1", "ended_at"] == pd.Timestamp("2026-01-06"), stage
+    # Day 2's run wrote its own late sessions (lc, ld: events after 23:30) after every other
+    # row, so day 3's run deletes a block at the end of each table, not rows all through it.
+    for model in ("int_events_sessionized", "sessions", "conversion_examples"):
+        late = "session_day = '2026-01-06' and session_id in ('lc', 'ld')"
+        order = midnight["day2"].query(
+            f"select min(rowid) filter ({late}) as first_late,"
+            f" max(rowid) filter (not ({late})) as last_other,"
+            f" count(*) filter ({late}) as n_late from main.{model}"
+        )
+        assert order.n_late[0] >= 2 and order.first_late[0] > order.last_other[0], model
 
 
 @pytest.mark.slow

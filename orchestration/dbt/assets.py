@@ -10,8 +10,9 @@ The daily models are partitioned by day. A run passes its day range to dbt in th
 macros/partitions.sql), not as `--vars`: a change of vars makes dbt parse the whole project
 again, every run. The incremental models rebuild those days, so the nightly run costs one day
 and a backfill of many days is one dbt invocation. Session-grain models
-(session_day, the day a visit starts) also rebuild the day before the range, which the range's
-first day completes: the step records that day as materialized again, now final.
+(session_day, the day a visit starts) also rebuild the visits of the day before the range that
+the range's first day can continue (its sessions active in its last 30 minutes), which it
+completes: the step records that day as materialized again, now final.
 """
 
 import datetime as dt
@@ -24,6 +25,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetRecordsFilter,
     AssetsDefinition,
     BackfillPolicy,
     MetadataValue,
@@ -162,16 +164,23 @@ def _build(
 def completed_days(
     context: AssetExecutionContext, partitions_def: TimeWindowPartitionsDefinition, day: dt.date
 ) -> Iterator[AssetMaterialization]:
-    """The session day before the run's range, rewritten by this run and final now that its next
-    day is in: a materialization of each session-grain model for it (none before the first
-    partition)."""
+    """The session day before the run's range, its late visits rewritten by this run and final
+    now that its next day is in: a materialization of each session-grain model for it that had
+    one before (none before the first partition). A day never built holds those late visits
+    only, so it stays missing until its own run builds it whole."""
     if day < partitions_def.start.date():
         return
     for spec in context.assets_def.specs:
-        if spec.group_name in SESSION_GROUPS and spec.key in context.selected_asset_keys:
+        if spec.group_name not in SESSION_GROUPS or spec.key not in context.selected_asset_keys:
+            continue
+        built = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=spec.key, asset_partitions=[day.isoformat()]), limit=1
+        ).records
+        if built:
             yield AssetMaterialization(
                 asset_key=spec.key,
                 partition=day.isoformat(),
-                description=f"Session day {day} rebuilt with its next day's events: final.",
+                description=f"Session day {day}: its late visits rebuilt with its next day's "
+                "events: final.",
                 metadata={"session_day": day.isoformat(), "final": True},
             )

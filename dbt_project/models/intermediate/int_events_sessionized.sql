@@ -11,9 +11,14 @@
 
 with
 
+-- Before the run's first day, only the sessions whose visits of the day before it are
+-- rewritten (in_rewritten_sessions in macros/partitions.sql).
 events as (
     select * from {{ ref('stg_browsing_events') }}
-    where {{ session_scan('event_day') }} and {{ session_scan_edge('event_ms', gap_ms) }}
+    where
+        {{ session_scan('event_day') }}
+        and {{ session_scan_edge('event_ms', gap_ms) }}
+        and {{ in_scanned_sessions('event_day', 'session_id') }}
 ),
 
 products as (

@@ -2,7 +2,7 @@ with
 
 events as (
     select * from {{ ref('int_events_sessionized') }}
-    where {{ in_session_days('session_day') }}
+    where {{ in_rewritten_sessions('session_day', 'session_id') }}
 ),
 
 first_purchases as (
