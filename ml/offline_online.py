@@ -17,7 +17,8 @@ Then each method's Spearman rank correlation with the true online click-through 
 Decisions:
 - One log for every candidate: `logged_sessions` sessions of the champion exploring, as the
   server logs them; the click model's item part (`TransitionModel`) is fitted on the training
-  sessions, its position part (`AttractionModel`) on that log.
+  sessions and the log's own view transitions, its position part (`AttractionModel`) on that
+  log (`ml.offpolicy.fit_click_model`).
 - The replay reads every logged exposure, as the `recommender_replay` asset does. A session's
   last widget is never clicked (the shopper left): the attraction model's `leave` is fitted
   for it (without it, alpha and eta ran to where they absorbed the leavers: in a 200-product
@@ -52,6 +53,7 @@ from ml.offpolicy import (
     Estimate,
     Exploration,
     TransitionModel,
+    fit_click_model,
     logged_ctr,
     replay,
     target_lists,
@@ -223,7 +225,7 @@ def log_of(
     model fitted for it: next views from the training sessions, the attraction curve on the log."""
     logger = exploring(champion, exploration, seed, variant=name)
     log = simulate_exposures(world, logger, sessions, seed, shopper=shopper)
-    return log, AttractionModel(TransitionModel.fit(transitions_sessions)).fit(log)
+    return log, fit_click_model(TransitionModel.fit(transitions_sessions), log)
 
 
 def replayed(

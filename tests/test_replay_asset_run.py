@@ -149,7 +149,7 @@ def test_the_replay_asset_writes_what_ml_offpolicy_computes_and_the_gate_reads_i
             "explored": [r["explored"] for r in records],
         }
     )
-    model = offpolicy.AttractionModel(offpolicy.TransitionModel.fit(train)).fit(log)
+    model = offpolicy.fit_click_model(offpolicy.TransitionModel.fit(train), log)
     for version, recommender in ((champion, pop), (challenger, sknn)):
         lists = offpolicy.target_lists(recommender.recommend_batch, log)
         expected = offpolicy.replay(log, lists, model)

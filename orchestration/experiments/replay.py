@@ -283,7 +283,7 @@ def build_replay_asset(settings: Settings) -> AssetsDefinition:
             for (day, logging_version), log in logs.items():
                 model = None
                 if transitions is not None and sum(map(sum, log["clicks"])):
-                    model = offpolicy.AttractionModel(transitions).fit(log)
+                    model = offpolicy.fit_click_model(transitions, log)
                 logged = offpolicy.logged_ctr(log)
                 rows += _rows(day, logging_version, logging_version, "logging", [logged])
                 for version, role in targets.items():
