@@ -126,10 +126,10 @@
 {% macro in_rewritten_sessions(session_day, session_id) -%}
     {#- The session rows a run over event days [first, last] writes: session days first .. last
         whole and, of day first - 1, the visits of its late sessions only (late_sessions, from
-        the model's late_sessions_source).
-        The other sessions' visits of first - 1 were final when the run before wrote them;
-        rewriting day first - 1 whole was about half the work of a nightly run. The day range
-        comes first, so the scan skips the other days' row groups. -#}
+        the model's late_sessions_source). The other sessions' visits of first - 1 were final
+        when the run before wrote them; rewriting day first - 1 whole was about half the work
+        of a nightly run. The day range comes first, so the scan skips the other days' row
+        groups. -#}
     {%- set days = partition_days() -%}
     {%- if days is none -%}
         1 = 1
@@ -143,9 +143,9 @@
 
 
 {% macro in_scanned_sessions(event_day, session_id) -%}
-    {#- Of the events before the run's first day, those of its late sessions only: the other sessions' visits of the day before are not rewritten, and none of their
-        events is within a gap of the first day's, so leaving them out changes no visit
-        written. -#}
+    {#- Of the events before the run's first day, those of its late sessions only: the other
+        sessions' visits of the day before are not rewritten, and none of their events is
+        within a gap of the first day's, so leaving them out changes no visit written. -#}
     {%- set days = partition_days() -%}
     {%- if days is none -%}
         1 = 1
@@ -221,7 +221,7 @@
 
 
 {% macro delete_partition(column) -%}
-    {#- pre_hook of every incremental model (incremental_strategy='append'). -#}
+    {#- pre_hook of the event-grain incremental models (staging; incremental_strategy='append'). -#}
     {{- refuse_partial_full_refresh() -}}
     {%- if is_incremental() -%}
         delete from {{ this }} where {{ in_partition(column) }}
