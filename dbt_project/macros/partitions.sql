@@ -98,11 +98,16 @@
     {%- if days is none -%}
         1 = 1
     {%- else -%}
-        {%- set parse = modules.datetime.datetime.strptime -%}
-        {%- set first_session_day = parse(days[0], '%Y-%m-%d') - modules.datetime.timedelta(days=1) -%}
-        {%- set epoch = modules.datetime.datetime(1970, 1, 1) -%}
-        {{ ms_column }} >= {{ (first_session_day - epoch).days * 86400000 - gap_ms }}
+        {{ ms_column }} >= {{ gap_before_midnight_ms(days[0], -1, gap_ms) }}
     {%- endif -%}
+{%- endmacro %}
+
+
+{% macro gap_before_midnight_ms(day, offset, gap_ms) -%}
+    {#- Epoch milliseconds gap_ms before the midnight that starts ISO `day` + `offset` days. -#}
+    {%- set start = modules.datetime.datetime.strptime(day, '%Y-%m-%d')
+        + modules.datetime.timedelta(days=offset) -%}
+    {{ return((start - modules.datetime.datetime(1970, 1, 1)).days * 86400000 - gap_ms) }}
 {%- endmacro %}
 
 
@@ -111,15 +116,13 @@
         run's first day unless given; its `day_column`) in that day's last session gap before
         midnight. Only their visits of that day can go on into `next_day`: the event before a
         visit's first event after midnight is at most a gap earlier. -#}
-    {%- set parse = modules.datetime.datetime.strptime -%}
-    {%- set first = parse(next_day or partition_days()[0], '%Y-%m-%d') -%}
-    {%- set day_before = (first - modules.datetime.timedelta(days=1)).strftime('%Y-%m-%d') -%}
-    {%- set gap_ms = var('session_gap_minutes') * 60 * 1000 -%}
-    {%- set midnight_ms = (first - modules.datetime.datetime(1970, 1, 1)).days * 86400000 -%}
+    {%- set first = next_day or partition_days()[0] -%}
+    {%- set day_before = (modules.datetime.datetime.strptime(first, '%Y-%m-%d')
+        - modules.datetime.timedelta(days=1)).strftime('%Y-%m-%d') -%}
     select session_id from {{ relation }}
     where
         {{ day_column }} = cast('{{ day_before }}' as date)
-        and event_ms >= {{ midnight_ms - gap_ms }}
+        and event_ms >= {{ gap_before_midnight_ms(first, 0, var('session_gap_minutes') * 60000) }}
 {%- endmacro %}
 
 
@@ -130,29 +133,27 @@
         when the run before wrote them; rewriting day first - 1 whole was about half the work
         of a nightly run. The day range comes first, so the scan skips the other days' row
         groups. -#}
-    {%- set days = partition_days() -%}
-    {%- if days is none -%}
+    {%- if partition_days() is none -%}
         1 = 1
     {%- else -%}
-        {%- set relation, day_column = late_sessions_source() %}
         {{ in_partition(session_day, days_before=1) }}
-        and ({{ session_day }} >= cast('{{ days[0] }}' as date)
-        or {{ session_id }} in ({{ late_sessions(relation, day_column) }}))
+        and {{ in_scanned_sessions(session_day, session_id) }}
     {%- endif -%}
 {%- endmacro %}
 
 
-{% macro in_scanned_sessions(event_day, session_id) -%}
-    {#- Of the events before the run's first day, those of its late sessions only: the other
-        sessions' visits of the day before are not rewritten, and none of their events is
-        within a gap of the first day's, so leaving them out changes no visit written. -#}
+{% macro in_scanned_sessions(day_column, session_id) -%}
+    {#- Rows from the run's first day on, and before it those of its late sessions only. As the
+        sessionization's scan: the other sessions' visits of the day before are not rewritten,
+        and none of their events is within a gap of the first day's, so leaving them out
+        changes no visit written. -#}
     {%- set days = partition_days() -%}
     {%- if days is none -%}
         1 = 1
     {%- else -%}
-        {%- set relation, day_column = late_sessions_source() %}
-        ({{ event_day }} >= cast('{{ days[0] }}' as date)
-        or {{ session_id }} in ({{ late_sessions(relation, day_column) }}))
+        {%- set relation, late_day_column = late_sessions_source() %}
+        ({{ day_column }} >= cast('{{ days[0] }}' as date)
+        or {{ session_id }} in ({{ late_sessions(relation, late_day_column) }}))
     {%- endif -%}
 {%- endmacro %}
 
