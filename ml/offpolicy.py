@@ -313,11 +313,17 @@ class TransitionModel:
                 flat.extend(pop.get(j, floor) for j in items)
         return _padded(np.asarray(flat, dtype=float), _lengths(lists))
 
-    def with_log(self, log: pd.DataFrame, model: AttractionModel | None = None) -> TransitionModel:
-        """A new model with the log's own view transitions (`log_transitions`) added to the
-        counts and the views, each weighted Z(L) / b_j(L) under `model` for the widget L that
-        was on screen (b_j = 1 off the list), 1 without a model or a known widget."""
-        src, dst, previous = log_transitions(log)
+    def with_log(
+        self,
+        log: pd.DataFrame,
+        model: AttractionModel | None = None,
+        links: tuple[list[str], list[str], np.ndarray] | None = None,
+    ) -> TransitionModel:
+        """A new model with the log's own view transitions (`log_transitions`, or `links` when
+        given: what it returned for this log) added to the counts and the views, each weighted
+        Z(L) / b_j(L) under `model` for the widget L that was on screen (b_j = 1 off the list),
+        1 without a model or a known widget."""
+        src, dst, previous = links if links is not None else log_transitions(log)
         weights = np.ones(len(src))
         known = np.flatnonzero(previous >= 0)
         if model is not None and len(known):
@@ -466,9 +472,10 @@ def fit_click_model(
     transitions (`TransitionModel.with_log`), alpha, eta and leave fitted on the log, then
     `rounds` times the log's transitions reweighted by Z / b under the last fit and refitted
     (module docstring)."""
-    model = AttractionModel(transitions.with_log(log)).fit(log)
+    links = log_transitions(log)  # the same every round: only their weights change
+    model = AttractionModel(transitions.with_log(log, links=links)).fit(log)
     for _ in range(rounds):
-        refit = AttractionModel(transitions.with_log(log, model), model.alpha, model.eta)
+        refit = AttractionModel(transitions.with_log(log, model, links), model.alpha, model.eta)
         model = refit.fit(log)
     return model
 
