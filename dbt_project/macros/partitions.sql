@@ -111,18 +111,19 @@
 {%- endmacro %}
 
 
-{% macro late_sessions(relation, day_column, next_day=none) -%}
-    {#- A subquery: the sessions with an event of `relation` on the day before `next_day` (the
-        run's first day unless given; its `day_column`) in that day's last session gap before
-        midnight. Only their visits of that day can go on into `next_day`: the event before a
+{% macro late_sessions(relation, day_column, day=none) -%}
+    {#- A subquery: the sessions with an event of `relation` on ISO `day` (its `day_column`;
+        the day before the run's first day unless given) in that day's last session gap before
+        midnight. Only their visits of that day can go on into the next: the event before a
         visit's first event after midnight is at most a gap earlier. -#}
-    {%- set first = next_day or partition_days()[0] -%}
-    {%- set day_before = (modules.datetime.datetime.strptime(first, '%Y-%m-%d')
-        - modules.datetime.timedelta(days=1)).strftime('%Y-%m-%d') -%}
+    {%- if day is none -%}
+        {%- set day = (modules.datetime.datetime.strptime(partition_days()[0], '%Y-%m-%d')
+            - modules.datetime.timedelta(days=1)).strftime('%Y-%m-%d') -%}
+    {%- endif -%}
     select session_id from {{ relation }}
     where
-        {{ day_column }} = cast('{{ day_before }}' as date)
-        and event_ms >= {{ gap_before_midnight_ms(first, 0, var('session_gap_minutes') * 60000) }}
+        {{ day_column }} = cast('{{ day }}' as date)
+        and event_ms >= {{ gap_before_midnight_ms(day, 1, var('session_gap_minutes') * 60000) }}
 {%- endmacro %}
 
 
@@ -205,15 +206,13 @@
         )) }}
     {%- endif -%}
     {%- set relation, day_column = late_sessions_source() -%}
-    {%- set next_day = modules.datetime.datetime.strptime(days[1], '%Y-%m-%d')
-        + modules.datetime.timedelta(days=1) -%}
     {%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
     {%- for last in [false, true] %}
     insert into {{ arg_dict['target_relation'] }} ({{ columns }})
     select {{ columns }} from {{ arg_dict['temp_relation'] }}
     where coalesce(
         session_day = cast('{{ days[1] }}' as date) and session_id in (
-            {{ late_sessions(relation, day_column, next_day.strftime('%Y-%m-%d')) }}
+            {{ late_sessions(relation, day_column, days[1]) }}
         ),
         false
     ) = {{ last }};
