@@ -1,6 +1,7 @@
 """The warehouse interface Python assets use, and the raw tables they write.
 
-`Warehouse` replaces the rows of some days in a table and runs a query; its implementations
+`Warehouse` replaces the rows of some days in a table (from a frame, or from a relation on
+its staging connection, where ingestion checks rows) and runs a query; its implementations
 are `DuckDBWarehouse` (orchestration/warehouse_duckdb.py, the local default) and
 `SnowflakeWarehouse` (orchestration/warehouse_snowflake.py, production).
 `orchestration/resources.py` picks one by SKIFF_ENV.
@@ -8,9 +9,11 @@ are `DuckDBWarehouse` (orchestration/warehouse_duckdb.py, the local default) and
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 from dagster import ConfigurableResource
@@ -65,6 +68,15 @@ def _ddl(schema: str, table: str, columns: dict[str, str], *, kind: str = "table
     return f"create {kind} if not exists {schema}.{table} ({spec})"
 
 
+def _setup(schema: str, table: str, columns: dict[str, str]) -> list[str]:
+    """The statements that make `schema.table` where it is missing."""
+    return [f"create schema if not exists {schema}", _ddl(schema, table, columns)]
+
+
+def _delete(schema: str, table: str, day_column: str, days: Sequence[dt.date]) -> str:
+    return f"delete from {schema}.{table} where {day_column} in ({days_sql(days)})"
+
+
 class Warehouse(ConfigurableResource):
     """What Python assets need from a warehouse. Implementations: `DuckDBWarehouse`,
     `SnowflakeWarehouse`."""
@@ -91,11 +103,38 @@ class Warehouse(ConfigurableResource):
         """
         columns = columns or RAW_TABLES[table]
         schema = schema or self.schema_name
-        setup = [f"create schema if not exists {schema}", _ddl(schema, table, columns)]
-        delete = f"delete from {schema}.{table} where {day_column} in ({days_sql(days)})"
+        setup, delete = _setup(schema, table, columns), _delete(schema, table, day_column, days)
         names = list(columns)
         frame = frame.select(names) if isinstance(frame, pa.Table) else frame[names]
         self._replace(setup, delete, schema, table, frame, columns)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection to check rows on before `replace_days_from` loads them: here an
+        in-memory database, whose relations reach the warehouse as Arrow; `DuckDBWarehouse`
+        gives its own file's connection, so rows go from a file to the table inside DuckDB."""
+        con = duckdb.connect()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def replace_days_from(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        day_column: str,
+        days: Sequence[dt.date],
+        relation: str,
+        *,
+        columns: dict[str, str] | None = None,
+        schema: str | None = None,
+    ) -> None:
+        """`replace_days` with the rows of `relation` (a table, view or parenthesized query on
+        `con`, a `staging` connection of this warehouse), in the order it gives them."""
+        names = ", ".join(columns or RAW_TABLES[table])
+        rows = con.sql(f"select {names} from {relation}").to_arrow_table()
+        self.replace_days(table, day_column, days, rows, columns=columns, schema=schema)
 
     def exists(self, table: str, *, schema: str | None = None) -> bool:
         """Whether `schema.table` exists (names compared in lower case, as Snowflake keeps

@@ -6,15 +6,19 @@ process's lock on the file; `WarehouseLockTimeout` is raised when the wait runs 
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
 import random
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse import RAW_TABLES, Warehouse, _delete, _setup
 from skiff.settings import ConfigError
 
 # How long a DuckDB connection waits for another process's lock on the file before failing.
@@ -55,8 +59,6 @@ class DuckDBWarehouse(Warehouse):
         return "duckdb"
 
     def _connect(self, *, read_only: bool = False):
-        import duckdb
-
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
@@ -79,8 +81,6 @@ class DuckDBWarehouse(Warehouse):
                 delay = min(delay * 2, 1.0)
 
     def _open(self, read_only: bool):
-        import duckdb
-
         if not read_only or not Path(self.path).exists():
             # a missing file is created (read-write), as before: `exists` on a fresh home
             return duckdb.connect(self.path)
@@ -100,17 +100,35 @@ class DuckDBWarehouse(Warehouse):
         frame: pd.DataFrame | pa.Table,
         columns: dict[str, str],
     ) -> None:
-        names = ", ".join(columns)
         with self._connect() as con:
-            for sql in setup:
-                con.execute(sql)
-            con.execute("begin transaction")
-            con.execute(delete)
-            if len(frame):
+            if len(frame):  # an empty frame's columns may have no type to insert
                 con.register("incoming", frame)
-                con.execute(f"insert into {schema}.{table} ({names}) select {names} from incoming")
-                con.unregister("incoming")
-            con.execute("commit")
+            _swap(
+                con, setup, delete, f"{schema}.{table}", "incoming" if len(frame) else None, columns
+            )
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the warehouse file itself (held, so other processes wait for it,
+        until the block ends): rows checked on it load without leaving DuckDB."""
+        with self._connect() as con:
+            yield con
+
+    def replace_days_from(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        day_column: str,
+        days: Sequence[dt.date],
+        relation: str,
+        *,
+        columns: dict[str, str] | None = None,
+        schema: str | None = None,
+    ) -> None:
+        columns = columns or RAW_TABLES[table]
+        schema = schema or self.schema_name
+        setup, delete = _setup(schema, table, columns), _delete(schema, table, day_column, days)
+        _swap(con, setup, delete, f"{schema}.{table}", relation, columns)
 
     def query(self, sql: str) -> pd.DataFrame:
         with self._connect(read_only=True) as con:
@@ -123,8 +141,6 @@ class DuckDBWarehouse(Warehouse):
         holding the previous copy keeps reading it (its open file) until it reconnects. Reads
         the warehouse read-only, waiting for a writer as `query` does. None when there is no
         warehouse yet."""
-        import duckdb
-
         source = Path(self.path)
         if not source.exists():
             return None
@@ -149,6 +165,29 @@ class DuckDBWarehouse(Warehouse):
         finally:
             tmp.unlink(missing_ok=True)
         return target
+
+
+def _swap(
+    con: duckdb.DuckDBPyConnection,
+    setup: list[str],
+    delete: str,
+    table: str,
+    relation: str | None,
+    columns: dict[str, str],
+) -> None:
+    """Run `setup`, then in one transaction `delete` and insert the rows of `relation`."""
+    names = ", ".join(columns)
+    for sql in setup:
+        con.execute(sql)
+    con.execute("begin transaction")
+    try:
+        con.execute(delete)
+        if relation is not None:
+            con.execute(f"insert into {table} ({names}) select {names} from {relation}")
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
 
 
 def read_copy_path(warehouse: str | Path) -> Path:

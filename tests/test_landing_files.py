@@ -11,17 +11,20 @@ import datetime as dt
 import gzip
 import itertools
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 from dagster import materialize
 
 from ml import contract
-from orchestration.ingestion.assets import build_ingestion_assets, count_file_rows
+from orchestration.ingestion.assets import build_ingestion_assets
+from orchestration.ingestion.landing import count_file_rows
 from orchestration.ingestion.sensors import LANDING_SETTLE_SECONDS, landing_days
 from orchestration.resources import build_warehouse
 from tests.conftest import DAY, ms, write_day
@@ -300,11 +303,16 @@ def _table_rows(table) -> list[tuple]:
 def test_the_sql_checks_give_the_contracts_rows_on_both_read_paths(settings, extra):
     import pyarrow as pa
 
-    from orchestration.ingestion.validate import check_events, read_plain_events
+    from orchestration.ingestion.validate import check_events, is_plain, stage_plain_events
 
     path = _events_file(settings, [HEADER, *ROW_CASES, *extra])
     good, rejected = _as_contract_gives(path)
-    plain = read_plain_events(path, contract.file_bytes(path), DAY)
+    plain = None
+    if is_plain(path, contract.file_bytes(path)):
+        con = duckdb.connect()
+        good_sql, rejected_sql = stage_plain_events(con, "events", [(0, path, DAY)])
+        rejected_sql = f"(select * exclude (file_index) from {rejected_sql})"
+        plain = tuple(con.sql(sql).to_arrow_table() for sql in (good_sql, rejected_sql))
     if extra:
         assert plain is None, "a file with quotes and non-ASCII text went the fast path"
         landed = contract.read_landing_file(path, contract.EVENT_COLUMNS)
@@ -321,11 +329,83 @@ def test_the_sql_checks_give_the_contracts_rows_on_both_read_paths(settings, ext
     assert len(good) == 4 + (3 if extra else 0)
 
 
+def _on(day: dt.date, lines: list[str]) -> list[str]:
+    """`lines` (of DAY) moved to `day`: every epoch-ms timestamp shifted by whole days."""
+    shift = (day - DAY).days * 86_400_000
+    return [re.sub(r"\b1\d{12}\b", lambda m: str(int(m.group()) + shift), x) for x in lines]
+
+
+# Three days: plain files (one needing trims, one not), part files, a file for the contract's
+# reader and, with `short`, a plain file with a short line (its batch's query fails, so each of
+# its files is read on its own).
+def _batch_files(short: bool) -> dict[int, dict[str, list[str]]]:
+    last = [*GOOD, f"s9,pageview,,,{ms(DAY, 60)}"] if short else GOOD
+    return {
+        0: {"browsing_events.csv": ROW_CASES, "browsing_events-part2.csv": GOOD},
+        1: {"browsing_events.csv": [*ROW_CASES, *NOT_PLAIN]},
+        2: {"browsing_events.csv": last, "browsing_events-p3.csv": ROW_CASES},
+    }
+
+
+@pytest.mark.parametrize(
+    ("batch_bytes", "short"),
+    [(1, True), (1 << 30, False), (1 << 30, True)],
+    ids=["a-day-a-batch", "one-batch", "one-batch-with-a-short-line"],
+)
+def test_a_batch_of_days_loads_what_the_contract_reads_file_by_file(
+    settings, monkeypatch, batch_bytes, short
+):
+    """Whether days are checked together or one by one, the tables hold what the contract
+    reads and checks of each file alone: the same rows loaded, and the rows quarantined with
+    their own file's row numbers and reasons, in file order."""
+    from orchestration.ingestion import landing
+
+    monkeypatch.setattr(landing, "BATCH_BYTES", batch_bytes)
+    batch = _batch_files(short)
+    days = [DAY + dt.timedelta(days=n) for n in batch]
+    good, rejected = [], []
+    for n, files in batch.items():
+        folder = write_day(settings.landing, days[n], [], PRODUCTS)
+        (folder / contract.EVENTS_FILE).unlink()
+        for name, lines in files.items():
+            path = folder / name
+            path.write_text("\n".join([HEADER, *_on(days[n], lines)]) + "\n")
+        for path in contract.day_files(folder, contract.EVENTS_FILE):  # the loader's order
+            landed = contract.read_landing_file(path, contract.EVENT_COLUMNS)
+            checked = contract.validate_events(landed.rows, days[n], landed.row_numbers)
+            good += [tuple(r) for r in checked.good.astype(object).itertuples(index=False)]
+            lines = landed.rejected.assign(event_day=days[n])
+            both = pd.concat([lines, checked.rejected]).sort_values("row_number")
+            rejected += [
+                (r.row_number, r.reason, r.event_day) for r in both.itertuples(index=False)
+            ]
+    result = materialize(
+        build_ingestion_assets(PARTITIONS, settings.landing),
+        resources={"warehouse": build_warehouse(settings)},
+        tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat(),
+        },
+        raise_on_error=False,
+    )
+    assert result.success and _checks(result)["rows_reconcile"] is True
+    loaded = _rows(settings, "select * from raw.raw_browsing_events")
+    assert sorted(loaded, key=repr) == sorted(
+        [tuple(None if pd.isna(v) else v for v in r) for r in good], key=repr
+    )
+    quarantined = _rows(
+        settings, "select row_number, reason, event_day from raw.raw_browsing_events_rejected"
+    )
+    assert quarantined == rejected
+    assert {r[1] for r in rejected} >= {*contract.REJECT_REASONS, "wrong_field_count"}
+
+
 def test_a_plain_file_with_a_short_line_goes_through_the_contracts_reader(settings):
-    from orchestration.ingestion.validate import read_plain_events
+    from orchestration.ingestion.validate import is_plain, stage_plain_events
 
     path = _events_file(settings, [HEADER, *GOOD, f"s9,pageview,,,{ms(DAY, 60)}"])
-    assert read_plain_events(path, contract.file_bytes(path), DAY) is None
+    assert is_plain(path, contract.file_bytes(path))  # its bytes are; its field counts are not
+    assert stage_plain_events(duckdb.connect(), "events", [(0, path, DAY)]) is None
     folder = path.parent
     result = materialize(
         build_ingestion_assets(PARTITIONS, settings.landing),

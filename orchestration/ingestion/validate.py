@@ -1,11 +1,13 @@
-"""The event rows' checks of `ml.contract.validate_events`, as one DuckDB query over Arrow.
+"""The event rows' checks of `ml.contract.validate_events`, as one DuckDB query.
 
 Ingestion's fast path: the same rules, in the same order, with the same cleaning, but a day of
 events is checked in one pass of SQL (a `case` gives each row its first failed reason) instead
-of a dozen pandas passes, and the rows stay in Arrow from the parse to the warehouse. Cleaning
-is the contract's to the function: whitespace trimmed by Arrow's `utf8_trim_whitespace`, enums
-lower-cased by `utf8_lower` (what pandas' Arrow strings call), empty text as null. Parity with
-`contract.validate_events` is tested row by row (tests/test_landing_files.py).
+of a dozen pandas passes, on the connection the rows are loaded through (the warehouse's own
+for DuckDB, see `Warehouse.staging`): a plain file goes from DuckDB's CSV reader to the table
+without leaving DuckDB. Cleaning is the contract's to the function: whitespace trimmed
+(Arrow's `utf8_trim_whitespace` for rows from the contract's line reader), enums lower-cased,
+empty text as null. Parity with `contract.validate_events` is tested row by row
+(tests/test_landing_files.py).
 """
 
 import datetime as dt
@@ -17,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ml import contract
-from orchestration.sql import text_sql
+from orchestration.sql import date_sql, text_sql
 
 ARROW_TYPES = {
     "varchar": pa.string(),
@@ -70,9 +72,10 @@ LOWERED = ("event_type", "product_action")
 def check_events(
     rows: pa.Table, row_numbers: np.ndarray, day: dt.date
 ) -> tuple[pa.Table, pa.Table]:
-    """(good, rejected) rows of one landing file's events, as `contract.validate_events` gives
-    them: good rows cleaned and typed with `event_day`; rejected rows as read, with
-    `row_number`, `reason` and `event_day`."""
+    """(good, rejected) rows of one landing file's events as the contract's line reader gave
+    them (`rows`, their `row_numbers`), as `contract.validate_events` gives them: good rows
+    cleaned and typed with `event_day`; rejected rows as read, with `row_number`, `reason` and
+    `event_day`. The checks of `checked_events`, on an in-memory DuckDB."""
     contract.check_columns(rows.column_names, contract.EVENT_COLUMNS, "events")
     cleaned = pa.table(
         {
@@ -81,12 +84,11 @@ def check_events(
             **{c: _clean(rows.column(c), lower=c in LOWERED) for c in contract.EVENT_COLUMNS},
         }
     )
-    con = duckdb.connect()
-    try:
+    with duckdb.connect() as con:
         con.register("cleaned", cleaned)
-        return _split(con, "cleaned", day)
-    finally:
-        con.close()
+        good, rejected = checked_events(con, "cleaned", "checked", day)
+        rejected = f"(select * exclude (file_index) from {rejected})"
+        return con.sql(good).to_arrow_table(), con.sql(rejected).to_arrow_table()
 
 
 # A file DuckDB may read straight, as the contract's line reader would: plain ASCII text
@@ -105,64 +107,93 @@ def _lines_fit(data: bytes, limit: int) -> bool:
     return bool(np.diff(np.append(breaks, len(data)), prepend=-1).max(initial=0) <= limit)
 
 
-def read_plain_events(path: Path, data: bytes, day: dt.date) -> tuple[pa.Table, pa.Table] | None:
-    """(good, rejected) of an events file DuckDB reads itself, checked in the same query; None
-    when the file is not plain (see above), its header not exactly the contract's columns, or a
-    line has another field count: `contract.read_landing_file` reads those, line by line.
-
-    `data` is the file's bytes as `contract.file_bytes` gives them (gunzipped, no BOM): only a
-    file whose bytes those are is read here.
-    """
-    header, _, body = data.partition(b"\n")
-    if (
-        path.name.endswith(".gz")
-        or len(data) != path.stat().st_size
-        or not body
-        or data.translate(None, _PLAIN_BYTES)  # a byte outside plain text
-        or b"\n\n" in data
-        or body.startswith(b"\n")
-        or sorted(header.decode().split(",")) != sorted(contract.EVENT_COLUMNS)
-    ):
-        return None
-    if not _lines_fit(data, contract.MAX_LINE_BYTES + 1):  # + 1: the line break
-        return None
-    names = header.decode().split(",")
-    columns = "{" + ", ".join(f"{text_sql(c)}: 'varchar'" for c in names) + "}"
-    con = duckdb.connect()
-    try:
-        # a table keeps the file's order (insertion order is preserved): rowid + 1 is the row
-        con.execute(
-            f"create temp table landed as select * from read_csv({text_sql(str(path))},"
-            f" header = true, columns = {columns}, delim = ',', quote = '\"', escape = '\"',"
-            " strict_mode = true, auto_detect = false, null_padding = false)"
-        )
-    except duckdb.Error:  # a line with another field count: the contract's reader names it
-        con.close()
-        return None
-    try:
-        raw = ", ".join(f"{c} as raw_{c}" for c in contract.EVENT_COLUMNS)
-        clean = ", ".join(
-            f"{'lower(' if c in LOWERED else '('}nullif(trim({c}), '')) as {c}"
-            for c in contract.EVENT_COLUMNS
-        )
-        con.execute(
-            f"create temp view cleaned as select rowid + 1 as row_number, {raw}, {clean}"
-            " from landed"
-        )
-        return _split(con, "cleaned", day)
-    finally:
-        con.close()
-
-
-def _split(con: duckdb.DuckDBPyConnection, cleaned: str, day: dt.date) -> tuple[pa.Table, pa.Table]:
-    """One pass over `cleaned` (row_number, raw_<column> as read, <column> cleaned): each row's
-    first failed check, then the good rows typed and the rejected rows as read."""
-    lo, hi = contract.day_bounds_ms(day)
-    reason = "case " + " ".join(
-        f"when {sql.format(lo=lo, hi=hi)} then {text_sql(name)}" for name, sql in CHECKS.items()
+def is_plain(path: Path, data: bytes) -> bool:
+    """Whether DuckDB may read the events file at `path` itself (see above): `data` is its
+    bytes as `contract.file_bytes` gives them (gunzipped, no BOM), so only a file whose bytes
+    those are can be, and its header must be exactly the contract's columns."""
+    end = data.find(b"\n")
+    return (
+        not path.name.endswith(".gz")
+        and len(data) == path.stat().st_size
+        and 0 <= end < len(data) - 1  # a header line, then a row
+        and not data.translate(None, _PLAIN_BYTES)  # no byte outside plain text
+        and b"\n\n" not in data
+        and sorted(data[:end].decode().split(",")) == sorted(contract.EVENT_COLUMNS)
+        and _lines_fit(data, contract.MAX_LINE_BYTES + 1)  # + 1: the line break
     )
-    checked = con.sql(
+
+
+def stage_plain_events(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    files: list[tuple[int, Path, dt.date]],
+) -> tuple[str, str] | None:
+    """The (good, rejected) relations on `con` of plain events files (`is_plain`), given as
+    (index, path, landing day), read by DuckDB in one pass and checked there
+    (`checked_events`), into temporary tables named after `name`; the rejected rows carry
+    their file's `file_index`. None when a line has another field count: the contract's reader
+    names it (`contract.read_landing_file`, then `check_events`)."""
+    header = files[0][1].open("rb").readline().decode().strip()
+    columns = "{" + ", ".join(f"{text_sql(c)}: 'varchar'" for c in header.split(",")) + "}"
+    paths = ", ".join(text_sql(str(path)) for _, path, _ in files)
+    try:
+        # a table keeps the files' order, and each file's (insertion order is preserved)
+        con.execute(
+            f"create or replace temp table {name}_read as select * from read_csv([{paths}],"
+            f" header = true, columns = {columns}, delim = ',', quote = '\"', escape = '\"',"
+            " strict_mode = true, auto_detect = false, null_padding = false, filename = true,"
+            " union_by_name = false)"
+        )
+    except duckdb.Error:  # a line with another field count
+        return None
+    bounds = ", ".join(
+        f"({index}, {text_sql(str(path))}, {date_sql(day)}, {lo}, {hi})"
+        for index, path, day in files
+        for lo, hi in [contract.day_bounds_ms(day)]
+    )
+    raw = ", ".join(f"r.{c} as raw_{c}" for c in contract.EVENT_COLUMNS)
+    # DuckDB's trim takes spaces only, all a plain file can hold; calling it only where a value
+    # starts or ends with one costs a third less than calling it on every value
+    clean = ", ".join(
+        f"{'lower' if c in LOWERED else ''}(nullif(case when starts_with(r.{c}, ' ')"
+        f" or ends_with(r.{c}, ' ') then trim(r.{c}) else r.{c} end, '')) as {c}"
+        for c in contract.EVENT_COLUMNS
+    )
+    # row n of a file is its n-th row in the table: rowid less the file's first rowid, plus 1
+    cleaned = f"""(
+        with files (file_index, filename, event_day, lo, hi) as (values {bounds}),
+        firsts as (select filename, min(rowid) as first from {name}_read group by filename),
+        known as (select files.*, firsts.first from files inner join firsts using (filename))
+        select
+            known.file_index, known.event_day, known.lo, known.hi,
+            r.rowid - known.first + 1 as row_number, {raw}, {clean}
+        from {name}_read as r
+        inner join known on r.filename = known.filename
+    )"""
+    return checked_events(con, cleaned, name)
+
+
+def checked_events(
+    con: duckdb.DuckDBPyConnection, cleaned: str, name: str, day: dt.date | None = None
+) -> tuple[str, str]:
+    """The (good, rejected) relations on `con` of the events in `cleaned` (row_number,
+    raw_<column> as read, <column> cleaned; and `file_index`, `event_day` and its bounds in
+    epoch ms `lo`, `hi`, unless all rows are of one file of `day`), checked in one pass into a
+    temporary table `name` (each row's first failed check): good rows typed with `event_day`,
+    rejected rows as read, with `file_index`, `row_number`, `reason` and `event_day`."""
+    if day is not None:
+        lo, hi = contract.day_bounds_ms(day)
+        cleaned = (
+            f"(select *, 0 as file_index, {date_sql(day)} as event_day, {lo} as lo, {hi} as hi"
+            f" from {cleaned})"
+        )
+    reason = "case " + " ".join(
+        f"when {sql.format(lo='lo', hi='hi')} then {text_sql(check)}"
+        for check, sql in CHECKS.items()
+    )
+    con.execute(
         f"""
+        create or replace temp table {name} as
         with typed as (
             select
                 *,
@@ -172,28 +203,17 @@ def _split(con: duckdb.DuckDBPyConnection, cleaned: str, day: dt.date) -> tuple[
                 end as ts
             from {cleaned}
         )
-        select *, {reason} end as reason, cast('{day.isoformat()}' as date) as event_day
+        select *, {reason} end as reason
         from typed
         """
-    ).to_arrow_table()
-    bad = pc.is_valid(checked.column("reason"))
-    good = checked.filter(pc.invert(bad))
-    good = pa.table(
-        {
-            **{
-                c: good.column("ts" if c == "server_timestamp_epoch_ms" else c)
-                for c in contract.EVENT_COLUMNS
-            },
-            "event_day": good.column("event_day"),
-        }
     )
-    rejected = checked.filter(bad)
-    rejected = pa.table(
-        {
-            "row_number": rejected.column("row_number"),
-            **{c: rejected.column(f"raw_{c}") for c in contract.EVENT_COLUMNS},
-            "reason": rejected.column("reason"),
-            "event_day": rejected.column("event_day"),
-        }
+    good = ", ".join(
+        "ts as server_timestamp_epoch_ms" if c == "server_timestamp_epoch_ms" else c
+        for c in contract.EVENT_COLUMNS
     )
-    return good, rejected
+    raw = ", ".join(f"raw_{c} as {c}" for c in contract.EVENT_COLUMNS)
+    return (
+        f"(select {good}, event_day from {name} where reason is null)",
+        f"(select file_index, row_number, {raw}, reason, event_day from {name}"
+        " where reason is not null)",
+    )
