@@ -310,7 +310,7 @@ def test_the_sql_checks_give_the_contracts_rows_on_both_read_paths(settings, ext
     plain = None
     if is_plain(path, contract.file_bytes(path)):
         con = duckdb.connect()
-        good_sql, rejected_sql = stage_plain_events(con, "events", [(0, path, DAY)])
+        good_sql, rejected_sql = stage_plain_events(con, "events", [(0, path)], DAY)
         rejected_sql = f"(select * exclude (file_index) from {rejected_sql})"
         plain = tuple(con.sql(sql).to_arrow_table() for sql in (good_sql, rejected_sql))
     if extra:
@@ -336,9 +336,9 @@ def _on(day: dt.date, lines: list[str]) -> list[str]:
 
 
 # Three days: plain files (one needing trims, one not), part files, a file for the contract's
-# reader and, with `short`, a plain file with a short line (its batch's query fails, so each of
+# reader and, with `short`, a plain file with a short line (its day's query fails, so each of
 # its files is read on its own).
-def _batch_files(short: bool) -> dict[int, dict[str, list[str]]]:
+def _range_files(short: bool) -> dict[int, dict[str, list[str]]]:
     last = [*GOOD, f"s9,pageview,,,{ms(DAY, 60)}"] if short else GOOD
     return {
         0: {"browsing_events.csv": ROW_CASES, "browsing_events-part2.csv": GOOD},
@@ -347,24 +347,15 @@ def _batch_files(short: bool) -> dict[int, dict[str, list[str]]]:
     }
 
 
-@pytest.mark.parametrize(
-    ("batch_bytes", "short"),
-    [(1, True), (1 << 30, False), (1 << 30, True)],
-    ids=["a-day-a-batch", "one-batch", "one-batch-with-a-short-line"],
-)
-def test_a_batch_of_days_loads_what_the_contract_reads_file_by_file(
-    settings, monkeypatch, batch_bytes, short
-):
-    """Whether days are checked together or one by one, the tables hold what the contract
-    reads and checks of each file alone: the same rows loaded, and the rows quarantined with
-    their own file's row numbers and reasons, in file order."""
-    from orchestration.ingestion import landing
-
-    monkeypatch.setattr(landing, "BATCH_BYTES", batch_bytes)
-    batch = _batch_files(short)
-    days = [DAY + dt.timedelta(days=n) for n in batch]
+@pytest.mark.parametrize("short", [False, True], ids=["parts-in-one-query", "with-a-short-line"])
+def test_a_range_loads_what_the_contract_reads_file_by_file(settings, short):
+    """A day's plain files are read in one query; the tables hold what the contract reads
+    and checks of each file alone: the same rows loaded, and the rows quarantined with their
+    own file's row numbers and reasons, in file order."""
+    landed_files = _range_files(short)
+    days = [DAY + dt.timedelta(days=n) for n in landed_files]
     good, rejected = [], []
-    for n, files in batch.items():
+    for n, files in landed_files.items():
         folder = write_day(settings.landing, days[n], [], PRODUCTS)
         (folder / contract.EVENTS_FILE).unlink()
         for name, lines in files.items():
@@ -405,7 +396,7 @@ def test_a_plain_file_with_a_short_line_goes_through_the_contracts_reader(settin
 
     path = _events_file(settings, [HEADER, *GOOD, f"s9,pageview,,,{ms(DAY, 60)}"])
     assert is_plain(path, contract.file_bytes(path))  # its bytes are; its field counts are not
-    assert stage_plain_events(duckdb.connect(), "events", [(0, path, DAY)]) is None
+    assert stage_plain_events(duckdb.connect(), "events", [(0, path)], DAY) is None
     folder = path.parent
     result = materialize(
         build_ingestion_assets(PARTITIONS, settings.landing),

@@ -4,8 +4,8 @@ One factory builds both landing assets (events and products), so they behave the
 each run reads the landing folders of its partition days, validates every line with
 `ml.contract`'s rules (a line that is no row, or a row that fails a check, is quarantined with
 its row number and reason), and replaces those days in the raw table and in its `_rejected`
-twin, a batch of days at a time, from what orchestration/ingestion/landing.py staged on the
-warehouse's staging connection (`Warehouse.staging`: on DuckDB the warehouse's own). Only
+twin, a day at a time, from what orchestration/ingestion/landing.py staged on the warehouse's
+staging connection (`Warehouse.staging`: on DuckDB the warehouse's own). Only
 what makes a whole file unreadable fails the run, naming it: a missing day folder or file, a
 file the folder may not hold, a wrong header, a misnamed or damaged gzip file. An empty file is
 an empty day. `rows_reconcile` counts the files' rows again, apart from the loader.
@@ -36,8 +36,7 @@ from orchestration.ingestion.landing import (
     EVENTS,
     PRODUCTS,
     LandingTable,
-    day_batches,
-    read_landing_days,
+    read_landing_day,
 )
 from orchestration.markdown import markdown_table, reason_table
 from orchestration.monitoring.grading import RECENT_DAYS, SUMMARY_CHECK, summary_check
@@ -126,30 +125,27 @@ def build_landing_asset(
     def _ingest(context: AssetExecutionContext) -> Iterator:
         warehouse = context.resources.warehouse
         days = partition_days(context)
-        # A batch of days at a time (BATCH_BYTES): memory stays at a batch's rows however long
-        # the range, and the batch's days are replaced in one transaction per table.
+        # Day by day: memory stays at one day's rows however long the range, and each day is
+        # replaced in one transaction per table.
         rows_loaded, rows_in_files, reasons, by_day = 0, 0, pd.Series(dtype="int64"), {}
-        for batch in day_batches(landing, days):
+        for day in days:
             with warehouse.staging() as con:
-                landed = read_landing_days(con, landing, table, batch)
+                landed = read_landing_day(con, landing, table, day)
                 for name, rows in ((table.name, landed.good), (rejected_name, landed.rejected)):
-                    warehouse.replace_days_from(con, name, table.day_column, batch, rows)
-            for day in batch:
-                in_files, loaded = landed.rows_in_files[day], landed.loaded.get(day, 0)
-                quarantined = landed.quarantined(day)
-                by_day[day.isoformat()] = {
-                    "loaded": loaded,
-                    "quarantined": quarantined,
-                    "rows_in_files": in_files,
-                }
-                context.log.info(
-                    f"{table.name} {day}: {in_files:,} rows in {len(landed.files[day])} "
-                    f"file(s), loaded {loaded:,}, quarantined {quarantined:,}"
-                )
-                rows_loaded += loaded
-                rows_in_files += in_files
-                counts = pd.Series(landed.reasons.get(day, {}), dtype="int64")
-                reasons = reasons.add(counts, fill_value=0)
+                    warehouse.replace_days_from(con, name, table.day_column, [day], rows)
+            in_files = landed.rows_in_files
+            by_day[day.isoformat()] = {
+                "loaded": landed.loaded,
+                "quarantined": landed.quarantined,
+                "rows_in_files": in_files,
+            }
+            context.log.info(
+                f"{table.name} {day}: {in_files:,} rows in {len(landed.files)} file(s), loaded "
+                f"{landed.loaded:,}, quarantined {landed.quarantined:,}"
+            )
+            rows_loaded += landed.loaded
+            rows_in_files += in_files
+            reasons = reasons.add(pd.Series(landed.reasons, dtype="int64"), fill_value=0)
         rows_quarantined = int(reasons.sum())
         rows_read = rows_loaded + rows_quarantined
         share = rows_quarantined / rows_read if rows_read else 0.0

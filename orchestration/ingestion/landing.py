@@ -1,9 +1,8 @@
 """Landing files onto a warehouse's staging connection: every line read and checked, as rows
 to load and rows to quarantine, counted apart from the reader.
 
-`read_landing_days` reads a batch of days (`day_batches`) of one landing table (`EVENTS`,
-`PRODUCTS`); the assets of orchestration/ingestion/assets.py replace those days in the raw
-tables from what it staged. A plain events file (no quote, no control byte, ASCII) is read and
+`read_landing_day` reads one day of one landing table (`EVENTS`, `PRODUCTS`); the assets of
+orchestration/ingestion/assets.py replace that day in the raw tables from what it staged. A plain events file (no quote, no control byte, ASCII) is read and
 checked by DuckDB on that connection (the warehouse's own on DuckDB, so its rows go from the
 file to the table without leaving DuckDB); any other file by the contract's line reader, then
 the same SQL checks (events) or the contract's pandas checks (the catalogue), its rows handed
@@ -11,7 +10,6 @@ over in Arrow (orchestration/ingestion/validate.py).
 """
 
 import datetime as dt
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,76 +77,50 @@ PRODUCTS = LandingTable(
 )
 
 
-# A staging connection checks consecutive days together, as many as fit this many bytes of
-# landing files (at least one): their plain events files in one query, which DuckDB reads in
-# parallel, and the days replaced in one transaction per table.
-BATCH_BYTES = 256 << 20
-
-
-def day_batches(landing: Path, days: list[dt.date]) -> list[list[dt.date]]:
-    """`days` in consecutive batches of at most BATCH_BYTES of files each (a day's folder as
-    it is: a missing or stray file fails later, in `read_landing_days`, naming it)."""
-    batches: list[list[dt.date]] = []
-    size = 0
-    for day in days:
-        folder = landing / day.isoformat()
-        day_size = sum(p.stat().st_size for p in folder.iterdir()) if folder.is_dir() else 0
-        if not batches or size + day_size > BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(day)
-        size += day_size
-    return batches
-
-
 @dataclass(frozen=True)
-class LandingDays:
-    """Days of one table as staged from their files (`read_landing_days`): the relations, on
+class LandingDay:
+    """One day of one table as staged from its files (`read_landing_day`): the relations, on
     the staging connection, of the rows to load and of those to quarantine, and their counts."""
 
     good: str
     rejected: str
-    files: dict[dt.date, list[Path]]
-    rows_in_files: dict[dt.date, int]  # counted apart from the reader (`count_file_rows`)
-    loaded: dict[dt.date, int]
-    reasons: dict[dt.date, dict[str, int]]  # rows quarantined, by reason
+    files: list[Path]
+    rows_in_files: int  # counted apart from the reader (`count_file_rows`)
+    loaded: int
+    reasons: dict[str, int]  # rows quarantined, by reason
 
-    def quarantined(self, day: dt.date) -> int:
-        return sum(self.reasons.get(day, {}).values())
+    @property
+    def quarantined(self) -> int:
+        return sum(self.reasons.values())
 
 
-def read_landing_days(
-    con: duckdb.DuckDBPyConnection, landing: Path, table: LandingTable, days: list[dt.date]
-) -> LandingDays:
-    """Read and check every file of `table` in the days' folders (see `contract.day_files`) on
+def read_landing_day(
+    con: duckdb.DuckDBPyConnection, landing: Path, table: LandingTable, day: dt.date
+) -> LandingDay:
+    """Read and check every file of `table` in the day's folder (see `contract.day_files`) on
     `con`, a warehouse's staging connection: the plain events files (`is_plain`) are read and
-    checked there by DuckDB, all in one query; any other file by the contract's line reader and
+    checked there by DuckDB, in one query; any other file by the contract's line reader and
     `table.validate`, its rows then handed to `con` in Arrow. Rejected rows keep the order of
     their files, and their row order within each."""
-    plain: list[tuple[int, Path, dt.date]] = []
+    plain: list[tuple[int, Path]] = []
     pieces: list[tuple[str, str]] = []
-    files: dict[dt.date, list[Path]] = {}
-    in_files: dict[dt.date, int] = {}
-    index = itertools.count()
+    in_files = 0
     try:
-        for day in days:
-            files[day] = _day_files(landing, table, day)
-            in_files[day] = 0
-            for path in files[day]:
-                data = contract.file_bytes(path)
-                in_files[day] += count_file_rows(data)
-                entry = (next(index), path, day)
-                if table.sql_reads_plain and is_plain(path, data):
-                    plain.append(entry)
-                else:
-                    pieces.append(_contract_read(con, table, *entry))
+        files = _day_files(landing, table, day)
+        for index, path in enumerate(files):
+            data = contract.file_bytes(path)
+            in_files += count_file_rows(data)
+            if table.sql_reads_plain and is_plain(path, data):
+                plain.append((index, path))
+            else:
+                pieces.append(_contract_read(con, table, index, path, day))
         if plain:
-            staged = stage_plain_events(con, f"{table.name}_plain", plain)
+            staged = stage_plain_events(con, f"{table.name}_plain", plain, day)
             if staged is None:  # a line with another field count: each file on its own
-                for entry in plain:
-                    name = f"{table.name}_plain_{entry[0]}"
-                    staged = stage_plain_events(con, name, [entry])
-                    pieces.append(staged or _contract_read(con, table, *entry))
+                for index, path in plain:
+                    name = f"{table.name}_plain_{index}"
+                    staged = stage_plain_events(con, name, [(index, path)], day)
+                    pieces.append(staged or _contract_read(con, table, index, path, day))
             else:
                 pieces.append(staged)
     except contract.SchemaError as exc:
@@ -157,14 +129,9 @@ def read_landing_days(
     rejected_columns = RAW_TABLES[f"{table.name}_rejected"]
     rejected = _union([r for _, r in pieces], {"file_index": "bigint", **rejected_columns})
     rejected = f"(select * exclude (file_index) from {rejected} order by file_index, row_number)"
-    column = table.day_column
-    loaded = dict(con.sql(f"select {column}, count(*) from {good} group by all").fetchall())
-    reasons: dict[dt.date, dict[str, int]] = {}
-    for day, reason, n in con.sql(
-        f"select {column}, reason, count(*) from {rejected} group by all"
-    ).fetchall():
-        reasons.setdefault(day, {})[reason] = n
-    return LandingDays(good, rejected, files, in_files, loaded, reasons)
+    loaded = con.sql(f"select count(*) from {good}").fetchall()[0][0]
+    reasons = dict(con.sql(f"select reason, count(*) from {rejected} group by all").fetchall())
+    return LandingDay(good, rejected, files, in_files, loaded, reasons)
 
 
 def _day_files(landing: Path, table: LandingTable, day: dt.date) -> list[Path]:

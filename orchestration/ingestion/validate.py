@@ -86,7 +86,8 @@ def check_events(
     )
     with duckdb.connect() as con:
         con.register("cleaned", cleaned)
-        good, rejected = checked_events(con, "cleaned", "checked", day)
+        cleaned_sql = "(select 0 as file_index, * from cleaned)"
+        good, rejected = checked_events(con, cleaned_sql, "checked", day)
         rejected = f"(select * exclude (file_index) from {rejected})"
         return con.sql(good).to_arrow_table(), con.sql(rejected).to_arrow_table()
 
@@ -124,18 +125,16 @@ def is_plain(path: Path, data: bytes) -> bool:
 
 
 def stage_plain_events(
-    con: duckdb.DuckDBPyConnection,
-    name: str,
-    files: list[tuple[int, Path, dt.date]],
+    con: duckdb.DuckDBPyConnection, name: str, files: list[tuple[int, Path]], day: dt.date
 ) -> tuple[str, str] | None:
-    """The (good, rejected) relations on `con` of plain events files (`is_plain`), given as
-    (index, path, landing day), read by DuckDB in one pass and checked there
-    (`checked_events`), into temporary tables named after `name`; the rejected rows carry
-    their file's `file_index`. None when a line has another field count: the contract's reader
-    names it (`contract.read_landing_file`, then `check_events`)."""
+    """The (good, rejected) relations on `con` of a day's plain events files (`is_plain`),
+    given as (index, path), read by DuckDB in one pass and checked there (`checked_events`),
+    into temporary tables named after `name`; the rejected rows carry their file's
+    `file_index`. None when a line has another field count: the contract's reader names it
+    (`contract.read_landing_file`, then `check_events`)."""
     header = files[0][1].open("rb").readline().decode().strip()
     columns = "{" + ", ".join(f"{text_sql(c)}: 'varchar'" for c in header.split(",")) + "}"
-    paths = ", ".join(text_sql(str(path)) for _, path, _ in files)
+    paths = ", ".join(text_sql(str(path)) for _, path in files)
     try:
         # a table keeps the files' order, and each file's (insertion order is preserved)
         con.execute(
@@ -146,11 +145,7 @@ def stage_plain_events(
         )
     except duckdb.Error:  # a line with another field count
         return None
-    bounds = ", ".join(
-        f"({index}, {text_sql(str(path))}, {date_sql(day)}, {lo}, {hi})"
-        for index, path, day in files
-        for lo, hi in [contract.day_bounds_ms(day)]
-    )
+    indexes = ", ".join(f"({index}, {text_sql(str(path))})" for index, path in files)
     raw = ", ".join(f"r.{c} as raw_{c}" for c in contract.EVENT_COLUMNS)
     # DuckDB's trim takes spaces only, all a plain file can hold; calling it only where a value
     # starts or ends with one costs a third less than calling it on every value
@@ -161,35 +156,28 @@ def stage_plain_events(
     )
     # row n of a file is its n-th row in the table: rowid less the file's first rowid, plus 1
     cleaned = f"""(
-        with files (file_index, filename, event_day, lo, hi) as (values {bounds}),
+        with files (file_index, filename) as (values {indexes}),
         firsts as (select filename, min(rowid) as first from {name}_read group by filename),
         known as (select files.*, firsts.first from files inner join firsts using (filename))
         select
-            known.file_index, known.event_day, known.lo, known.hi,
-            r.rowid - known.first + 1 as row_number, {raw}, {clean}
+            known.file_index, r.rowid - known.first + 1 as row_number, {raw}, {clean}
         from {name}_read as r
         inner join known on r.filename = known.filename
     )"""
-    return checked_events(con, cleaned, name)
+    return checked_events(con, cleaned, name, day)
 
 
 def checked_events(
-    con: duckdb.DuckDBPyConnection, cleaned: str, name: str, day: dt.date | None = None
+    con: duckdb.DuckDBPyConnection, cleaned: str, name: str, day: dt.date
 ) -> tuple[str, str]:
-    """The (good, rejected) relations on `con` of the events in `cleaned` (row_number,
-    raw_<column> as read, <column> cleaned; and `file_index`, `event_day` and its bounds in
-    epoch ms `lo`, `hi`, unless all rows are of one file of `day`), checked in one pass into a
-    temporary table `name` (each row's first failed check): good rows typed with `event_day`,
-    rejected rows as read, with `file_index`, `row_number`, `reason` and `event_day`."""
-    if day is not None:
-        lo, hi = contract.day_bounds_ms(day)
-        cleaned = (
-            f"(select *, 0 as file_index, {date_sql(day)} as event_day, {lo} as lo, {hi} as hi"
-            f" from {cleaned})"
-        )
+    """The (good, rejected) relations on `con` of one landing day's events in `cleaned`
+    (file_index, row_number, raw_<column> as read, <column> cleaned), checked in one pass into
+    a temporary table `name` (each row's first failed check): good rows typed with
+    `event_day`, rejected rows as read, with `file_index`, `row_number`, `reason` and
+    `event_day`."""
+    lo, hi = contract.day_bounds_ms(day)
     reason = "case " + " ".join(
-        f"when {sql.format(lo='lo', hi='hi')} then {text_sql(check)}"
-        for check, sql in CHECKS.items()
+        f"when {sql.format(lo=lo, hi=hi)} then {text_sql(check)}" for check, sql in CHECKS.items()
     )
     con.execute(
         f"""
@@ -203,7 +191,7 @@ def checked_events(
                 end as ts
             from {cleaned}
         )
-        select *, {reason} end as reason
+        select *, {reason} end as reason, {date_sql(day)} as event_day
         from typed
         """
     )
