@@ -132,9 +132,25 @@ class Warehouse(ConfigurableResource):
     ) -> None:
         """`replace_days` with the rows of `relation` (a table, view or parenthesized query on
         `con`, a `staging` connection of this warehouse), in the order it gives them."""
-        names = ", ".join(columns or RAW_TABLES[table])
-        rows = con.sql(f"select {names} from {relation}").to_arrow_table()
-        self.replace_days(table, day_column, days, rows, columns=columns, schema=schema)
+        columns = columns or RAW_TABLES[table]
+        schema = schema or self.schema_name
+        setup, delete = _setup(schema, table, columns), _delete(schema, table, day_column, days)
+        self._replace_from(con, setup, delete, schema, table, relation, columns)
+
+    def _replace_from(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        setup: list[str],
+        delete: str,
+        schema: str,
+        table: str,
+        relation: str,
+        columns: dict[str, str],
+    ) -> None:
+        """`_replace` with the rows of `relation` on the staging connection `con`: here
+        fetched in Arrow."""
+        rows = con.sql(f"select {', '.join(columns)} from {relation}").to_arrow_table()
+        self._replace(setup, delete, schema, table, rows, columns)
 
     def exists(self, table: str, *, schema: str | None = None) -> bool:
         """Whether `schema.table` exists (names compared in lower case, as Snowflake keeps

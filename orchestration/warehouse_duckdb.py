@@ -7,18 +7,17 @@ process's lock on the file; `WarehouseLockTimeout` is raised when the wait runs 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from orchestration.warehouse import RAW_TABLES, Warehouse, _delete, _setup
+from orchestration.warehouse import Warehouse
 from skiff.settings import ConfigError
 
 # How long a DuckDB connection waits for another process's lock on the file before failing.
@@ -114,20 +113,16 @@ class DuckDBWarehouse(Warehouse):
         with self._connect() as con:
             yield con
 
-    def replace_days_from(
+    def _replace_from(
         self,
         con: duckdb.DuckDBPyConnection,
+        setup: list[str],
+        delete: str,
+        schema: str,
         table: str,
-        day_column: str,
-        days: Sequence[dt.date],
         relation: str,
-        *,
-        columns: dict[str, str] | None = None,
-        schema: str | None = None,
+        columns: dict[str, str],
     ) -> None:
-        columns = columns or RAW_TABLES[table]
-        schema = schema or self.schema_name
-        setup, delete = _setup(schema, table, columns), _delete(schema, table, day_column, days)
         _swap(con, setup, delete, f"{schema}.{table}", relation, columns)
 
     def query(self, sql: str) -> pd.DataFrame:

@@ -2,11 +2,12 @@
 to load and rows to quarantine, counted apart from the reader.
 
 `read_landing_day` reads one day of one landing table (`EVENTS`, `PRODUCTS`); the assets of
-orchestration/ingestion/assets.py replace that day in the raw tables from what it staged. A plain events file (no quote, no control byte, ASCII) is read and
-checked by DuckDB on that connection (the warehouse's own on DuckDB, so its rows go from the
-file to the table without leaving DuckDB); any other file by the contract's line reader, then
-the same SQL checks (events) or the contract's pandas checks (the catalogue), its rows handed
-over in Arrow (orchestration/ingestion/validate.py).
+orchestration/ingestion/assets.py replace that day in the raw tables from what it staged. A
+plain events file (no quote, no control byte, ASCII) is read and checked by DuckDB on that
+connection (the warehouse's own on DuckDB, so its rows go from the file to the table without
+leaving DuckDB); any other file by the contract's line reader, then the same SQL checks
+(events) or the contract's pandas checks (the catalogue), its rows handed over in Arrow
+(orchestration/ingestion/validate.py).
 """
 
 import datetime as dt
