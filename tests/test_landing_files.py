@@ -391,6 +391,19 @@ def test_a_range_loads_what_the_contract_reads_file_by_file(settings, short):
     assert {r[1] for r in rejected} >= {*contract.REJECT_REASONS, "wrong_field_count"}
 
 
+def test_parts_with_their_columns_in_another_order_each_load_by_their_own_header(settings):
+    first = _events_file(settings, [HEADER, *GOOD[:2]])
+    order = list(reversed(contract.EVENT_COLUMNS))
+    swapped = [",".join(reversed(line.split(","))) for line in [*GOOD[2:], ROW_CASES[-1]]]
+    (first.parent / "browsing_events-part2.csv").write_text("\n".join([",".join(order), *swapped]))
+    result = _materialize(settings)
+    assert result.success
+    loaded = _rows(settings, "select session_id_hash, event_type from raw.raw_browsing_events")
+    assert sorted(loaded) == sorted((line.split(",")[0], line.split(",")[1]) for line in GOOD)
+    rejected = _rows(settings, "select row_number, reason from raw.raw_browsing_events_rejected")
+    assert rejected == [(len(GOOD) - 1, "missing_session_id")]
+
+
 def test_a_plain_file_with_a_short_line_goes_through_the_contracts_reader(settings):
     from orchestration.ingestion.validate import is_plain, stage_plain_events
 

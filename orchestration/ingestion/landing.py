@@ -117,7 +117,7 @@ def read_landing_day(
                 pieces.append(_contract_read(con, table, index, path, day))
         if plain:
             staged = stage_plain_events(con, f"{table.name}_plain", plain, day)
-            if staged is None:  # a line with another field count: each file on its own
+            if staged is None:  # headers that differ, or a line's field count: file by file
                 for index, path in plain:
                     name = f"{table.name}_plain_{index}"
                     staged = stage_plain_events(con, name, [(index, path)], day)

@@ -130,10 +130,13 @@ def stage_plain_events(
     """The (good, rejected) relations on `con` of a day's plain events files (`is_plain`),
     given as (index, path), read by DuckDB in one pass and checked there (`checked_events`),
     into temporary tables named after `name`; the rejected rows carry their file's
-    `file_index`. None when a line has another field count: the contract's reader names it
-    (`contract.read_landing_file`, then `check_events`)."""
-    header = files[0][1].open("rb").readline().decode().strip()
-    columns = "{" + ", ".join(f"{text_sql(c)}: 'varchar'" for c in header.split(",")) + "}"
+    `file_index`. None when the files' headers differ (each is then read on its own), or a line
+    has another field count: the contract's reader names it (`contract.read_landing_file`, then
+    `check_events`)."""
+    headers = {path.open("rb").readline().decode().strip() for _, path in files}
+    if len(headers) > 1:  # the same columns in another order: one query would mix them up
+        return None
+    columns = "{" + ", ".join(f"{text_sql(c)}: 'varchar'" for c in headers.pop().split(",")) + "}"
     paths = ", ".join(text_sql(str(path)) for _, path in files)
     try:
         # a table keeps the files' order, and each file's (insertion order is preserved)
