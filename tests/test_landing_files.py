@@ -310,7 +310,7 @@ def test_the_sql_checks_give_the_contracts_rows_on_both_read_paths(settings, ext
     plain = None
     if is_plain(path, contract.file_bytes(path)):
         con = duckdb.connect()
-        good_sql, rejected_sql = stage_plain_events(con, "events", [(0, path)], DAY)
+        good_sql, rejected_sql = stage_plain_events(con, "events", [(0, path, HEADER)], DAY)
         rejected_sql = f"(select * exclude (file_index) from {rejected_sql})"
         plain = tuple(con.sql(sql).to_arrow_table() for sql in (good_sql, rejected_sql))
     if extra:
@@ -409,7 +409,7 @@ def test_a_plain_file_with_a_short_line_goes_through_the_contracts_reader(settin
 
     path = _events_file(settings, [HEADER, *GOOD, f"s9,pageview,,,{ms(DAY, 60)}"])
     assert is_plain(path, contract.file_bytes(path))  # its bytes are; its field counts are not
-    assert stage_plain_events(duckdb.connect(), "events", [(0, path)], DAY) is None
+    assert stage_plain_events(duckdb.connect(), "events", [(0, path, HEADER)], DAY) is None
     folder = path.parent
     result = materialize(
         build_ingestion_assets(PARTITIONS, settings.landing),

@@ -103,7 +103,7 @@ def read_landing_day(
     checked there by DuckDB, in one query; any other file by the contract's line reader and
     `table.validate`, its rows then handed to `con` in Arrow. Rejected rows keep the order of
     their files, and their row order within each."""
-    plain: list[tuple[int, Path]] = []
+    plain: list[tuple[int, Path, str]] = []
     pieces: list[tuple[str, str]] = []
     in_files = 0
     try:
@@ -112,15 +112,15 @@ def read_landing_day(
             data = contract.file_bytes(path)
             in_files += count_file_rows(data)
             if table.sql_reads_plain and is_plain(path, data):
-                plain.append((index, path))
+                plain.append((index, path, data[: data.find(b"\n")].decode()))
             else:
                 pieces.append(_contract_read(con, table, index, path, day))
         if plain:
             staged = stage_plain_events(con, f"{table.name}_plain", plain, day)
             if staged is None:  # headers that differ, or a line's field count: file by file
-                for index, path in plain:
+                for index, path, header in plain:
                     name = f"{table.name}_plain_{index}"
-                    staged = stage_plain_events(con, name, [(index, path)], day)
+                    staged = stage_plain_events(con, name, [(index, path, header)], day)
                     pieces.append(staged or _contract_read(con, table, index, path, day))
             else:
                 pieces.append(staged)

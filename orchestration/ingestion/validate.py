@@ -125,30 +125,29 @@ def is_plain(path: Path, data: bytes) -> bool:
 
 
 def stage_plain_events(
-    con: duckdb.DuckDBPyConnection, name: str, files: list[tuple[int, Path]], day: dt.date
+    con: duckdb.DuckDBPyConnection, name: str, files: list[tuple[int, Path, str]], day: dt.date
 ) -> tuple[str, str] | None:
     """The (good, rejected) relations on `con` of a day's plain events files (`is_plain`),
-    given as (index, path), read by DuckDB in one pass and checked there (`checked_events`),
-    into temporary tables named after `name`; the rejected rows carry their file's
-    `file_index`. None when the files' headers differ (each is then read on its own), or a line
-    has another field count: the contract's reader names it (`contract.read_landing_file`, then
-    `check_events`)."""
-    headers = {path.open("rb").readline().decode().strip() for _, path in files}
+    given as (index, path, header line), read by DuckDB in one pass and checked there
+    (`checked_events`), into temporary tables named after `name`; the rejected rows carry
+    their file's `file_index`. None when the files' headers differ (each is then read on its
+    own), or a line has another field count: the contract's reader names it
+    (`contract.read_landing_file`, then `check_events`)."""
+    headers = {header for _, _, header in files}
     if len(headers) > 1:  # the same columns in another order: one query would mix them up
         return None
     columns = "{" + ", ".join(f"{text_sql(c)}: 'varchar'" for c in headers.pop().split(",")) + "}"
-    paths = ", ".join(text_sql(str(path)) for _, path in files)
+    paths = ", ".join(text_sql(str(path)) for _, path, _ in files)
     try:
         # a table keeps the files' order, and each file's (insertion order is preserved)
         con.execute(
             f"create or replace temp table {name}_read as select * from read_csv([{paths}],"
             f" header = true, columns = {columns}, delim = ',', quote = '\"', escape = '\"',"
-            " strict_mode = true, auto_detect = false, null_padding = false, filename = true,"
-            " union_by_name = false)"
+            " strict_mode = true, auto_detect = false, null_padding = false, filename = true)"
         )
     except duckdb.Error:  # a line with another field count
         return None
-    indexes = ", ".join(f"({index}, {text_sql(str(path))})" for index, path in files)
+    indexes = ", ".join(f"({index}, {text_sql(str(path))})" for index, path, _ in files)
     raw = ", ".join(f"r.{c} as raw_{c}" for c in contract.EVENT_COLUMNS)
     # DuckDB's trim takes spaces only, all a plain file can hold; calling it only where a value
     # starts or ends with one costs a third less than calling it on every value
