@@ -10,7 +10,9 @@ process (so peak memory is the phase's own):
              ingest and dbt times are the steps' STEP_START -> STEP_SUCCESS times from the
              run's event log; peak RSS of the Dagster process (dbt runs in it);
   floor      one DuckDB scan-and-group of the same landing CSVs in a fresh in-memory database:
-             about the least any pipeline could spend reading these events once.
+             about the least any pipeline could spend reading these events once; and one
+             copy of them into a fresh DuckDB file (`create table as`, closed): the least
+             each table holding every event costs (raw, staging and sessionized each do).
 
 Then the nightly cost: one more day (ingest + dbt of a single new partition) on top of 7 and
 of 28 days of history, with the same sessions per day; a history missing from --sizes is built
@@ -22,7 +24,8 @@ the time to load the Dagster definitions in a fresh process (manifest already pa
 
 With --json, progress goes to stderr and stdout holds one JSON object: per size `events`,
 `ingest_s`, `dbt_s`, `floor_s`, `ratio_to_floor` ((ingest + dbt) / floor, the floor measured
-in the same run), per nightly history `history_days`, `events`, `ingest_s`, `dbt_s`,
+in the same run), `copy_floor_s` and `ratio_to_copy_floor` (the same against one copy into a
+DuckDB file), per nightly history `history_days`, `events`, `ingest_s`, `dbt_s`,
 `ingest_dbt_s` (the second night), `first_night` (its `ingest_s`, `dbt_s`, `ingest_dbt_s`),
 and the load average at start and end (other work on the machine slows every figure; the ratio
 to the same-run floor much less).
@@ -217,7 +220,22 @@ def phase_floor() -> dict:
     seconds = time.perf_counter() - began
     cpu = time.process_time() - cpu
     con.close()
-    return {"seconds": seconds, "cpu_s": cpu, "groups": int(groups), "rows": int(rows), **_peaks()}
+    # One copy of the events into a DuckDB file, closed (its checkpoint written): what each
+    # table that holds every event (raw, staging, sessionized) costs at the least.
+    copy = settings.home / "floor-copy.duckdb"
+    began = time.perf_counter()
+    with duckdb.connect(str(copy)) as con:
+        con.execute(f"create table events as select * from read_csv('{pattern}', header = true)")
+    copy_seconds = time.perf_counter() - began
+    copy.unlink()
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "copy_seconds": copy_seconds,
+        "groups": int(groups),
+        "rows": int(rows),
+        **_peaks(),
+    }
 
 
 PHASES = {
@@ -334,7 +352,8 @@ def measure_size(bench: Bench, days: int, sessions: int, nightly: bool) -> dict:
     floor = bench.phase(home, "floor")
     bench.say(
         f"{label}: floor (DuckDB scan+group of the landing CSVs) {floor['seconds']:.1f} s,"
-        f" {floor['rows']:,} rows, {floor['groups']:,} sessions"
+        f" {floor['rows']:,} rows, {floor['groups']:,} sessions; one copy of them into a"
+        f" DuckDB file {floor['copy_seconds']:.1f} s"
     )
     row = {"label": label, "days": days, "sessions": sessions, "gen": gen, "run": run}
     row["floor"] = floor
@@ -439,6 +458,10 @@ def _summary(
                 "dbt_s": round(run["dbt"], 2),
                 "floor_s": round(floor["seconds"], 3),
                 "ratio_to_floor": round((run["ingest"] + run["dbt"]) / floor["seconds"], 2),
+                "copy_floor_s": round(floor["copy_seconds"], 3),
+                "ratio_to_copy_floor": round(
+                    (run["ingest"] + run["dbt"]) / floor["copy_seconds"], 2
+                ),
                 "peak_rss_dagster_mib": round(run["peak_self_mib"]),
                 "dbt_fixed_s": round(_fixed(run), 2),
                 **_cpu(run),
