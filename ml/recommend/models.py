@@ -456,7 +456,6 @@ class SequenceRecommender(Recommender):
     def _batches(self, encoded: list[np.ndarray]) -> list[tuple[Any, Any]]:
         """Every batch of an epoch, built once per fit: (x, y) padded, or packed for the GRU."""
         import torch
-        from torch.nn.utils.rnn import pack_padded_sequence
 
         windows = self._windows(encoded)  # oldest first: batches walk forward in time
         out = []
@@ -464,11 +463,7 @@ class SequenceRecommender(Recommender):
             batch = windows[start : start + self.batch_size]
             x = torch.from_numpy(_pad([w[:-1] for w in batch]))
             y = torch.from_numpy(_pad([w[1:] for w in batch]))
-            if self.arch == "gru":
-                lengths = torch.tensor([len(w) - 1 for w in batch])
-                x = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-                y = pack_padded_sequence(y, lengths, batch_first=True, enforce_sorted=False)
-            out.append((x, y))
+            out.append(_packed(x, y) if self.arch == "gru" else (x, y))
         return out
 
     def _train(
@@ -652,6 +647,17 @@ def _holdout_mrr(net: Any, windows: list[np.ndarray], known: np.ndarray, k: int 
     return reciprocal / max(count, 1)
 
 
+def _packed(x: Any, y: Any) -> tuple[Any, Any]:
+    """Right-padded inputs `x` and next items `y`, packed by each row's real length (its next
+    items that are not padding): what the GRU steps over."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    lengths = (y != PAD).sum(1).clamp(min=1)
+    return tuple(
+        pack_padded_sequence(t, lengths, batch_first=True, enforce_sorted=False) for t in (x, y)
+    )
+
+
 def _pad(rows: list[np.ndarray]) -> np.ndarray:
     """Right-padded int64 matrix: causal encoders never look at the padding after a position."""
     width = max((len(r) for r in rows), default=1)
@@ -722,12 +728,8 @@ def _SeqNet(
             if arch != "gru":  # attention needs the padded positions: encode, then keep
                 mask = y != PAD
                 return self.encode(x)[mask], y[mask]
-            if isinstance(x, PackedSequence):  # packed once per fit (`_batches`)
-                xs, ys = x, y
-            else:
-                lengths = (y != PAD).sum(1).clamp(min=1)
-                xs = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-                ys = pack_padded_sequence(y, lengths, batch_first=True, enforce_sorted=False)
+            # packed once per fit (`_batches`); padded here when scoring held-out windows
+            xs, ys = (x, y) if isinstance(x, PackedSequence) else _packed(x, y)
             h = self.gru(xs._replace(data=self.drop(self.items(xs.data))))[0].data
             return self.project(self.drop_hidden(h)), ys.data
 
