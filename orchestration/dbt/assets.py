@@ -147,7 +147,7 @@ def _build(
     settings = load_settings()  # the environment's, as every step's
     yield from dbt_in_process(
         dbt,
-        # no manifest.json and run_results.json (0.2 s of a nightly build): the step has the
+        # no manifest.json and run_results.json (about 0.1 s of a nightly build): the step has the
         # manifest, the results arrive as events, and a failure's story is in dbt.log
         [*args, "--no-write-json"],
         context=context,
