@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -130,18 +131,16 @@ class Recommender(ABC):
         extra = head[~np.isin(head, ids)]
         return np.concatenate([ids, extra[: k - len(ids)]])
 
-    def _top_k(self, scores: np.ndarray, k: int, positive_only: bool) -> np.ndarray:
-        """Indices of the k best scores of one row, ties broken by popularity (exactly)."""
-        scores = scores.copy()
-        scores[PAD] = -np.inf
-        k = min(k, len(scores) - 1)
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        mask = scores >= kth
-        if positive_only:
-            mask &= scores > 0
-        candidates = np.flatnonzero(mask)
-        order = np.lexsort((self._pop_rank[candidates], -scores[candidates]))
-        return candidates[order][:k]
+    def _top_k(self, items: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        """The k best of `items` by their positive `scores` (one sparse row: items not in it
+        score 0 and are never recommended), ties broken by popularity (exactly)."""
+        keep = (scores > 0) & (items != PAD)
+        items, scores = items[keep], scores[keep]
+        if len(items) > k:
+            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+            items, scores = items[scores >= kth], scores[scores >= kth]
+        order = np.lexsort((self._pop_rank[items], -scores))
+        return items[order][:k]
 
 
 class PopRecommender(Recommender):
@@ -183,6 +182,7 @@ class SKNNRecommender(Recommender):
         self.batch = batch
         self.sessions = sp.csr_matrix((0, 1), dtype=np.float32)
         self._recent = sp.csr_matrix((0, 1), dtype=np.float32)
+        self._sessions_t = sp.csr_matrix((1, 0), dtype=np.float32)
         self._idf = np.ones(1, dtype=np.float32)
 
     def params(self) -> dict[str, Any]:
@@ -220,6 +220,7 @@ class SKNNRecommender(Recommender):
             shape=csc.shape,
         )
         self._recent = recent.T.tocsr()  # items x sessions
+        self._sessions_t = self.sessions.T.tocsr()  # items x sessions, for the similarities
         df = np.asarray((self.sessions > 0).sum(axis=0)).ravel()
         n = max(self.sessions.shape[0], 1)
         self._idf = np.log((n + 1) / (df + 1)).astype(np.float32) + 1.0
@@ -247,25 +248,37 @@ class SKNNRecommender(Recommender):
             presence = query.copy()
             presence.data[:] = 1.0
             candidates = (presence @ self._recent).tocsr()  # B x sessions
-            similarity = (query @ self.sessions.T).tocsr().multiply(candidates > 0).tocsr()
-            neighbours = self._nearest(similarity)
-            scores = (neighbours @ self.sessions).toarray()
+            candidates.data[:] = 1.0  # a candidate or not (its count: sums of positive terms)
+            similarity = (query @ self._sessions_t).tocsr().multiply(candidates).tocsr()
+            scores = (self._nearest(similarity) @ self.sessions).tocsr()  # B x items, sparse
             if self.idf:
-                scores *= self._idf
-            out.extend(self._top_k(row, k, positive_only=True) for row in scores)
+                scores.data *= self._idf[scores.indices]
+            indptr = scores.indptr
+            out.extend(
+                self._top_k(scores.indices[lo:hi], scores.data[lo:hi], k)
+                for lo, hi in pairwise(indptr)
+            )
         return out
 
     def _nearest(self, similarity: sp.csr_matrix) -> sp.csr_matrix:
-        """Keep the k_neighbors largest similarities of each row (ties: most recent session)."""
+        """Keep the k_neighbors largest similarities of each row (ties: most recent session).
+        A row's k-th largest value splits it in one pass: all above it are kept, and of those
+        equal to it the most recent sessions (highest indices) fill the rest."""
         indptr, indices, data = similarity.indptr, similarity.indices, similarity.data
-        keep = np.zeros(len(data), dtype=bool)
-        for r in range(similarity.shape[0]):
+        k = self.k_neighbors
+        keep = np.ones(len(data), dtype=bool)
+        for r in np.flatnonzero(np.diff(indptr) > k):
             lo, hi = indptr[r], indptr[r + 1]
-            if hi - lo <= self.k_neighbors:
-                keep[lo:hi] = True
-                continue
-            order = np.lexsort((-indices[lo:hi], -data[lo:hi]))[: self.k_neighbors]
-            keep[lo + order] = True
+            values = data[lo:hi]
+            kth = np.partition(values, len(values) - k)[len(values) - k]
+            above = values > kth
+            tied = np.flatnonzero(values == kth)
+            need = k - int(above.sum())
+            if len(tied) > need:  # a row's sessions are distinct: no tie on the index
+                tied = tied[np.argsort(-indices[lo:hi][tied])[:need]]
+            row = above
+            row[tied] = True
+            keep[lo:hi] = row
         rows = np.repeat(np.arange(similarity.shape[0]), np.diff(indptr))
         return sp.csr_matrix(
             (data[keep], (rows[keep], indices[keep])), shape=similarity.shape, dtype=np.float32
