@@ -91,6 +91,9 @@ def _run(events: int, check_error: bool, queue: mp.Queue) -> None:
         scored = mon.conversion_inputs(full_batch)[["session_key", "will_purchase"]]
         scored["purchase_probability"] = model.predict_proba(full_batch)
 
+        # the day's view sequences: the asset reads them from the session_sequences mart
+        requests = [s for s in sequences(day_examples) if len(s) >= 2]
+
         # one day's monitoring, as the four assets compute it
         out = Path(tmp) / "reports"
         numerical = [*mon.monitored_features(), *mon.NUMERICAL_EXTRA]
@@ -116,7 +119,6 @@ def _run(events: int, check_error: bool, queue: mp.Queue) -> None:
             categorical=["will_purchase"],
             drift_share=ONE_COLUMN_SHARE,
         ).save_html(out / "labels.html")
-        requests = [s for s in sequences(day_examples) if len(s) >= 2]
         today = mon.recommender_day(
             requests,
             recommender.recommend_batch,
