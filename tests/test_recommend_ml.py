@@ -364,6 +364,62 @@ def test_sknn_prefers_recent_items():
     assert set(model.recommend(["y", "x"], 2)) == {"x", "p"}
 
 
+def _sknn_by_hand(train, query, k_neighbors, sample_size, idf, k):
+    """Session-kNN as SKNNRecommender's docstring states it, one request in plain Python, and
+    whether its neighbours were cut inside a tie (the case the test must hold)."""
+    first, counts = {}, {}
+    for session in train:
+        for item in session:
+            first.setdefault(item, len(first))
+            counts[item] = counts.get(item, 0) + 1
+    popular = sorted(first, key=lambda i: (-counts[i], first[i]))
+    rank = {item: r for r, item in enumerate(popular)}
+    sets = [set(s) for s in train]
+    containing: dict[str, list[int]] = {}  # oldest first
+    for n, items in enumerate(sets):
+        for item in items:
+            containing.setdefault(item, []).append(n)
+    known = [i for i in query if i in first]
+    if not known:
+        return popular[:k], False
+    weights = {item: 1.0 / (len(known) - pos) for pos, item in enumerate(known)}
+    candidates = set().union(*(containing[i][-sample_size:] for i in weights))
+    similarity = {n: sum(w for i, w in weights.items() if i in sets[n]) for n in candidates}
+    ordered = sorted(similarity, key=lambda n: (-similarity[n], -n))  # ties: the most recent
+    neighbours = ordered[:k_neighbors]
+    cut_in_tie = len(ordered) > k_neighbors and (
+        similarity[ordered[k_neighbors - 1]] == similarity[ordered[k_neighbors]]
+    )
+    totals: dict[str, float] = {}
+    for n in neighbours:
+        for item in sets[n]:
+            totals[item] = totals.get(item, 0.0) + similarity[n]
+    if idf:  # float32, as the model's (exact sums of 1 and 1/2 times its weights)
+        weight = {
+            i: np.float32(math.log((len(train) + 1) / (len(containing[i]) + 1)) + 1.0)
+            for i in totals
+        }
+        totals = {i: float(np.float32(t) * weight[i]) for i, t in totals.items()}
+    ranked = sorted(totals, key=lambda i: (-totals[i], rank[i]))[:k]
+    return ranked + [i for i in popular if i not in ranked][: k - len(ranked)], cut_in_tie
+
+
+@pytest.mark.parametrize("idf", [False, True])
+def test_sknn_recommends_what_the_algorithm_computed_by_hand_gives(idf):
+    """Every request of a small world with many ties, against `_sknn_by_hand`: the recent
+    sample, the k neighbours (ties to the most recent session), the votes, the popularity
+    tie-break and the fill. Requests of one or two items keep the similarities exact sums."""
+    rng = np.random.default_rng(3)
+    items = [f"i{j}" for j in range(40)]
+    train = [list(rng.choice(items, int(rng.integers(1, 6)))) for _ in range(300)]
+    queries = [list(rng.choice([*items, "unknown"], int(rng.integers(1, 3)))) for _ in range(400)]
+    model = make_model("sknn", k_neighbors=5, sample_size=8, idf=idf, batch=64).fit(train)
+    got = model.recommend_batch(queries, 10)
+    expected = [_sknn_by_hand(train, q, 5, 8, idf, 10) for q in queries]
+    assert got == [e for e, _ in expected]
+    assert sum(tie for _, tie in expected) > 50  # the cut inside a tie is what is tested
+
+
 # --- on generated data -------------------------------------------------------------------------
 
 
