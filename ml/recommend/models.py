@@ -248,7 +248,7 @@ class SKNNRecommender(Recommender):
             presence = query.copy()
             presence.data[:] = 1.0
             candidates = (presence @ self._recent).tocsr()  # B x sessions
-            candidates.data[:] = 1.0  # a candidate or not (its count: sums of positive terms)
+            candidates.data[:] = 1.0  # a candidate or not: the mask keeps similarities as they are
             similarity = (query @ self._sessions_t).tocsr().multiply(candidates).tocsr()
             scores = (self._nearest(similarity) @ self.sessions).tocsr()  # B x items, sparse
             if self.idf:
@@ -276,9 +276,8 @@ class SKNNRecommender(Recommender):
             need = k - int(above.sum())
             if len(tied) > need:  # a row's sessions are distinct: no tie on the index
                 tied = tied[np.argsort(-indices[lo:hi][tied])[:need]]
-            row = above
-            row[tied] = True
-            keep[lo:hi] = row
+            above[tied] = True
+            keep[lo:hi] = above
         rows = np.repeat(np.arange(similarity.shape[0]), np.diff(indptr))
         return sp.csr_matrix(
             (data[keep], (rows[keep], indices[keep])), shape=similarity.shape, dtype=np.float32
