@@ -266,8 +266,9 @@ class SKNNRecommender(Recommender):
         equal to it the most recent sessions (highest indices) fill the rest."""
         indptr, indices, data = similarity.indptr, similarity.indices, similarity.data
         k = self.k_neighbors
+        lengths = np.diff(indptr)
         keep = np.ones(len(data), dtype=bool)
-        for r in np.flatnonzero(np.diff(indptr) > k):
+        for r in np.flatnonzero(lengths > k):
             lo, hi = indptr[r], indptr[r + 1]
             values = data[lo:hi]
             kth = np.partition(values, len(values) - k)[len(values) - k]
@@ -278,7 +279,7 @@ class SKNNRecommender(Recommender):
                 tied = tied[np.argsort(-indices[lo:hi][tied])[:need]]
             above[tied] = True
             keep[lo:hi] = above
-        rows = np.repeat(np.arange(similarity.shape[0]), np.diff(indptr))
+        rows = np.repeat(np.arange(similarity.shape[0]), lengths)
         return sp.csr_matrix(
             (data[keep], (rows[keep], indices[keep])), shape=similarity.shape, dtype=np.float32
         )
